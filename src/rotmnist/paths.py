@@ -1,0 +1,100 @@
+"""Every path the pipeline reads or writes, derived from one place."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+# `dvc exp run --queue` / `--temp` runs the pipeline in a copy under this folder
+# of the real repository; shared stores (MLflow, Optuna) must still live at the root.
+_DVC_TEMP_EXPS = (".dvc", "tmp", "exps")
+
+SPLITS = ("train", "val", "holdout", "test")
+
+
+def find_workspace(start: Path | None = None) -> Path:
+    """The nearest folder at or above `start` (default: cwd) holding `dvc.yaml`, else `start`."""
+    start = (start or Path.cwd()).resolve()
+    for folder in (start, *start.parents):
+        if (folder / "dvc.yaml").is_file():
+            return folder
+    return start
+
+
+def find_store_root(workspace: Path) -> Path:
+    """The real repository for `workspace`: itself, or the repo a DVC temp experiment copied."""
+    override = os.environ.get("ROTMNIST_STORE_ROOT")
+    if override:
+        return Path(override).resolve()
+    parts = workspace.parts
+    for i in range(len(parts) - len(_DVC_TEMP_EXPS)):
+        if parts[i : i + len(_DVC_TEMP_EXPS)] == _DVC_TEMP_EXPS:
+            return Path(*parts[:i])
+    return workspace
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Paths of one workspace; stores (MLflow, Optuna) resolve to `store_root`."""
+
+    root: Path
+    store_root: Path
+
+    @classmethod
+    def here(cls, start: Path | None = None) -> Paths:
+        root = find_workspace(start)
+        return cls(root=root, store_root=find_store_root(root))
+
+    @property
+    def params(self) -> Path:
+        return self.root / "params.yaml"
+
+    # data stages
+    @property
+    def raw(self) -> Path:
+        return self.root / "data" / "raw"
+
+    @property
+    def augmented(self) -> Path:
+        return self.root / "data" / "augmented"
+
+    @property
+    def splits(self) -> Path:
+        return self.root / "data" / "splits"
+
+    def split(self, name: str) -> Path:
+        if name not in SPLITS:
+            raise ValueError(f"unknown split {name!r}; expected one of {list(SPLITS)}")
+        return self.splits / name
+
+    # models, metrics, plots
+    @property
+    def models(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics"
+
+    @property
+    def plots(self) -> Path:
+        return self.root / "plots"
+
+    # shared stores, at the real repository's root
+    @property
+    def mlflow_db(self) -> Path:
+        return self.store_root / "mlflow.db"
+
+    @property
+    def mlflow_artifacts(self) -> Path:
+        return self.store_root / "mlartifacts"
+
+    @property
+    def optuna_journal(self) -> Path:
+        return self.store_root / "optuna" / "journal.log"
+
+    def cache_dir(self, configured: str) -> Path:
+        """Download cache: relative paths are taken from the real repository root."""
+        p = Path(configured).expanduser()
+        return p if p.is_absolute() else self.store_root / p
