@@ -1,0 +1,76 @@
+"""The config loader: defaults, the committed params.yaml, and errors that name the key."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rotmnist.config import ALLOWED_ANGLES, Config, ConfigError, config_from_dict, load_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_committed_params_are_valid_and_complete():
+    config = load_config(REPO / "params.yaml")
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    # every section is spelled out in params.yaml, so `dvc.yaml` can depend on it
+    assert set(raw) == set(Config.model_fields)
+    assert config.augment.strategy == "exhaustive"
+    assert config.augment.angles == ALLOWED_ANGLES
+
+
+def test_empty_mapping_gives_defaults():
+    assert config_from_dict({}) == Config()
+
+
+@pytest.mark.parametrize(
+    ("data", "key", "fragment"),
+    [
+        ({"augment": {"strategyy": "random"}}, "augment.strategyy", "unknown key"),
+        ({"nonsense": {}}, "nonsense", "unknown key"),
+        ({"augment": {"strategy": "spin"}}, "augment.strategy", "'exhaustive' or 'random'"),
+        ({"augment": {"angles": [5]}}, "augment.angles", "subset of [-30, -20, -10, 10, 20, 30]"),
+        ({"augment": {"angles": [10, 10]}}, "augment.angles", "must not repeat"),
+        ({"train": {"epochs": "3"}}, "train.epochs", "valid integer"),
+        ({"train": {"epochs": 0}}, "train.epochs", "greater than or equal to 1"),
+        ({"split": {"val_fraction": 1.5}}, "split.val_fraction", "less than 1"),
+        ({"split": {"val_fraction": 0.6, "holdout_fraction": 0.5}}, "split", "must be < 1"),
+        ({"download": {"source": "url"}}, "download", "download.url.address"),
+        ({"download": {"wheel": {"sha256": "abc"}}}, "download.wheel.sha256", "64 characters"),
+    ],
+)
+def test_errors_name_the_key(data, key, fragment):
+    with pytest.raises(ConfigError) as err:
+        config_from_dict(data)
+    message = str(err.value)
+    assert f"  {key}" in message
+    assert fragment in message
+
+
+def test_every_bad_key_is_reported_at_once():
+    with pytest.raises(ConfigError) as err:
+        config_from_dict({"train": {"epochs": -1, "batch_size": 0}})
+    assert "train.epochs" in str(err.value) and "train.batch_size" in str(err.value)
+
+
+def test_int_is_accepted_for_float():
+    assert config_from_dict({"augment": {"oversample_rate": 3}}).augment.oversample_rate == 3.0
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "absent.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("augment: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    top = tmp_path / "list.yaml"
+    top.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(top)
+
+
+def test_config_is_immutable():
+    config = Config()
+    with pytest.raises(Exception, match="frozen"):
+        config.train.epochs = 3
