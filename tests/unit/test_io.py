@@ -77,8 +77,8 @@ def test_incomplete_folder_is_a_clear_error(tmp_path):
         load_dataset(tmp_path / "absent")
     save_dataset(_dataset(), tmp_path / "d")
     (tmp_path / "d" / "angle.npy").unlink()
-    with pytest.raises(FileNotFoundError, match="lacks angle.npy"):
+    with pytest.raises(FileNotFoundError, match=r"lacks angle\.npy"):
         load_dataset(tmp_path / "d")
     (tmp_path / "d" / "angle.npy").write_bytes(b"not numpy")
-    with pytest.raises(ValueError, match="not a valid .npy"):
+    with pytest.raises(ValueError, match=r"not a valid \.npy"):
         load_dataset(tmp_path / "d")
