@@ -50,6 +50,7 @@ def atomic_path(target: str | Path, *, is_dir: bool = False) -> Iterator[Path]:
     try:
         yield tmp
         if is_dir:
+            os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
             _replace_dir(tmp, target)
         else:
             os.chmod(tmp, 0o644)
