@@ -1,0 +1,71 @@
+"""The notebooks: committed without outputs, and each one runs top to bottom on a tiny workspace."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from rotmnist.data import MnistArrays, to_dataset
+from rotmnist.io import save_dataset
+from rotmnist.paths import Paths
+from tests.data.test_splits import stack_angles
+from tests.helpers import tiny_mnist
+
+NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
+KERNEL = "python3"  # jupyter_client runs it with this interpreter (ipykernel's built-in spec): no install needed
+
+
+def execute_notebook(path: str | Path, cwd: str | Path, timeout: int = 300) -> nbformat.NotebookNode:
+    """Run every cell of the notebook at `path` in a fresh python3 kernel started in `cwd`; return it with outputs.
+
+    Raises nbclient's CellExecutionError (with the cell's traceback) if any cell fails.
+    """
+    nb = nbformat.read(path, as_version=4)
+    client = NotebookClient(nb, timeout=timeout, kernel_name=KERNEL, resources={"metadata": {"path": str(cwd)}})
+    client.execute()
+    return nb
+
+
+def outputs_of(nb: nbformat.NotebookNode, mime: str) -> list:
+    """Every output of the notebook's code cells that carries `mime` (e.g. "image/png")."""
+    return [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if mime in o.get("data", {})]
+
+
+def workspace(root: Path, angles: tuple[int, ...] = (-30, -20, -10, 10, 20, 30)) -> Paths:
+    """A tiny workspace: dvc.yaml (so Paths.here() finds it), data/raw and an augmented-like data/augmented."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "dvc.yaml").write_text("stages: {}\n")
+    paths = Paths(root=root, store_root=root)
+    raw = to_dataset(MnistArrays(*tiny_mnist(n_train=60, n_test=20, seed=0)))
+    save_dataset(raw, paths.raw)
+    save_dataset(stack_angles(raw, angles), paths.augmented)
+    return paths
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in NOTEBOOKS.glob("*.ipynb")))
+def test_notebooks_are_committed_without_outputs(name):
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    nbformat.validate(nb)
+    assert nb.metadata.kernelspec.name == KERNEL
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert code, f"{name} has no code cells"
+    assert [c.outputs for c in code] == [[] for _ in code], f"{name} holds outputs: clear them before committing"
+    assert [c.execution_count for c in code] == [None for _ in code], f"{name} holds execution counts"
+
+
+def test_eda_notebook_runs_on_a_tiny_dataset(tmp_path, monkeypatch):
+    monkeypatch.delenv("ROTMNIST_STORE_ROOT", raising=False)
+    workspace(tmp_path)
+    nb = execute_notebook(NOTEBOOKS / "01_eda.ipynb", cwd=tmp_path)
+    assert outputs_of(nb, "image/png"), "the notebook drew nothing"
+    # one figure per section: samples, label distribution, every angle, pixel histogram
+    assert len(outputs_of(nb, "image/png")) == 4
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+    assert errors == []
+    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert f"workspace: {tmp_path.resolve()}" in text  # it read the tiny workspace, not the repository's data
+    assert "raw: 80 images (60 MNIST train, 20 MNIST test)" in text
+    assert "augmented: 560 images at angles [-30, -20, -10, 0, 10, 20, 30]" in text
