@@ -67,7 +67,7 @@ class AugmentConfig(_Section):
     angles: tuple[int, ...] = ALLOWED_ANGLES
     oversample_rate: float = Field(7.0, ge=0.0)
     seed: int = Field(0, ge=0)
-    chunk_size: int = Field(16384, ge=1)
+    chunk_size: int = Field(256, ge=1)  # speed only: the output does not depend on it
 
     @field_validator("angles", mode="before")
     @classmethod
@@ -95,16 +95,125 @@ class SplitConfig(_Section):
         return self
 
 
+def _log_range(v: tuple[float, float], name: str) -> tuple[float, float]:
+    if not 0 < v[0] <= v[1]:
+        raise ValueError(f"{name} must be [low, high] with 0 < low <= high, got {list(v)}")
+    return v
+
+
+def _choices(v: tuple[int, ...], allowed: tuple[int, ...] | None = None, low: int = 1) -> tuple[int, ...]:
+    if not v or len(set(v)) != len(v):
+        raise ValueError(f"must be a non-empty list of distinct choices, got {list(v)}")
+    bad = [c for c in v if (c not in allowed if allowed else c < low)]
+    if bad:
+        want = f"any of {list(allowed)}" if allowed else f"integers >= {low}"
+        raise ValueError(f"choices {bad} are not allowed; use {want}")
+    return v
+
+
+class CnnSpace(_Section):
+    """The CNN architecture choices the sweep samples from."""
+
+    blocks: tuple[int, ...] = (2, 3)
+    channels: tuple[int, ...] = (16, 24)  # of the first block, doubled per block
+    kernel: tuple[int, ...] = (3, 5)
+    dense: tuple[int, ...] = (64, 128, 256)
+
+    @field_validator("blocks", "channels", "kernel", "dense", mode="before")
+    @classmethod
+    def _to_tuple(cls, v: Any) -> Any:
+        return tuple(v) if isinstance(v, list) else v
+
+    @field_validator("blocks")
+    @classmethod
+    def _blocks(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        return _choices(v, (1, 2, 3))
+
+    @field_validator("kernel")
+    @classmethod
+    def _kernel(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        return _choices(v, (3, 5))
+
+    @field_validator("channels", "dense")
+    @classmethod
+    def _positive(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        return _choices(v)
+
+
+class MlpSpace(_Section):
+    """The MLP architecture choices the sweep samples from."""
+
+    layers: tuple[int, ...] = (1, 2, 3)
+    width: tuple[int, ...] = (256, 512, 1024)
+
+    @field_validator("layers", "width", mode="before")
+    @classmethod
+    def _to_tuple(cls, v: Any) -> Any:
+        return tuple(v) if isinstance(v, list) else v
+
+    @field_validator("layers")
+    @classmethod
+    def _layers(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        return _choices(v, (1, 2, 3, 4))
+
+    @field_validator("width")
+    @classmethod
+    def _width(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        return _choices(v)
+
+
+class SearchSpace(_Section):
+    """What the sweep samples: [low, high] ranges (lr and weight decay log-uniform) and lists of choices."""
+
+    lr: tuple[float, float] = (1e-3, 1e-2)
+    weight_decay: tuple[float, float] = (1e-5, 1e-2)
+    batch_size: tuple[int, ...] = (128, 256)
+    dropout: tuple[float, float] = (0.0, 0.4)  # cnn and mlp
+    cnn: CnnSpace = CnnSpace()
+    mlp: MlpSpace = MlpSpace()
+
+    @field_validator("lr", "weight_decay", "dropout", "batch_size", mode="before")
+    @classmethod
+    def _to_tuple(cls, v: Any) -> Any:
+        return tuple(v) if isinstance(v, list) else v
+
+    @field_validator("lr")
+    @classmethod
+    def _lr(cls, v: tuple[float, float]) -> tuple[float, float]:
+        return _log_range(v, "lr")
+
+    @field_validator("weight_decay")
+    @classmethod
+    def _wd(cls, v: tuple[float, float]) -> tuple[float, float]:
+        return _log_range(v, "weight_decay")
+
+    @field_validator("dropout")
+    @classmethod
+    def _dropout(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 <= v[0] <= v[1] < 1:
+            raise ValueError(f"dropout must be [low, high] with 0 <= low <= high < 1, got {list(v)}")
+        return v
+
+    @field_validator("batch_size")
+    @classmethod
+    def _batch(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        return _choices(v)
+
+
 class TuneConfig(_Section):
     n_trials: int = Field(8, ge=1)
     families: tuple[Literal["cnn", "mlp", "logreg"], ...] = ("cnn",)
     train_fraction: float = Field(0.1, gt=0.0, le=1.0)
+    val_fraction: float = Field(0.25, gt=0.0, le=1.0)
     epochs: int = Field(2, ge=1)
     cv_folds: int = Field(1, ge=1, le=10)
     seed: int = Field(0, ge=0)
-    pruner: Literal["median", "none"] = "median"
-    study_name: str = "rotmnist"
+    pruner: Literal["median", "threshold", "none"] = "median"
+    pruner_startup_trials: int = Field(2, ge=0)
+    prune_below: float = Field(0.0, ge=0.0, le=1.01)
+    study_name: str = Field("rotmnist", min_length=1)
     storage: str = ""
+    space: SearchSpace = SearchSpace()
 
     @field_validator("families", mode="before")
     @classmethod
@@ -113,15 +222,29 @@ class TuneConfig(_Section):
             v = tuple(v)
         if isinstance(v, tuple) and not v:
             raise ValueError(f"families must name at least one of {list(FAMILIES)}")
+        if isinstance(v, tuple) and len(set(v)) != len(v):
+            raise ValueError(f"families must not repeat, got {list(v)}")
+        return v
+
+    @field_validator("storage")
+    @classmethod
+    def _storage(cls, v: str) -> str:
+        if v.lower().startswith("sqlite"):
+            raise ValueError(
+                "SQLite is not allowed as Optuna storage: parallel workers corrupt or lock it; "
+                'use "" (a journal file), a journal file path, or postgresql://...'
+            )
         return v
 
 
 class TrainConfig(_Section):
-    epochs: int = Field(6, ge=1)
-    batch_size: int = Field(256, ge=1)
+    epochs: int = Field(8, ge=1)
     seed: int = Field(0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_threads: int = Field(0, ge=0)
+    shift: int = Field(2, ge=0, le=8)  # random translation in pixels (training only; tune trials too)
+    label_smoothing: float = Field(0.05, ge=0.0, lt=1.0)
+    schedule: Literal["onecycle", "cosine", "constant"] = "onecycle"
 
 
 class MonitorConfig(_Section):

@@ -69,3 +69,58 @@ def test_eda_notebook_runs_on_a_tiny_dataset(tmp_path, monkeypatch):
     assert f"workspace: {tmp_path.resolve()}" in text  # it read the tiny workspace, not the repository's data
     assert "raw: 80 images (60 MNIST train, 20 MNIST test)" in text
     assert "augmented: 560 images at angles [-30, -20, -10, 0, 10, 20, 30]" in text
+
+
+def tiny_mlflow_store(root: Path) -> None:
+    """A workspace whose store holds a sweep (4 trials, 2 families, as `tune` logs them), a training run, 2 versions."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from rotmnist import tracking
+    from rotmnist.config import Config, MlflowConfig
+
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "dvc.yaml").write_text("stages: {}\n")
+    (root / "params.yaml").write_text("mlflow:\n  experiment: nb-test\nmonitor:\n  model_name: digits\n")
+    paths = Paths(root=root, store_root=root)
+    tracking.configure_mlflow(Config(mlflow=MlflowConfig(experiment="nb-test")), paths)
+    trials = [
+        ("cnn", 0.01, 64, 0.97, 0.05),
+        ("cnn", 0.003, 32, 0.95, 0.03),
+        ("mlp", 0.01, 256, 0.91, 0.01),
+        ("mlp", 0.001, 128, 0.88, 0.01),
+    ]
+    with mlflow.start_run(run_name="sweep"):
+        for family, lr, width, acc, latency in trials:
+            with mlflow.start_run(run_name=f"{family}-lr{lr}", nested=True, tags={"state": "complete"}):
+                mlflow.log_params({"family": family, "lr": lr, "width": width, "folds": 1})
+                mlflow.log_metrics({"objective_val_accuracy": acc, "latency_ms_per_image_batched": latency})
+    with mlflow.start_run(run_name="train") as train:
+        mlflow.log_metric("val_accuracy", 0.98)
+    client = MlflowClient()
+    client.create_registered_model("digits")
+    for gate, acc in (("passed", 0.99), ("failed", 0.80)):
+        angles = {f"holdout_accuracy_angle_{a}": str(acc - abs(a) / 1000) for a in (-30, 0, 30)}
+        tags = {
+            "gate": gate,
+            "gate_reasons": "none" if gate == "passed" else "error at 30 deg",
+            "holdout_accuracy": str(acc),
+        }
+        client.create_model_version("digits", f"runs:/{train.info.run_id}/model", train.info.run_id, tags=tags | angles)
+    client.set_registered_model_alias("digits", "champion", "1")
+    client.set_registered_model_alias("digits", "candidate", "2")
+
+
+@pytest.mark.slow
+def test_compare_runs_notebook_runs_on_a_tiny_store(tmp_path, monkeypatch):
+    monkeypatch.delenv("ROTMNIST_STORE_ROOT", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")  # the kernel inherits it
+    tiny_mlflow_store(tmp_path)
+    nb = execute_notebook(NOTEBOOKS / "02_compare_runs.ipynb", cwd=tmp_path)
+    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert "6 runs: 1 sweep(s), 4 trial(s), 1 other run(s)" in text
+    assert "accuracy: metrics.objective_val_accuracy, latency: metrics.latency_ms_per_image_batched" in text
+    assert "digits: 2 version(s); champion: version 1" in text
+    tables = [o["data"]["text/plain"] for o in outputs_of(nb, "text/plain") if "gate" in o["data"]["text/plain"]]
+    assert tables and "passed" in tables[-1] and "failed" in tables[-1]
+    assert len(outputs_of(nb, "image/png")) == 3  # families/latency, hyperparameters, per-angle accuracy per version

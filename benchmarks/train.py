@@ -1,0 +1,157 @@
+"""Training throughput of the default model: in-memory batching (what `fit` does) vs a plain Dataset/DataLoader loop.
+
+Usage: python benchmarks/train.py [--images 20000] [--batch-size 256] [--repeats 2] [--spec '{"family": "cnn", ...}']
+       python benchmarks/train.py --time-to 0.99   # also: wall time until val accuracy >= 99 % (meant for a GPU)
+Uses data/splits/train (and val) if they exist, else synthetic digits; the model is models/best_params.json's,
+else the CNN below. Both loops run the same model, optimiser, batch size and images; the best of `--repeats`
+one-epoch timings is reported (the machine may be shared: the minimum is the signal).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from torch.utils.data import Dataset as TorchDataset
+
+from rotmnist.config import load_config
+from rotmnist.io import Dataset, load_dataset
+from rotmnist.model import classifier_from_spec, describe
+from rotmnist.paths import Paths
+from rotmnist.train import Hyper, fit, pixel_stats, resolve_device
+from rotmnist.tune import recipe
+
+DEFAULT_SPEC = {"family": "cnn", "blocks": 3, "channels": 16, "kernel": 3, "dense": 128, "dropout": 0.2}
+
+
+class PerSample(TorchDataset):
+    """The textbook way: one normalised float tensor per `__getitem__`, batched by the default collate."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray):
+        self.x, self.y = x, y.astype(np.int64)
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return torch.from_numpy(self.x[i].astype(np.float32)), int(self.y[i])
+
+
+def synthetic(n: int, seed: int = 0) -> Dataset:
+    rng = np.random.default_rng(seed)
+    x = (rng.random((n, 28, 28)) < 0.15).astype(np.uint8) * 255
+    return Dataset(
+        x=x,
+        y=rng.integers(0, 10, n).astype(np.uint8),
+        source_id=np.arange(n, dtype=np.int32),
+        angle=np.zeros(n, np.int8),
+        mnist_split=np.zeros(n, np.int8),
+    )
+
+
+def in_memory_epoch(spec: dict, ds: Dataset, batch_size: int, device: torch.device) -> float:
+    """Images/s of one epoch of `rotmnist.train.fit` (uint8 tensor, randperm, batches by indexing)."""
+    result = fit(spec, ds, None, Hyper(batch_size=batch_size, epochs=1, shift=2), device=device, desc="in-memory")
+    return result.history[0]["images_per_second"]
+
+
+def dataloader_epoch(spec: dict, ds: Dataset, batch_size: int, device: torch.device) -> float:
+    """Images/s of one epoch through DataLoader(PerSample, shuffle=True), same model/optimiser/step."""
+    torch.manual_seed(0)
+    model = classifier_from_spec(spec, *pixel_stats(ds.x)).to(device)
+    if device.type == "cpu":
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    loader = DataLoader(PerSample(ds.x, ds.y), batch_size=batch_size, shuffle=True, num_workers=0)
+    model.train()
+    start = time.perf_counter()
+    for xb, yb in loader:
+        xb, yb = xb.to(device), yb.to(device)
+        loss = F.cross_entropy(model.logits(xb), yb)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return len(ds) / (time.perf_counter() - start)
+
+
+def time_to(spec: dict, hyper: dict, train: Dataset, val: Dataset, target: float, device, max_epochs: int) -> dict:
+    """Wall time (incl. per-epoch validation) until val accuracy >= target, with a OneCycle over max_epochs."""
+
+    class Reached(Exception):
+        pass
+
+    start, seen = time.perf_counter(), []
+
+    def stop(m: dict) -> None:
+        seen.append(m)
+        if m["val_accuracy"] >= target:
+            raise Reached
+
+    hp = recipe(load_config(), hyper, max_epochs)  # the pipeline's recipe (shift, smoothing, schedule)
+    with contextlib.suppress(Reached):
+        fit(spec, train, val, hp, device=device, on_epoch=stop, desc="time-to")
+    return {
+        "reached": bool(seen and seen[-1]["val_accuracy"] >= target),
+        "epochs": len(seen),
+        "seconds": time.perf_counter() - start,
+        "val_accuracy": seen[-1]["val_accuracy"] if seen else math.nan,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=20_000, help="images per timed epoch")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: the tuned one, else 256")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--spec", default=None, help="model spec as JSON (default: models/best_params.json)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--time-to", type=float, default=None, help="also time training to this val accuracy")
+    parser.add_argument("--max-epochs", type=int, default=8)
+    args = parser.parse_args()
+
+    paths = Paths.here()
+    best_file = paths.models / "best_params.json"
+    best = json.loads(best_file.read_text()) if best_file.is_file() else {}
+    spec = json.loads(args.spec) if args.spec else best.get("spec", DEFAULT_SPEC)
+    hyper = best.get("hyper", {"lr": 3e-3, "weight_decay": 1e-4, "batch_size": 256})
+    batch_size = args.batch_size or hyper["batch_size"]
+    device = resolve_device(args.device)
+    have_splits = paths.split("train").is_dir()
+    full = load_dataset(paths.split("train")) if have_splits else synthetic(max(args.images, 1000))
+    index = np.random.default_rng(0).permutation(len(full))[: args.images]
+    ds = full.take(np.sort(index))
+
+    rows = []
+    for name, epoch in (
+        ("in-memory (rotmnist.train.fit)", in_memory_epoch),
+        ("DataLoader, per-sample", dataloader_epoch),
+    ):
+        rates = [epoch(spec, ds, batch_size, device) for _ in range(args.repeats)]
+        rows.append((name, max(rates)))
+    print(
+        f"\nmodel {describe(spec)}, batch {batch_size}, {len(ds)} images per epoch, device {device}, "
+        f"{torch.get_num_threads()} threads, data: {'data/splits/train' if have_splits else 'synthetic'}\n"
+    )
+    print("| loop | images/s | vs DataLoader |")
+    print("|---|---:|---:|")
+    for name, rate in rows:
+        print(f"| {name} | {rate:,.0f} | {rate / rows[1][1]:.2f}x |")
+
+    if args.time_to is not None:
+        if not (have_splits and paths.split("val").is_dir()):
+            raise SystemExit("--time-to needs data/splits/train and data/splits/val")
+        result = time_to(spec, hyper, full, load_dataset(paths.split("val")), args.time_to, device, args.max_epochs)
+        print(f"\ntime to val accuracy {args.time_to:.2%} on {device}: {json.dumps(result)}")
+
+
+if __name__ == "__main__":
+    main()

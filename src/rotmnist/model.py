@@ -1,0 +1,182 @@
+"""Model families (CNN, MLP, logistic regression) from one factory, and the raw-image classifier users load.
+
+A spec is a plain dict, e.g. `{"family": "cnn", "blocks": 2, "channels": 32, "kernel": 3, ...}`: what the
+sweep samples, what `models/best_params.json` stores and what `models/run.json` records.
+Every family is "optional conv feature extractor + dense head"; the families differ only in their spec.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+N_CLASSES = 10
+IMAGE_SIDE = 28
+# Pixel statistics of upright MNIST on the 0-255 scale; `train` replaces them with its training set's own.
+DEFAULT_MEAN, DEFAULT_STD = 33.32, 78.57
+
+# family -> {key: (default, check, allowed values for the error message)}
+_POSITIVE = (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "an integer >= 1")
+_DROPOUT = (lambda v: isinstance(v, int | float) and not isinstance(v, bool) and 0.0 <= v < 1.0, "a number in [0, 1)")
+_BOOL = (lambda v: isinstance(v, bool), "true or false")
+SPEC_KEYS: dict[str, dict[str, tuple[Any, Any, str]]] = {
+    "cnn": {
+        "blocks": (2, lambda v: v in (1, 2, 3), "1, 2 or 3"),
+        "channels": (32, *_POSITIVE),  # of the first block; doubled by each further block
+        "kernel": (3, lambda v: v in (3, 5), "3 or 5"),
+        "convs_per_block": (1, lambda v: v in (1, 2), "1 or 2"),
+        "batch_norm": (True, *_BOOL),
+        "dense": (128, lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "an integer >= 0"),
+        "dropout": (0.25, *_DROPOUT),
+    },
+    "mlp": {
+        "layers": (2, lambda v: isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 4, "1 to 4"),
+        "width": (256, *_POSITIVE),
+        "dropout": (0.1, *_DROPOUT),
+    },
+    "logreg": {},
+}
+FAMILIES = tuple(SPEC_KEYS)
+
+
+def normalize_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """`spec` with its family's defaults filled in; ValueError naming any unknown family, key or bad value."""
+    if not isinstance(spec, Mapping):
+        raise TypeError(f"a model spec must be a mapping, got {type(spec).__name__}")
+    family = spec.get("family")
+    if family not in SPEC_KEYS:
+        raise ValueError(f"model spec: unknown family {family!r}; expected one of {list(FAMILIES)}")
+    keys = SPEC_KEYS[family]
+    unknown = sorted(set(spec) - set(keys) - {"family"})
+    if unknown:
+        raise ValueError(f"model spec: unknown key(s) {unknown} for family {family!r}; allowed: {sorted(keys)}")
+    out: dict[str, Any] = {"family": family}
+    for key, (default, check, allowed) in keys.items():
+        value = spec.get(key, default)
+        if not check(value):
+            raise ValueError(f"model spec: {family}.{key} must be {allowed}, got {value!r}")
+        out[key] = value
+    return out
+
+
+def _dense_head(in_features: int, widths: list[int], dropout: float) -> list[nn.Module]:
+    """Hidden dense layers (ReLU, dropout) then the 10-way output layer."""
+    layers: list[nn.Module] = []
+    for width in widths:
+        layers += [nn.Linear(in_features, width), nn.ReLU(inplace=True)]
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+        in_features = width
+    layers.append(nn.Linear(in_features, N_CLASSES))
+    return layers
+
+
+def _conv_blocks(spec: dict[str, Any]) -> tuple[list[nn.Module], int]:
+    """Conv blocks (conv [BN] ReLU, x convs_per_block, then 2x2 max-pool); return layers and flat size."""
+    layers: list[nn.Module] = []
+    channels_in, side, k = 1, IMAGE_SIDE, spec["kernel"]
+    for block in range(spec["blocks"]):
+        channels_out = spec["channels"] * 2**block
+        for _ in range(spec["convs_per_block"]):
+            layers.append(nn.Conv2d(channels_in, channels_out, k, padding=k // 2, bias=not spec["batch_norm"]))
+            if spec["batch_norm"]:
+                layers.append(nn.BatchNorm2d(channels_out))
+            layers.append(nn.ReLU(inplace=True))
+            channels_in = channels_out
+        layers.append(nn.MaxPool2d(2))
+        side //= 2
+    return layers, channels_in * side * side
+
+
+def build_model(spec: Mapping[str, Any]) -> nn.Module:
+    """The network of a spec: takes normalised images (N, 1, 28, 28), returns logits (N, 10)."""
+    spec = normalize_spec(spec)
+    family = spec["family"]
+    if family == "cnn":
+        features, flat = _conv_blocks(spec)
+        widths = [spec["dense"]] if spec["dense"] else []
+        dropout = spec["dropout"]
+    elif family == "mlp":
+        features, flat = [], IMAGE_SIDE * IMAGE_SIDE
+        widths, dropout = [spec["width"]] * spec["layers"], spec["dropout"]
+    else:  # logreg: no hidden layer
+        features, flat, widths, dropout = [], IMAGE_SIDE * IMAGE_SIDE, [], 0.0
+    return nn.Sequential(*features, nn.Flatten(), *_dense_head(flat, widths, dropout))
+
+
+def describe(spec: Mapping[str, Any]) -> str:
+    """A short run name saying the family and its key params, e.g. `cnn-b2-c32-k3-d128`."""
+    s = normalize_spec(spec)
+    if s["family"] == "cnn":
+        name = f"cnn-b{s['blocks']}-c{s['channels']}-k{s['kernel']}-d{s['dense']}"
+        return name + ("-x2" if s["convs_per_block"] == 2 else "") + ("" if s["batch_norm"] else "-nobn")
+    if s["family"] == "mlp":
+        return f"mlp-{s['layers']}x{s['width']}"
+    return "logreg"
+
+
+class RawImageClassifier(nn.Module):
+    """Scores images as users have them: float (N, 28, 28) pixels 0-255 -> class probabilities (N, 10).
+
+    The normalisation constants are buffers, so they travel with the state dict and the exported model.
+    """
+
+    def __init__(self, net: nn.Module, mean: float = DEFAULT_MEAN, std: float = DEFAULT_STD):
+        super().__init__()
+        if not std > 0:
+            raise ValueError(f"std must be > 0, got {std}")
+        self.net = net
+        self.register_buffer("mean", torch.tensor(float(mean), dtype=torch.float32))
+        self.register_buffer("std", torch.tensor(float(std), dtype=torch.float32))
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of raw images (N, 28, 28) in 0..255 (any real dtype); what training optimises."""
+        x = (x.float() - self.mean) / self.std
+        return self.net(x.unsqueeze(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.logits(x), dim=1)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Predicted digits of raw images (N, 28, 28): the `.predict` that `monitor_perf` expects."""
+        return predict_labels(self, x)
+
+
+def classifier_from_spec(
+    spec: Mapping[str, Any], mean: float = DEFAULT_MEAN, std: float = DEFAULT_STD
+) -> RawImageClassifier:
+    """A fresh RawImageClassifier of `spec` (the layout `models/model.pt` is saved in)."""
+    return RawImageClassifier(build_model(spec), mean, std)
+
+
+def _batches(module: RawImageClassifier, x: np.ndarray, batch_size: int):
+    if not isinstance(x, np.ndarray) or x.ndim != 3 or x.shape[1:] != (IMAGE_SIDE, IMAGE_SIDE):
+        shape = getattr(x, "shape", None)
+        raise ValueError(f"images must be a numpy array of shape (N, 28, 28), got {type(x).__name__} {shape}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    device = next(module.parameters()).device
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.inference_mode():
+            for i in range(0, len(x), batch_size):
+                yield module.logits(torch.from_numpy(np.ascontiguousarray(x[i : i + batch_size])).to(device))
+    finally:
+        module.train(was_training)
+
+
+def predict_proba(module: RawImageClassifier, x: np.ndarray, batch_size: int = 2048) -> np.ndarray:
+    """Class probabilities (N, 10) float32 of raw images (uint8 or float, 0-255), batched, in eval mode."""
+    parts = [torch.softmax(z, 1).float().cpu().numpy() for z in _batches(module, x, batch_size)]
+    return np.concatenate(parts) if parts else np.zeros((0, N_CLASSES), np.float32)
+
+
+def predict_labels(module: RawImageClassifier, x: np.ndarray, batch_size: int = 2048) -> np.ndarray:
+    """Predicted digits (N,) int64 of raw images (uint8 or float, 0-255), batched, in eval mode."""
+    parts = [z.argmax(1).cpu().numpy() for z in _batches(module, x, batch_size)]
+    return np.concatenate(parts) if parts else np.zeros(0, np.int64)

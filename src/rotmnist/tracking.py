@@ -1,0 +1,212 @@
+"""MLflow plumbing shared by `tune`, `train` and `monitor`: the store, run tags, dataset inputs, model logging.
+
+Nothing happens at import: `configure_mlflow` is called by each stage's `main`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import subprocess
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from rotmnist.config import Config
+    from rotmnist.io import Dataset
+    from rotmnist.paths import Paths
+
+log = logging.getLogger(__name__)
+
+# The input example given to `log_model`: `torch.export` specialises a batch dimension of 1 (and may tie
+# one equal to 28 or 10 to the image or class dimension), so the example has a batch size of none of those.
+EXAMPLE_BATCH = 5
+_LOCAL_SCHEMES = ("sqlite", "file", "")
+
+
+def tracking_uri(config: Config, paths: Paths) -> str:
+    """MLFLOW_TRACKING_URI if set, else `mlflow.tracking_uri` from params, else the SQLite file at the repo root."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or config.mlflow.tracking_uri or f"sqlite:///{paths.mlflow_db}"
+
+
+def _is_local(uri: str) -> bool:
+    scheme = uri.split(":", 1)[0] if "://" in uri else ""
+    return scheme in _LOCAL_SCHEMES
+
+
+def configure_mlflow(config: Config, paths: Paths) -> str:
+    """Point MLflow at the project's store and experiment (created if missing); return the experiment id.
+
+    On a local store the experiment's artifacts go to `paths.mlflow_artifacts` (at the real repository
+    root, also from a `dvc exp run --queue` copy); a tracking server decides for itself.
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    uri = tracking_uri(config, paths)
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    name = config.mlflow.experiment
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is None:
+        location = paths.mlflow_artifacts.resolve().as_uri() if _is_local(uri) else None
+        try:
+            experiment_id = mlflow.create_experiment(name, artifact_location=location)
+        except MlflowException:  # another worker created it in between
+            experiment = mlflow.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+            experiment_id = experiment.experiment_id
+    else:
+        if experiment.lifecycle_stage == "deleted":
+            raise MlflowException(
+                f"MLflow experiment {name!r} is deleted in {uri}; restore it (mlflow experiments restore) "
+                "or choose another mlflow.experiment"
+            )
+        experiment_id = experiment.experiment_id
+    mlflow.set_experiment(experiment_id=experiment_id)
+    log.info("MLflow: experiment %r (%s) in %s", name, experiment_id, uri)
+    return experiment_id
+
+
+def git_commit(paths: Paths) -> str:
+    """The commit checked out in the workspace, or "unknown" outside git."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=paths.root, capture_output=True, text=True, timeout=10, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() or "unknown"
+
+
+def _relative(paths: Paths, out: str | Path) -> str:
+    p = Path(out)
+    if p.is_absolute():
+        try:
+            p = p.resolve().relative_to(paths.root.resolve())
+        except ValueError:
+            return p.as_posix()
+    return p.as_posix().rstrip("/")
+
+
+def _md5_file(path: Path) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def folder_md5(folder: str | Path) -> str:
+    """DVC's hash of a folder (`<md5 of its sorted file listing>.dir`), or a file's md5: computed from disk."""
+    folder = Path(folder)
+    if folder.is_file():
+        return _md5_file(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"cannot hash {folder}: it does not exist")
+    entries = sorted(
+        ({"md5": _md5_file(p), "relpath": p.relative_to(folder).as_posix()} for p in folder.rglob("*") if p.is_file()),
+        key=lambda e: e["relpath"],
+    )
+    return hashlib.md5(json.dumps(entries, sort_keys=True).encode("utf-8")).hexdigest() + ".dir"
+
+
+def _lock_md5(paths: Paths, rel: str) -> str | None:
+    import yaml
+
+    lock = paths.root / "dvc.lock"
+    try:
+        data = yaml.safe_load(lock.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return None
+    for stage in (data.get("stages") or {}).values():
+        for out in (stage or {}).get("outs") or []:
+            if isinstance(out, dict) and str(out.get("path", "")).rstrip("/") == rel and out.get("md5"):
+                return str(out["md5"])
+    return None
+
+
+def data_digest(paths: Paths, out: str | Path) -> str:
+    """The DVC hash of a data output (e.g. "data/splits"): from dvc.lock, else computed the same way from disk."""
+    rel = _relative(paths, out)
+    return _lock_md5(paths, rel) or folder_md5(paths.root / rel)
+
+
+def standard_tags(paths: Paths, data_out: str | Path) -> dict[str, str]:
+    """Tags every run carries: the git commit, the DVC hash of the data it read, and the DVC experiment if any."""
+    tags = {
+        "git_commit": git_commit(paths),
+        "data_path": _relative(paths, data_out),
+        "data_hash": data_digest(paths, data_out),
+    }
+    if os.environ.get("DVC_EXP_NAME"):  # set by `dvc exp run`
+        tags["dvc_exp_name"] = os.environ["DVC_EXP_NAME"]
+    return tags
+
+
+def log_dataset(ds: Dataset, name: str, context: str, source: str | Path, digest: str) -> None:
+    """Record a split as an `mlflow.data` input of the active run (with its DVC digest, no re-hashing)."""
+    import mlflow
+
+    with warnings.catch_warnings():  # a local path matches two equivalent source types; MLflow warns and picks one
+        warnings.simplefilter("ignore", UserWarning)
+        dataset = mlflow.data.from_numpy(ds.x, targets=ds.y, source=str(source), name=name, digest=digest[:36])
+    mlflow.log_input(dataset, context=context)
+
+
+def log_classifier(
+    module: nn.Module, name: str = "model", input_example: np.ndarray | None = None, **kwargs: Any
+) -> str:
+    """Log a raw-image classifier ((N, 28, 28) float 0-255 -> (N, 10) probabilities) to the active run.
+
+    Saved with `torch.export` (MLflow's default "pt2" format, no pickle), a tensor signature whose batch
+    dimension is free, and an input example; returns the logged model's URI. Extra kwargs go to log_model.
+    """
+    import mlflow
+    import torch
+    from mlflow.models import infer_signature
+
+    module = module.cpu().eval()
+    if input_example is None:
+        input_example = np.zeros((EXAMPLE_BATCH, 28, 28), np.float32)
+        input_example[:, 6:22, 12:16] = 255.0  # a crude "1"
+    input_example = np.ascontiguousarray(input_example, dtype=np.float32)
+    if input_example.ndim != 3 or input_example.shape[1:] != (28, 28) or len(input_example) in (0, 1, 10, 28):
+        raise ValueError(
+            f"input_example must have shape (N, 28, 28) with N not in 0, 1, 10, 28; got {input_example.shape}"
+        )
+    with torch.no_grad():
+        output = module(torch.from_numpy(input_example)).numpy()
+    signature = infer_signature(input_example, output)
+    requirements = [
+        f"torch=={torch.__version__.split('+')[0]}",
+        f"numpy=={np.__version__}",
+        f"mlflow=={mlflow.__version__}",
+    ]
+    info = mlflow.pytorch.log_model(
+        pytorch_model=module,
+        name=name,
+        signature=signature,
+        input_example=input_example,
+        serialization_format="pt2",
+        pip_requirements=requirements,
+        **kwargs,
+    )
+    return info.model_uri
+
+
+def array_digest(*parts: np.ndarray | bytes) -> str:
+    """A short md5 of arrays (or bytes), for data held only in memory (e.g. `learn_model`'s argument)."""
+    h = hashlib.md5()
+    for part in parts:
+        h.update(part if isinstance(part, bytes) else np.ascontiguousarray(part).tobytes())
+    return h.hexdigest()

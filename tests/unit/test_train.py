@@ -1,0 +1,233 @@
+"""The training loop's pieces, `fit` on a small easy problem, `learn_model`, and the best-params reader."""
+
+from __future__ import annotations
+
+import json
+import types
+
+import numpy as np
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from rotmnist import train
+from rotmnist.config import config_from_dict
+from rotmnist.errors import PipelineError
+from rotmnist.io import Dataset
+from rotmnist.paths import Paths
+from rotmnist.train import Hyper, fit, pixel_stats, random_shift, source_folds, subsample_sources
+from tests.helpers import tiny_mnist
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models gain nothing from threads, and on a busy machine OpenMP threads only wait for each other."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+SMALL_CNN = {"family": "cnn", "blocks": 2, "channels": 8, "dense": 32, "dropout": 0.0}
+
+
+def dataset(n: int, seed: int = 0, copies: int = 1) -> Dataset:
+    """`n` synthetic digits (easy: jittered seven-segment strokes), each repeated `copies` times as one source."""
+    x, y, _, _ = tiny_mnist(n_train=n, n_test=10, seed=seed)
+    k = len(x)
+    return Dataset(
+        x=np.repeat(x, copies, axis=0),
+        y=np.repeat(y, copies),
+        source_id=np.repeat(np.arange(k, dtype=np.int32), copies),
+        angle=np.zeros(k * copies, np.int8),
+        mnist_split=np.zeros(k * copies, np.int8),
+    )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "bad"),
+    [
+        ({"lr": 0.0}, "lr"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"epochs": 0}, "epochs"),
+        ({"label_smoothing": 1.0}, "label_smoothing"),
+        ({"shift": 9}, "shift"),
+        ({"schedule": "step"}, "schedule"),
+    ],
+)
+def test_hyper_rejects_bad_settings(kwargs, bad):
+    with pytest.raises(ValueError, match=rf"invalid training settings \['{bad}'\]"):
+        Hyper(**kwargs)
+
+
+def test_pixel_stats_are_exact():
+    x = np.random.default_rng(0).integers(0, 256, size=(50, 28, 28), dtype=np.uint8)
+    mean, std = pixel_stats(x)
+    assert mean == pytest.approx(x.mean()) and std == pytest.approx(x.std())
+    with pytest.raises(ValueError, match="empty"):
+        pixel_stats(x[:0])
+
+
+def test_subsample_sources_keeps_every_rotation_of_a_chosen_source():
+    ds = dataset(40, copies=7)
+    sub = subsample_sources(ds, 0.25, seed=1)
+    ids, counts = np.unique(sub.source_id, return_counts=True)
+    assert len(ids) == 10 and set(counts) == {7}
+    assert np.array_equal(subsample_sources(ds, 0.25, seed=1).source_id, sub.source_id)  # seeded
+    assert subsample_sources(ds, 1.0, seed=1) is ds
+    with pytest.raises(ValueError, match=r"fraction must lie in \(0, 1\]"):
+        subsample_sources(ds, 0.0, seed=1)
+
+
+def test_source_folds_partition_the_rows_by_source():
+    ds = dataset(30, copies=3)
+    folds = source_folds(ds, 4, seed=0)
+    assert len(folds) == 4
+    val_rows = np.concatenate([v for _, v in folds])
+    assert np.array_equal(np.sort(val_rows), np.arange(len(ds)))  # each row validates exactly once
+    for fit_rows, val in folds:
+        assert not set(ds.source_id[fit_rows]) & set(ds.source_id[val])
+        assert len(fit_rows) + len(val) == len(ds)
+    with pytest.raises(ValueError, match="need 2 <= k <= number of source images"):
+        source_folds(ds, 31, seed=0)
+
+
+def test_random_shift_moves_each_image_by_at_most_max_shift():
+    x = torch.zeros(64, 28, 28, dtype=torch.uint8)
+    x[:, 12:16, 12:16] = 255  # a square well inside the frame
+    gen = torch.Generator().manual_seed(0)
+    assert random_shift(x, 0, gen) is x
+    out = random_shift(x, 2, gen)
+    assert out.shape == x.shape and out.dtype == torch.uint8
+    assert torch.equal(out.sum((1, 2)), x.sum((1, 2)))  # nothing cropped, nothing added
+    rows = out.amax(2).float().argmax(1)  # first row holding ink
+    cols = out.amax(1).float().argmax(1)
+    assert set((rows - 12).tolist()) == {-2, -1, 0, 1, 2} and set((cols - 12).tolist()) == {-2, -1, 0, 1, 2}
+
+
+def test_fit_beats_chance_by_far_and_is_seeded():
+    train_ds, val_ds = dataset(400, seed=0), dataset(100, seed=1)
+    seen = []
+    hp = Hyper(lr=1e-2, batch_size=16, epochs=3, shift=1)
+    result = fit(SMALL_CNN, train_ds, val_ds, hp, seed=3, on_epoch=seen.append)
+    assert [m["epoch"] for m in seen] == [1, 2, 3] and seen == result.history
+    assert {"train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "images_per_second"} <= set(seen[0])
+    assert result.history[-1]["val_accuracy"] >= 0.8  # chance is 0.1
+    assert not result.model.training
+    again = fit(SMALL_CNN, train_ds, val_ds, hp, seed=3)
+    for a, b in zip(result.model.state_dict().values(), again.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_an_epoch_callback_can_stop_training():
+    class Stop(Exception):
+        pass
+
+    def stop(metrics):
+        raise Stop(metrics["epoch"])
+
+    with pytest.raises(Stop, match="1"):
+        fit({"family": "logreg"}, dataset(50), dataset(20, seed=1), Hyper(epochs=5), on_epoch=stop)
+
+
+def test_fit_rejects_an_empty_training_set():
+    with pytest.raises(ValueError, match="training set is empty"):
+        fit({"family": "logreg"}, dataset(10).take(np.zeros(10, bool)), None, Hyper())
+
+
+def test_resolve_device():
+    assert train.resolve_device("cpu").type == "cpu"
+    assert train.resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="auto, cpu or cuda"):
+        train.resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(PipelineError, match="no CUDA device"):
+            train.resolve_device("cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_fit_on_the_gpu_matches_the_cpu_contract():
+    result = fit(SMALL_CNN, dataset(400), dataset(100, seed=1), Hyper(lr=1e-2, batch_size=16, epochs=3), device="cuda")
+    assert next(result.model.parameters()).device.type == "cuda"
+    assert result.history[-1]["val_accuracy"] >= 0.8
+
+
+def test_as_dataset_accepts_objects_with_x_and_y_and_validates_them():
+    x, y, _, _ = tiny_mnist(n_train=20, n_test=10)
+    ds = train.as_dataset(types.SimpleNamespace(x=x, y=y))
+    assert len(ds) == 20 and np.array_equal(ds.source_id, np.arange(20))
+    with pytest.raises(TypeError, match=r"must be a rotmnist.io.Dataset or have numpy arrays .x and .y"):
+        train.as_dataset([x, y])
+    with pytest.raises(ValueError, match=r"\(N, 28, 28\)"):
+        train.as_dataset(types.SimpleNamespace(x=x[:, :20], y=y))
+    with pytest.raises(ValueError, match="digits 0-9"):
+        train.as_dataset(types.SimpleNamespace(x=x, y=y + 10))
+
+
+@pytest.fixture
+def ws(tmp_path, monkeypatch) -> Paths:
+    """A workspace with its own (initialised) SQLite MLflow store and journal."""
+    db = tmp_path / "mlflow.db"
+    MlflowClient(f"sqlite:///{db}").search_experiments()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
+    monkeypatch.delenv("ROTMNIST_OPTUNA_STORAGE", raising=False)
+    return Paths(root=tmp_path, store_root=tmp_path)
+
+
+TINY = {
+    "tune": {
+        "n_trials": 2,
+        "epochs": 2,
+        "train_fraction": 1.0,
+        "val_fraction": 1.0,
+        "space": {
+            "lr": [0.005, 0.01],
+            "batch_size": [16],
+            "dropout": [0.0, 0.1],
+            "cnn": {"channels": [8], "dense": [32], "blocks": [2]},
+        },
+    },
+    "train": {"epochs": 3, "shift": 0, "num_threads": 1},
+    "split": {"val_fraction": 0.2},
+    "mlflow": {"experiment": "learn"},
+}
+
+
+@pytest.mark.parametrize("cv_folds", [1, 2])
+def test_learn_model_returns_a_tuned_model_far_better_than_chance(ws, cv_folds):
+    config = config_from_dict(TINY | {"tune": TINY["tune"] | {"cv_folds": cv_folds}})
+    data = dataset(400, seed=0)
+    model = train.learn_model(data, config=config, paths=ws)
+    held_out = dataset(200, seed=5)
+    accuracy = float(np.mean(model.predict(held_out.x) == held_out.y))
+    assert accuracy >= 0.8, accuracy  # chance is 0.1
+    runs = MlflowClient().search_runs([MlflowClient().get_experiment_by_name("learn").experiment_id])
+    assert sum("mlflow.parentRunId" in r.data.tags for r in runs) == 2  # one child run per trial
+
+
+def test_learn_model_rejects_an_empty_dataset(ws):
+    with pytest.raises(ValueError, match="non-empty dataset"):
+        train.learn_model(dataset(10).take(np.zeros(10, bool)), config=config_from_dict(TINY), paths=ws)
+
+
+def test_read_best_params(tmp_path):
+    path = tmp_path / "best_params.json"
+    with pytest.raises(PipelineError, match="run `rotmnist tune` first"):
+        train.read_best_params(path)
+    path.write_text("{not json")
+    with pytest.raises(PipelineError, match="not valid JSON"):
+        train.read_best_params(path)
+    path.write_text(json.dumps({"spec": {"family": "cnn"}}))
+    with pytest.raises(PipelineError, match="objects 'spec' and 'hyper'"):
+        train.read_best_params(path)
+    path.write_text(json.dumps({"spec": {"family": "cnn", "kernel": 7}, "hyper": {}}))
+    with pytest.raises(PipelineError, match=r"cnn\.kernel must be 3 or 5"):
+        train.read_best_params(path)
+    path.write_text(json.dumps({"spec": {"family": "mlp"}, "hyper": {"lr": 0.01, "weight_decay": 0.0}}))
+    with pytest.raises(PipelineError, match="batch_size"):
+        train.read_best_params(path)
+    doc = {"spec": {"family": "mlp"}, "hyper": {"lr": 0.01, "weight_decay": 0.0, "batch_size": 64}, "trial": 3}
+    path.write_text(json.dumps(doc))
+    spec, hyper, whole = train.read_best_params(path)
+    assert spec["family"] == "mlp" and spec["width"] == 256 and hyper == doc["hyper"] and whole["trial"] == 3
