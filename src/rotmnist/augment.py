@@ -224,7 +224,9 @@ def _rotate_into(
             run(*job)
         return
     with (
-        tqdm(total=n * len(angles), unit="img", desc="rotating", disable=not progress, leave=False) as bar,
+        tqdm(
+            total=n * len(angles), unit="img", desc="rotating", disable=None if progress else True, leave=False
+        ) as bar,
         ThreadPoolExecutor(workers, thread_name_prefix="rotate") as pool,
     ):
         for future in as_completed([pool.submit(run, *job) for job in jobs]):

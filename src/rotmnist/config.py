@@ -115,11 +115,13 @@ class CnnSpace(_Section):
     """The CNN architecture choices the sweep samples from."""
 
     blocks: tuple[int, ...] = (2, 3)
-    channels: tuple[int, ...] = (16, 24)  # of the first block, doubled per block
+    channels: tuple[int, ...] = (16,)  # of the first block, doubled per block
     kernel: tuple[int, ...] = (3, 5)
+    convs_per_block: tuple[int, ...] = (1,)
+    batch_norm: tuple[bool, ...] = (True,)
     dense: tuple[int, ...] = (64, 128, 256)
 
-    @field_validator("blocks", "channels", "kernel", "dense", mode="before")
+    @field_validator("blocks", "channels", "kernel", "convs_per_block", "batch_norm", "dense", mode="before")
     @classmethod
     def _to_tuple(cls, v: Any) -> Any:
         return tuple(v) if isinstance(v, list) else v
@@ -133,6 +135,16 @@ class CnnSpace(_Section):
     @classmethod
     def _kernel(cls, v: tuple[int, ...]) -> tuple[int, ...]:
         return _choices(v, (3, 5))
+
+    @field_validator("convs_per_block")
+    @classmethod
+    def _convs(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        return _choices(v, (1, 2))
+
+    @field_validator("batch_norm")
+    @classmethod
+    def _batch_norm(cls, v: tuple[bool, ...]) -> tuple[bool, ...]:
+        return _choices(v, (True, False))
 
     @field_validator("channels", "dense")
     @classmethod
@@ -238,7 +250,7 @@ class TuneConfig(_Section):
 
 
 class TrainConfig(_Section):
-    epochs: int = Field(8, ge=1)
+    epochs: int = Field(10, ge=1)
     seed: int = Field(0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_threads: int = Field(0, ge=0)

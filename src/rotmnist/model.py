@@ -14,8 +14,9 @@ import numpy as np
 import torch
 from torch import nn
 
-N_CLASSES = 10
-IMAGE_SIDE = 28
+from rotmnist.io import IMAGE_SHAPE, N_CLASSES
+
+IMAGE_SIDE = IMAGE_SHAPE[0]
 # Pixel statistics of upright MNIST on the 0-255 scale; `train` replaces them with its training set's own.
 DEFAULT_MEAN, DEFAULT_STD = 33.32, 78.57
 

@@ -19,6 +19,8 @@ import numpy as np
 
 from rotmnist import io, registry
 from rotmnist.errors import PipelineError
+from rotmnist.io import N_CLASSES
+from rotmnist.metrics import confusion_matrix, error_rate, slice_metrics
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -29,17 +31,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-N_CLASSES = 10
 MAX_MISCLASSIFIED = 48  # digits shown in the grid of holdout mistakes
 TAG_VALUE_MAX = 5000  # MLflow's limit on a model version tag value
 
 
 # ---- the assignment's drift check -----------------------------------------------------------------
-
-
-def error_rate(y: np.ndarray, yhat: np.ndarray) -> float:
-    """Misclassification rate: the share of positions where `yhat` differs from `y`."""
-    return float(np.mean(np.asarray(y) != np.asarray(yhat)))
 
 
 def is_drift(error: float, threshold: float) -> bool:
@@ -84,21 +80,6 @@ def monitor_perf(model, ground_truth_dataset, threshold):
 
 
 # ---- sliced evaluation and the gate ---------------------------------------------------------------
-
-
-def _slice(y: np.ndarray, yhat: np.ndarray) -> dict[str, float | int]:
-    err = error_rate(y, yhat)
-    return {"n": len(y), "accuracy": 1.0 - err, "error": err}
-
-
-def slice_metrics(y: np.ndarray, yhat: np.ndarray, angle: np.ndarray) -> dict[str, Any]:
-    """Accuracy and error overall, per rotation angle and per true class (keys are str for JSON)."""
-    y, yhat, angle = np.asarray(y), np.asarray(yhat), np.asarray(angle)
-    if not (len(y) == len(yhat) == len(angle)) or len(y) == 0:
-        raise ValueError(f"need equal, non-zero lengths; got y {len(y)}, yhat {len(yhat)}, angle {len(angle)}")
-    per_angle = {str(int(a)): _slice(y[angle == a], yhat[angle == a]) for a in np.unique(angle)}
-    per_class = {str(int(c)): _slice(y[y == c], yhat[y == c]) for c in np.unique(y)}
-    return {**_slice(y, yhat), "per_angle": per_angle, "per_class": per_class}
 
 
 def drift_reasons(metrics: dict[str, Any], threshold: float, angle_threshold: float) -> list[str]:
@@ -196,18 +177,6 @@ def angle_rows(candidate: dict[str, Any], champion: dict[str, Any] | None) -> li
     return rows
 
 
-def confusion_matrix(y: np.ndarray, yhat: np.ndarray, n_classes: int = N_CLASSES) -> np.ndarray:
-    """Counts (true class, predicted class)."""
-    idx = np.asarray(y, np.int64) * n_classes + np.asarray(yhat, np.int64)
-    return np.bincount(idx, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
-
-
-def _csv(rows: list[dict[str, Any]]) -> str:
-    header = list(rows[0]) if rows else []
-    lines = [",".join(header)] + [",".join(str(r[k]) for k in header) for r in rows]
-    return "\n".join(lines) + "\n"
-
-
 def write_plots(
     folder: Path,
     holdout: io.Dataset,
@@ -227,7 +196,7 @@ def write_plots(
     written = []
 
     rows = angle_rows(candidate, champion)
-    io.write_text(folder / "angle_accuracy.csv", _csv(rows))
+    io.write_csv(folder / "angle_accuracy.csv", rows)
     fig, ax = plt.subplots(figsize=(7, 4))
     pos = np.arange(len(rows))
     ax.bar(pos - 0.2, [r["candidate"] for r in rows], 0.4, label=labels[0])

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from rotmnist.errors import PipelineError
+from rotmnist.io import N_CLASSES
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -31,7 +32,6 @@ CHAMPION, CANDIDATE = "champion", "candidate"
 GATE_TAG = "gate"
 GATE_PASSED, GATE_FAILED = "passed", "failed"
 ALLOWED_SCHEMES = ("models:/", "runs:/")
-N_CLASSES = 10
 BATCH_SIZE = 2048
 
 
@@ -57,7 +57,7 @@ class Classifier:
             return np.zeros((0, N_CLASSES), np.float32)
         starts = range(0, len(x), self.batch_size)
         if progress:
-            starts = tqdm(starts, desc=progress, unit="batch", leave=False)
+            starts = tqdm(starts, desc=progress, unit="batch", leave=False, disable=None)
         probs = np.concatenate([np.asarray(self.model.predict(x[i : i + self.batch_size])) for i in starts])
         if probs.shape != (len(x), N_CLASSES):
             raise RegistryError(f"model {self.uri} returned shape {probs.shape} for {len(x)} images, not (N, 10)")

@@ -18,13 +18,12 @@ from tqdm import tqdm
 
 from rotmnist.config import Config, SplitConfig
 from rotmnist.errors import PipelineError
-from rotmnist.io import MNIST_TEST, MNIST_TRAIN, Dataset, atomic_path, load_dataset, save_dataset, write_json
+from rotmnist.io import MNIST_TEST, MNIST_TRAIN, N_CLASSES, Dataset, atomic_path, load_dataset, save_dataset, write_json
 from rotmnist.paths import SPLITS, Paths
 
 log = logging.getLogger(__name__)
 
 MANIFEST_FILE = "split_manifest.json"
-N_CLASSES = 10
 # Split codes are positions in SPLITS: train 0, val 1, holdout 2, test 3.
 TRAIN, VAL, HOLDOUT, TEST = (SPLITS.index(name) for name in ("train", "val", "holdout", "test"))
 

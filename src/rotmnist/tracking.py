@@ -28,7 +28,9 @@ log = logging.getLogger(__name__)
 # The input example given to `log_model`: `torch.export` specialises a batch dimension of 1 (and may tie
 # one equal to 28 or 10 to the image or class dimension), so the example has a batch size of none of those.
 EXAMPLE_BATCH = 5
-_LOCAL_SCHEMES = ("sqlite", "file", "")
+# Tracking servers choose their own artifact store; with any other store (SQLite, PostgreSQL, MySQL,
+# files) MLflow would put artifacts under the working directory, a temporary one in `dvc exp run --queue`.
+_SERVER_SCHEMES = ("http", "https", "databricks", "databricks-uc")
 
 
 def tracking_uri(config: Config, paths: Paths) -> str:
@@ -36,16 +38,15 @@ def tracking_uri(config: Config, paths: Paths) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or config.mlflow.tracking_uri or f"sqlite:///{paths.mlflow_db}"
 
 
-def _is_local(uri: str) -> bool:
-    scheme = uri.split(":", 1)[0] if "://" in uri else ""
-    return scheme in _LOCAL_SCHEMES
+def _is_server(uri: str) -> bool:
+    return uri.split(":", 1)[0].split("+", 1)[0] in _SERVER_SCHEMES
 
 
 def configure_mlflow(config: Config, paths: Paths) -> str:
     """Point MLflow at the project's store and experiment (created if missing); return the experiment id.
 
-    On a local store the experiment's artifacts go to `paths.mlflow_artifacts` (at the real repository
-    root, also from a `dvc exp run --queue` copy); a tracking server decides for itself.
+    With a database or file store the experiment's artifacts go to `paths.mlflow_artifacts` (at the real
+    repository root, also from a `dvc exp run --queue` copy); a tracking server decides for itself.
     """
     import mlflow
     from mlflow.exceptions import MlflowException
@@ -57,7 +58,7 @@ def configure_mlflow(config: Config, paths: Paths) -> str:
     name = config.mlflow.experiment
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is None:
-        location = paths.mlflow_artifacts.resolve().as_uri() if _is_local(uri) else None
+        location = None if _is_server(uri) else paths.mlflow_artifacts.resolve().as_uri()
         try:
             experiment_id = mlflow.create_experiment(name, artifact_location=location)
         except MlflowException:  # another worker created it in between

@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from rotmnist.errors import PipelineError
-from rotmnist.io import Dataset
-from rotmnist.model import N_CLASSES, RawImageClassifier, classifier_from_spec, normalize_spec
+from rotmnist.io import N_CLASSES, Dataset
+from rotmnist.model import RawImageClassifier, classifier_from_spec, normalize_spec
 
 if TYPE_CHECKING:
     from rotmnist.config import Config
@@ -203,7 +203,9 @@ def fit(
         model.train()
         start, total_loss, correct = time.perf_counter(), 0.0, 0
         order = torch.randperm(len(x), generator=gen).to(device)
-        bar = tqdm(range(steps_per_epoch), desc=f"{desc} epoch {epoch}/{hp.epochs}", leave=False, mininterval=2)
+        bar = tqdm(
+            range(steps_per_epoch), desc=f"{desc} epoch {epoch}/{hp.epochs}", leave=False, mininterval=2, disable=None
+        )
         for step in bar:
             idx = order[step * hp.batch_size : (step + 1) * hp.batch_size]
             xb, yb = random_shift(x[idx], hp.shift, gen), y[idx]
@@ -251,7 +253,10 @@ def hyper_dict(hp: Hyper) -> dict[str, Any]:
 
 
 def as_dataset(dataset: Any) -> Dataset:
-    """An io.Dataset, or anything with `.x` (N, 28, 28) and `.y` (each row then counts as its own source)."""
+    """An io.Dataset, or anything with `.x` (N, 28, 28) pixels 0-255 and `.y` digits (optional `.source_id`, `.angle`).
+
+    Without `.source_id` each row counts as its own source image.
+    """
     if isinstance(dataset, Dataset):
         return dataset
     x, y = getattr(dataset, "x", None), getattr(dataset, "y", None)
@@ -261,11 +266,17 @@ def as_dataset(dataset: Any) -> Dataset:
         raise ValueError(f"dataset.x must be (N, 28, 28) and dataset.y (N,); got {x.shape} and {y.shape}")
     if len(y) and (y.min() < 0 or y.max() >= N_CLASSES):
         raise ValueError(f"dataset.y must hold digits 0-9, got values in [{y.min()}, {y.max()}]")
+    if x.dtype.kind == "f" and x.size and not np.isfinite(x).all():
+        raise ValueError("dataset.x holds NaN or infinite pixels")
+    if x.size and (x.min() < 0 or x.max() > 255):
+        raise ValueError(f"dataset.x pixels must be in 0..255, got values in [{x.min()}, {x.max()}]")
+    if x.dtype.kind == "f" and x.size and x.max() <= 1.0:
+        raise ValueError("dataset.x looks scaled to [0, 1]; pass pixels in 0..255 (multiply by 255)")
     n = len(x)
     return Dataset(
-        x=np.clip(x, 0, 255).astype(np.uint8),
+        x=np.rint(x).astype(np.uint8),
         y=y.astype(np.uint8),
-        source_id=np.arange(n, dtype=np.int32),
+        source_id=np.asarray(getattr(dataset, "source_id", np.arange(n)), dtype=np.int32),
         angle=np.asarray(getattr(dataset, "angle", np.zeros(n)), dtype=np.int8),
         mnist_split=np.zeros(n, np.int8),
     )
@@ -344,8 +355,8 @@ def read_best_params(path) -> tuple[dict[str, Any], dict[str, Any], dict[str, An
 
 def test_report(model: RawImageClassifier, test: Dataset) -> dict[str, Any]:
     """Accuracy on the test split: overall, per angle (upright and each rotation) and per class."""
+    from rotmnist.metrics import slice_metrics
     from rotmnist.model import predict_labels
-    from rotmnist.monitor import slice_metrics
 
     report = slice_metrics(test.y, predict_labels(model, test.x), test.angle)
     rotated = [m["accuracy"] for a, m in report["per_angle"].items() if a != "0"]
@@ -363,16 +374,6 @@ def _round(obj: Any) -> Any:
 
 def write_plots(paths: Paths, history: list[dict[str, float]], report: dict[str, Any]) -> list:
     """DVC plots data: the training curves per epoch and the test accuracy per angle and per class (CSV)."""
-    import csv
-    import io as _io
-
-    def table(rows: list[dict[str, Any]]) -> str:
-        buf = _io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-        return buf.getvalue()
-
     from rotmnist import io as rio
 
     curves = [
@@ -386,7 +387,7 @@ def write_plots(paths: Paths, history: list[dict[str, float]], report: dict[str,
         paths.plots / "train" / "test_class_accuracy.csv": classes,
     }
     for path, rows in files.items():
-        rio.write_text(path, table(rows))
+        rio.write_csv(path, rows)
     return list(files)
 
 

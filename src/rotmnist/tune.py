@@ -44,6 +44,7 @@ STATE_TAG = "state"  # complete | pruned | failed, on every trial's MLflow run
 EPOCH_METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "epoch_seconds", "images_per_second")
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 LATENCY_IMAGES = 1024
+PARENT_SETTLE_SECONDS = 0.5
 
 
 # ---- storage and study ----------------------------------------------------------------------------
@@ -150,8 +151,8 @@ def release_dead_trials(study: optuna.Study) -> list[int]:
         if t.user_attrs.get("host") != host or not isinstance(pid, int) or _pid_alive(pid):
             continue
         try:
-            study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
-        except optuna.exceptions.UpdateFinishedTrialError:
+            study.tell(t.number, state=TrialState.FAIL)
+        except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
             continue  # another worker released it first
         released.append(t.number)
         run_id = t.user_attrs.get("mlflow_run_id")
@@ -179,7 +180,7 @@ def suggest(trial: optuna.Trial, cfg: TuneConfig) -> tuple[dict[str, Any], dict[
     family = trial.suggest_categorical("family", list(cfg.families))
     spec: dict[str, Any] = {"family": family}
     if family == "cnn":
-        for key in ("blocks", "channels", "kernel", "dense"):
+        for key in ("blocks", "channels", "kernel", "convs_per_block", "batch_norm", "dense"):
             spec[key] = trial.suggest_categorical(key, list(getattr(space.cnn, key)))
         spec["dropout"] = trial.suggest_float("dropout", *space.dropout)
     elif family == "mlp":
@@ -270,7 +271,14 @@ def _parent_run(study: optuna.Study, name: str, tags: dict[str, str]) -> str:
         log.warning("the study's parent MLflow run %s is missing from this store; starting a new one", run_id)
     with mlflow.start_run(run_name=f"sweep-{name}", tags=tags) as run:
         study.set_user_attr(PARENT_ATTR, run.info.run_id)
-    return run.info.run_id
+    # Workers started together may each have created a parent: the last attribute written wins, and
+    # every worker adopts it after a moment, deleting its own if it lost.
+    time.sleep(PARENT_SETTLE_SECONDS)
+    winner = study.user_attrs.get(PARENT_ATTR, run.info.run_id)
+    if winner != run.info.run_id:
+        log.info("another worker started this sweep's parent run %s; using it", winner)
+        mlflow.delete_run(run.info.run_id)
+    return winner
 
 
 def _flat_params(config: Config, spec: dict[str, Any], hp: Hyper, n_folds: int) -> dict[str, Any]:
@@ -332,7 +340,8 @@ def _train_folds(trial, folds, spec, hp: Hyper, cfg: TuneConfig, device, name: s
             step = f * hp.epochs + int(m["epoch"])
             mlflow.log_metrics({k: m[k] for k in EPOCH_METRICS if k in m}, step=step)
             trial.report(m["val_accuracy"], step)
-            if trial.should_prune():
+            # After the last epoch the trial's work is done: never prune it then, let it complete.
+            if step < len(folds) * hp.epochs and trial.should_prune():
                 raise optuna.TrialPruned(f"val accuracy {m['val_accuracy']:.4f} at step {step}")
 
         fitted = fit(spec, train, val, hp, device=device, seed=cfg.seed + f, on_epoch=on_epoch, desc=name)

@@ -37,6 +37,8 @@ def test_empty_mapping_gives_defaults():
         ({"split": {"val_fraction": 0.6, "holdout_fraction": 0.5}}, "split", "must be < 1"),
         ({"download": {"source": "url"}}, "download", "download.url.address"),
         ({"download": {"wheel": {"sha256": "abc"}}}, "download.wheel.sha256", "64 characters"),
+        ({"tune": {"space": {"cnn": {"convs_per_block": [3]}}}}, "tune.space.cnn.convs_per_block", "any of [1, 2]"),
+        ({"tune": {"space": {"cnn": {"batch_norm": [1]}}}}, "tune.space.cnn.batch_norm", "valid boolean"),
     ],
 )
 def test_errors_name_the_key(data, key, fragment):

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from rotmnist.io import Dataset, atomic_path, load_dataset, save_dataset, write_json
+from rotmnist.io import Dataset, atomic_path, load_dataset, save_dataset, write_csv, write_json
 
 
 def _dataset(n=5):
@@ -82,3 +82,10 @@ def test_incomplete_folder_is_a_clear_error(tmp_path):
     (tmp_path / "d" / "angle.npy").write_bytes(b"not numpy")
     with pytest.raises(ValueError, match=r"not a valid \.npy"):
         load_dataset(tmp_path / "d")
+
+
+def test_write_csv_writes_a_header_and_one_line_per_row(tmp_path):
+    path = tmp_path / "plots" / "t.csv"
+    write_csv(path, [{"angle": -10, "accuracy": 0.5}, {"angle": 0, "accuracy": 1.0}])
+    assert path.read_text() == "angle,accuracy\n-10,0.5\n0,1.0\n"
+    assert not list(path.parent.glob(".*"))  # no temporary file left behind

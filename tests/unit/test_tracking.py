@@ -165,3 +165,21 @@ def _dataset(x: np.ndarray):
         angle=np.zeros(n, np.int8),
         mnist_split=np.zeros(n, np.int8),
     )
+
+
+@pytest.mark.parametrize(
+    ("uri", "server"),
+    [
+        ("http://127.0.0.1:5000", True),
+        ("https://mlflow.example.org", True),
+        ("databricks", True),
+        ("sqlite:////tmp/mlflow.db", False),
+        ("postgresql+psycopg2://user@db/mlflow", False),
+        ("mysql://user@db/mlflow", False),
+        ("/tmp/mlruns", False),
+    ],
+)
+def test_only_tracking_servers_choose_the_artifact_location(uri, server):
+    # Every other store gets the repository's mlartifacts folder, so a `dvc exp run --queue` copy
+    # does not leave its artifacts in a temporary directory.
+    assert tracking._is_server(uri) is server

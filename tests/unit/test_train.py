@@ -163,6 +163,19 @@ def test_as_dataset_accepts_objects_with_x_and_y_and_validates_them():
         train.as_dataset(types.SimpleNamespace(x=x[:, :20], y=y))
     with pytest.raises(ValueError, match="digits 0-9"):
         train.as_dataset(types.SimpleNamespace(x=x, y=y + 10))
+    with pytest.raises(ValueError, match=r"scaled to \[0, 1\]; pass pixels in 0..255"):
+        train.as_dataset(types.SimpleNamespace(x=x / 255.0, y=y))
+    with pytest.raises(ValueError, match=r"must be in 0..255"):
+        train.as_dataset(types.SimpleNamespace(x=x.astype(np.int16) - 1, y=y))
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        train.as_dataset(types.SimpleNamespace(x=np.full(x.shape, np.nan), y=y))
+
+
+def test_as_dataset_keeps_float_pixels_and_given_sources():
+    x, y, _, _ = tiny_mnist(n_train=20, n_test=10)
+    sources = np.arange(20) // 2
+    ds = train.as_dataset(types.SimpleNamespace(x=x.astype(np.float32), y=y, source_id=sources))
+    assert np.array_equal(ds.x, x) and np.array_equal(ds.source_id, sources)
 
 
 @pytest.fixture

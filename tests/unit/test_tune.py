@@ -72,8 +72,9 @@ def test_study_name_changes_with_the_objective_but_not_with_the_budget():
     ("params", "spec_keys"),
     [
         (
-            {"family": "cnn", "blocks": 3, "channels": 16, "kernel": 5, "dense": 64, "dropout": 0.1},
-            {"family", "blocks", "channels", "kernel", "dense", "dropout"},
+            {"family": "cnn", "blocks": 3, "channels": 16, "kernel": 5, "convs_per_block": 1, "batch_norm": True}
+            | {"dense": 64, "dropout": 0.1},
+            {"family", "blocks", "channels", "kernel", "convs_per_block", "batch_norm", "dense", "dropout"},
         ),
         ({"family": "mlp", "layers": 2, "width": 512, "dropout": 0.2}, {"family", "layers", "width", "dropout"}),
         ({"family": "logreg"}, {"family"}),
@@ -96,7 +97,8 @@ def test_suggest_stays_inside_the_configured_space():
     for _ in range(10):
         trial = study.ask()
         spec, hyper = tune.suggest(trial, config.tune)
-        assert spec["blocks"] == 3 and spec["kernel"] == 5 and spec["channels"] in (16, 24)
+        assert spec["blocks"] == 3 and spec["kernel"] == 5 and spec["channels"] == 16
+        assert spec["convs_per_block"] == 1 and spec["batch_norm"] is True
         assert 0.001 <= hyper["lr"] <= 0.002 and hyper["batch_size"] == 64
         study.tell(trial, 0.5)
 

@@ -1,0 +1,96 @@
+"""Tiny end-to-end `dvc repro` in a temporary git repository, then push / pull round-trip."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+
+from rotmnist.io import MNIST_TEST, load_dataset
+from rotmnist.paths import SPLITS
+from tests.integration.conftest import run
+
+pytestmark = pytest.mark.slow
+
+
+def _digests(folder):
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_repro_builds_the_versioned_dataset_and_is_then_a_no_op(tiny_repo):
+    run(["dvc", "repro"], tiny_repo)
+
+    raw = load_dataset(tiny_repo / "data" / "raw")
+    augmented = load_dataset(tiny_repo / "data" / "augmented")
+    assert len(raw) == 360
+    assert len(augmented) == 360 * 7
+    splits = {name: load_dataset(tiny_repo / "data" / "splits" / name) for name in SPLITS}
+    assert sum(len(s) for s in splits.values()) == len(augmented)
+    sources = [set(s.source_id.tolist()) for s in splits.values()]
+    assert sum(len(s) for s in sources) == len(set().union(*sources))  # no source in two splits
+    assert set(splits["test"].source_id.tolist()) == set(raw.source_id[raw.mnist_split == MNIST_TEST].tolist())
+    manifest = json.loads((tiny_repo / "metrics" / "split_manifest.json").read_text())
+    assert manifest  # DVC metrics file present
+    assert json.loads((tiny_repo / "metrics" / "data_profile.json").read_text())
+
+    # tune -> train -> monitor logged into the repository's own stores
+    for out in ("models/best_params.json", "models/run.json", "models/model.pt", "metrics/tune.json"):
+        assert (tiny_repo / out).is_file(), out
+    client = MlflowClient(f"sqlite:///{tiny_repo / 'mlflow.db'}")
+    assert len(_children(client)) == 2  # tune.n_trials
+    gate = json.loads((tiny_repo / "metrics" / "monitor.json").read_text())
+    assert gate["registry"]["version"] == 1
+    assert str(client.get_model_version_by_alias("rotmnist-cnn", "candidate").version) == "1"
+
+    assert "up to date" in run(["dvc", "status"], tiny_repo).stdout.lower()
+    again = run(["dvc", "repro"], tiny_repo).stdout
+    assert "didn't change" in again or "up to date" in again.lower()
+    assert "Running stage" not in again
+
+
+def _children(client: MlflowClient) -> list:
+    """The trial runs of the sweep(s) in the `rotmnist` experiment."""
+    experiment = client.get_experiment_by_name("rotmnist")
+    return client.search_runs([experiment.experiment_id], "tags.mlflow.parentRunId != ''")
+
+
+def test_exp_run_in_a_temporary_copy_logs_into_the_same_stores(tiny_repo):
+    run(["dvc", "repro"], tiny_repo)
+    client = MlflowClient(f"sqlite:///{tiny_repo / 'mlflow.db'}")
+    parent = {r.data.tags["mlflow.parentRunId"] for r in _children(client)}
+
+    run(["dvc", "exp", "run", "--temp", "-S", "tune.n_trials=3", "-S", "train.epochs=2"], tiny_repo)
+
+    # The study's name ignores n_trials, so the journal at the repository root is extended by one trial
+    # under the same parent run, and the new train run and model version land in the same MLflow store.
+    children = _children(client)
+    assert len(children) == 3
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == parent
+    train_runs = client.search_runs([client.get_experiment_by_name("rotmnist").experiment_id], "tags.stage = 'train'")
+    assert sorted(r.data.params["epochs"] for r in train_runs) == ["1", "2"]
+    assert str(client.get_model_version_by_alias("rotmnist-cnn", "candidate").version) == "2"
+    assert not list((tiny_repo / ".dvc" / "tmp").rglob("mlflow.db"))
+    assert not list((tiny_repo / ".dvc" / "tmp").rglob("journal.log"))
+
+
+def test_augment_is_byte_identical_after_forced_rerun(tiny_repo):
+    run(["dvc", "repro", "augment"], tiny_repo)
+    lock_before = (tiny_repo / "dvc.lock").read_text()
+    run(["dvc", "repro", "-f", "-s", "augment"], tiny_repo)
+    assert (tiny_repo / "dvc.lock").read_text() == lock_before
+
+
+def test_push_then_pull_restores_identical_files(tiny_repo):
+    run(["dvc", "repro", "split"], tiny_repo)
+    before = {d: _digests(tiny_repo / "data" / d) for d in ("raw", "augmented", "splits")}
+    run(["dvc", "push"], tiny_repo)
+    shutil.rmtree(tiny_repo / ".dvc" / "cache")
+    shutil.rmtree(tiny_repo / "data")
+    run(["dvc", "pull"], tiny_repo)
+    after = {d: _digests(tiny_repo / "data" / d) for d in ("raw", "augmented", "splits")}
+    assert after == before
+    x = load_dataset(tiny_repo / "data" / "splits" / "train").x
+    assert x.dtype == np.uint8 and x.shape[1:] == (28, 28)
