@@ -77,6 +77,18 @@ def _replace_dir(tmp: Path, target: Path) -> None:
         os.replace(tmp, target)
 
 
+def read_json(path: str | Path, *, made_by: str) -> Any:
+    """JSON that stage `made_by` writes; a PipelineError naming the file (and the stage to run) if unreadable."""
+    from rotmnist.errors import PipelineError
+
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise PipelineError(f"{path} does not exist; run `rotmnist {made_by}` first") from None
+    except (OSError, ValueError) as err:
+        raise PipelineError(f"{path} is not valid JSON: {err}") from None
+
+
 def write_json(path: str | Path, data: Any) -> None:
     """Write `data` as indented JSON, atomically."""
     with atomic_path(path) as tmp:

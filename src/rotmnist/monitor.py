@@ -257,14 +257,7 @@ def _save(fig, path: Path) -> Path:
 
 def read_run_reference(path: Path) -> dict[str, Any]:
     """`models/run.json` written by `train`: at least the training run id and the logged model's URI."""
-    import json
-
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise PipelineError(f"{path} does not exist; run `rotmnist train` first") from None
-    except (OSError, ValueError) as err:
-        raise PipelineError(f"{path} is not valid JSON: {err}") from None
+    data = io.read_json(path, made_by="train")
     missing = [k for k in ("run_id", "model_uri") if not isinstance(data, dict) or not data.get(k)]
     if missing:
         raise PipelineError(f"{path} lacks {', '.join(missing)}; run `rotmnist train` again")

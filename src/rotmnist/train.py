@@ -201,7 +201,9 @@ def fit(
     history: list[dict[str, float]] = []
     for epoch in range(1, hp.epochs + 1):
         model.train()
-        start, total_loss, correct = time.perf_counter(), 0.0, 0
+        # Running sums stay on the device: no host sync per step (it stalls a GPU).
+        start = time.perf_counter()
+        total_loss, correct = torch.zeros((), device=device), torch.zeros((), device=device, dtype=torch.long)
         order = torch.randperm(len(x), generator=gen).to(device)
         bar = tqdm(
             range(steps_per_epoch), desc=f"{desc} epoch {epoch}/{hp.epochs}", leave=False, mininterval=2, disable=None
@@ -215,9 +217,10 @@ def fit(
             loss.backward()
             opt.step()
             sched.step()
-            total_loss += float(loss.detach()) * len(idx)
-            correct += int((logits.detach().argmax(1) == yb).sum())
+            total_loss += loss.detach() * len(idx)
+            correct += (logits.detach().argmax(1) == yb).sum()
         bar.close()
+        total_loss, correct = float(total_loss), int(correct)
         if not math.isfinite(total_loss):
             raise FloatingPointError(f"training diverged (loss {total_loss}) at epoch {epoch}; lower the learning rate")
         seconds = time.perf_counter() - start
@@ -334,14 +337,9 @@ def learn_model(dataset: Any, *, config: Config | None = None, paths: Paths | No
 
 def read_best_params(path) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """`models/best_params.json` from `tune`: (model spec, optimiser settings, the whole document)."""
-    import json
+    from rotmnist import io as rio
 
-    try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise PipelineError(f"{path} does not exist; run `rotmnist tune` first") from None
-    except (OSError, ValueError) as err:
-        raise PipelineError(f"{path} is not valid JSON: {err}") from None
+    doc = rio.read_json(path, made_by="tune")
     if not isinstance(doc, dict) or not isinstance(doc.get("spec"), dict) or not isinstance(doc.get("hyper"), dict):
         raise PipelineError(f"{path} must hold objects 'spec' and 'hyper' (written by `rotmnist tune`)")
     try:

@@ -68,14 +68,6 @@ def make_config(**monitor_keys) -> Config:
     return Config(monitor=MonitorConfig(**keys), mlflow=MlflowConfig(experiment="monitor-test"))
 
 
-@pytest.fixture(scope="module")
-def empty_store(tmp_path_factory) -> Path:
-    """An initialised, empty SQLite MLflow store (creating its tables takes seconds: do it once, copy it)."""
-    db = tmp_path_factory.mktemp("store") / "mlflow.db"
-    MlflowClient(f"sqlite:///{db}").search_experiments()
-    return db
-
-
 @pytest.fixture
 def ws(tmp_path, monkeypatch, empty_store) -> Paths:
     """A workspace with the oracle holdout and its own MLflow store."""

@@ -86,10 +86,10 @@ def test_augment_is_byte_identical_after_forced_rerun(tiny_repo):
 def test_push_then_pull_restores_identical_files(tiny_repo):
     run(["dvc", "repro", "split"], tiny_repo)
     before = {d: _digests(tiny_repo / "data" / d) for d in ("raw", "augmented", "splits")}
-    run(["dvc", "push"], tiny_repo)
+    run(["dvc", "push", "--with-deps", "split"], tiny_repo)
     shutil.rmtree(tiny_repo / ".dvc" / "cache")
     shutil.rmtree(tiny_repo / "data")
-    run(["dvc", "pull"], tiny_repo)
+    run(["dvc", "pull", "--with-deps", "split"], tiny_repo)
     after = {d: _digests(tiny_repo / "data" / d) for d in ("raw", "augmented", "splits")}
     assert after == before
     x = load_dataset(tiny_repo / "data" / "splits" / "train").x

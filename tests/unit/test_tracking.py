@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -17,14 +16,6 @@ from rotmnist.config import Config, MlflowConfig
 from rotmnist.model import classifier_from_spec, predict_labels
 from rotmnist.paths import Paths
 from tests.helpers import tiny_mnist
-
-
-@pytest.fixture(scope="module")
-def empty_store(tmp_path_factory) -> Path:
-    """An initialised SQLite MLflow store (creating the tables takes seconds: do it once, copy it)."""
-    db = tmp_path_factory.mktemp("store") / "mlflow.db"
-    MlflowClient(f"sqlite:///{db}").search_experiments()
-    return db
 
 
 @pytest.fixture

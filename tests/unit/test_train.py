@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import types
 
 import numpy as np
@@ -179,10 +180,10 @@ def test_as_dataset_keeps_float_pixels_and_given_sources():
 
 
 @pytest.fixture
-def ws(tmp_path, monkeypatch) -> Paths:
+def ws(tmp_path, monkeypatch, empty_store) -> Paths:
     """A workspace with its own (initialised) SQLite MLflow store and journal."""
     db = tmp_path / "mlflow.db"
-    MlflowClient(f"sqlite:///{db}").search_experiments()
+    shutil.copy(empty_store, db)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
     monkeypatch.delenv("ROTMNIST_OPTUNA_STORAGE", raising=False)
     return Paths(root=tmp_path, store_root=tmp_path)
