@@ -25,7 +25,7 @@ from rotmnist.config import load_config
 from rotmnist.io import Dataset, load_dataset
 from rotmnist.model import classifier_from_spec, describe
 from rotmnist.paths import Paths
-from rotmnist.train import Hyper, fit, pixel_stats, resolve_device
+from rotmnist.train import Hyper, fit, pixel_stats, resolve_device, resolve_precision
 from rotmnist.tune import recipe
 
 DEFAULT_SPEC = {"family": "cnn", "blocks": 3, "channels": 16, "kernel": 3, "dense": 128, "dropout": 0.2}
@@ -62,9 +62,11 @@ def in_memory_epoch(spec: dict, ds: Dataset, batch_size: int, device: torch.devi
     return fit(spec, ds, None, hp, device=device, desc="in-memory").history[0]["images_per_second"]
 
 
-def in_memory_shifted_epoch(spec: dict, ds: Dataset, batch_size: int, device: torch.device) -> float:
-    """The same with the pipeline's random shift of up to `train.shift` pixels per image."""
-    return in_memory_epoch(spec, ds, batch_size, device, shift=load_config().train.shift)
+def pipeline_epoch(spec: dict, ds: Dataset, batch_size: int, device: torch.device) -> float:
+    """The pipeline's step: random shift of up to `train.shift` pixels, `train.precision` (auto: bf16 if native)."""
+    t = load_config().train
+    hp = Hyper(batch_size=batch_size, epochs=1, shift=t.shift, precision=t.precision)
+    return fit(spec, ds, None, hp, device=device, desc="pipeline").history[0]["images_per_second"]
 
 
 def dataloader_epoch(spec: dict, ds: Dataset, batch_size: int, device: torch.device) -> float:
@@ -138,13 +140,15 @@ def main() -> None:
     loops = {
         "DataLoader, per-sample": dataloader_epoch,
         "in-memory (rotmnist.train.fit)": in_memory_epoch,
-        "in-memory + random shift (the pipeline)": in_memory_shifted_epoch,
+        "in-memory + shift + train.precision (the pipeline)": pipeline_epoch,
     }
     in_memory_epoch(spec, ds.take(np.arange(min(len(ds), 2048))), batch_size, device)  # warm-up, not timed
     rows = [(name, max(run(spec, ds, batch_size, device) for _ in range(args.repeats))) for name, run in loops.items()]
+    precision = load_config().train.precision
     print(
         f"\nmodel {describe(spec)}, batch {batch_size}, {len(ds)} images per epoch, device {device}, "
-        f"{torch.get_num_threads()} threads, data: {'data/splits/train' if have_splits else 'synthetic'}\n"
+        f"{torch.get_num_threads()} threads, data: {'data/splits/train' if have_splits else 'synthetic'}, "
+        f"train.precision {precision} -> {resolve_precision(precision, device)}\n"
     )
     print("| loop | images/s | vs DataLoader |")
     print("|---|---:|---:|")

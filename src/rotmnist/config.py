@@ -116,7 +116,7 @@ class CnnSpace(_Section):
 
     blocks: tuple[int, ...] = (2, 3)
     channels: tuple[int, ...] = (16,)  # of the first block, doubled per block
-    kernel: tuple[int, ...] = (3, 5)
+    kernel: tuple[int, ...] = (5,)
     convs_per_block: tuple[int, ...] = (1,)
     batch_norm: tuple[bool, ...] = (True,)
     dense: tuple[int, ...] = (64, 128, 256)
@@ -250,13 +250,14 @@ class TuneConfig(_Section):
 
 
 class TrainConfig(_Section):
-    epochs: int = Field(10, ge=1)
+    epochs: int = Field(14, ge=1)
     seed: int = Field(0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_threads: int = Field(0, ge=0)
     shift: int = Field(2, ge=0, le=8)  # random translation in pixels (training only; tune trials too)
     label_smoothing: float = Field(0.05, ge=0.0, lt=1.0)
     schedule: Literal["onecycle", "cosine", "constant"] = "onecycle"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # bf16 autocast of the training step where native
 
 
 class MonitorConfig(_Section):

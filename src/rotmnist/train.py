@@ -12,6 +12,7 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 
 EVAL_BATCH = 2048
 SCHEDULES = ("onecycle", "cosine", "constant")
+PRECISIONS = ("auto", "fp32", "bf16")
 EpochCallback = Callable[[dict[str, float]], None]
 
 
@@ -45,6 +47,7 @@ class Hyper:
     label_smoothing: float = 0.0
     shift: int = 0  # random translation of each training image by up to this many pixels
     schedule: str = "onecycle"
+    precision: str = "fp32"  # of the training step's matmuls and convolutions; see resolve_precision
 
     def __post_init__(self) -> None:
         checks = {
@@ -55,10 +58,14 @@ class Hyper:
             "label_smoothing": 0 <= self.label_smoothing < 1,
             "shift": isinstance(self.shift, int) and 0 <= self.shift <= 8,
             "schedule": self.schedule in SCHEDULES,
+            "precision": self.precision in PRECISIONS,
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
-            raise ValueError(f"invalid training settings {bad}: {self}; schedule must be one of {list(SCHEDULES)}")
+            raise ValueError(
+                f"invalid training settings {bad}: {self}; "
+                f"schedule must be one of {list(SCHEDULES)}, precision one of {list(PRECISIONS)}"
+            )
 
 
 @dataclass
@@ -84,6 +91,30 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(name)
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX); without it bf16 is emulated, slower."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """`auto` -> bf16 autocast where the hardware runs it natively (CUDA with bf16, CPUs with AVX512-BF16/AMX).
+
+    Only the training step uses it (weights, optimiser state, loss and evaluation stay float32); on such a
+    CPU it trains the default CNN about 1.6x faster (see README).
+    """
+    if name not in PRECISIONS:
+        raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {name!r}")
+    if name != "auto":
+        return name
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if cpu_has_bf16() else "fp32"
 
 
 def pixel_stats(x: np.ndarray) -> tuple[float, float]:
@@ -197,6 +228,7 @@ def fit(
         yv = torch.from_numpy(val.y.astype(np.int64)).to(device)
     steps_per_epoch = math.ceil(len(x) / hp.batch_size)
     opt, sched = _optimizer(model, hp, hp.epochs * steps_per_epoch)
+    bf16 = resolve_precision(hp.precision, device) == "bf16"
     gen = torch.Generator().manual_seed(seed)
     history: list[dict[str, float]] = []
     for epoch in range(1, hp.epochs + 1):
@@ -211,8 +243,9 @@ def fit(
         for step in bar:
             idx = order[step * hp.batch_size : (step + 1) * hp.batch_size]
             xb, yb = random_shift(x[idx], hp.shift, gen), y[idx]
-            logits = model.logits(xb)
-            loss = F.cross_entropy(logits, yb, label_smoothing=hp.label_smoothing)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                logits = model.logits(xb)
+            loss = F.cross_entropy(logits.float(), yb, label_smoothing=hp.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import optuna
 from optuna.trial import TrialState
 
+import optuna
 from rotmnist import io, tracking
 from rotmnist.errors import PipelineError
 from rotmnist.io import Dataset
@@ -90,7 +90,7 @@ def study_name(config: Config, data_hash: str) -> str:
     key = {
         "data": data_hash,
         "tune": t.model_dump(mode="json", exclude={"n_trials", "storage", "study_name"}),
-        "recipe": config.train.model_dump(mode="json", include={"shift", "label_smoothing", "schedule"}),
+        "recipe": config.train.model_dump(mode="json", include={"shift", "label_smoothing", "schedule", "precision"}),
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
     return f"{t.study_name}-{digest}"
@@ -205,7 +205,14 @@ def params_to_choice(params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, 
 def recipe(config: Config, hyper: dict[str, Any], epochs: int) -> Hyper:
     """The training settings of a run: the tuned optimiser params + the shared recipe in `train`."""
     t = config.train
-    return Hyper(**hyper, epochs=epochs, shift=t.shift, label_smoothing=t.label_smoothing, schedule=t.schedule)
+    return Hyper(
+        **hyper,
+        epochs=epochs,
+        shift=t.shift,
+        label_smoothing=t.label_smoothing,
+        schedule=t.schedule,
+        precision=t.precision,
+    )
 
 
 def run_name(number: int | None, spec: dict[str, Any], hyper: dict[str, Any]) -> str:

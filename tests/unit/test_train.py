@@ -120,6 +120,24 @@ def test_fit_beats_chance_by_far_and_is_seeded():
         assert torch.equal(a, b)
 
 
+def test_fit_in_bf16_learns_and_keeps_float32_weights():
+    # bf16 autocast covers the training step only: the model it returns is float32 like any other.
+    hp = Hyper(lr=1e-2, batch_size=16, epochs=3, shift=1, precision="bf16")
+    result = fit(SMALL_CNN, dataset(400, seed=0), dataset(100, seed=1), hp, seed=3)
+    assert result.history[-1]["val_accuracy"] >= 0.8
+    assert {p.dtype for p in result.model.parameters()} == {torch.float32}
+
+
+def test_resolve_precision():
+    cpu = torch.device("cpu")
+    assert train.resolve_precision("fp32", cpu) == "fp32" and train.resolve_precision("bf16", cpu) == "bf16"
+    assert train.resolve_precision("auto", cpu) == ("bf16" if train.cpu_has_bf16() else "fp32")
+    with pytest.raises(ValueError, match=r"precision must be one of \['auto', 'fp32', 'bf16'\]"):
+        train.resolve_precision("fp16", cpu)
+    with pytest.raises(ValueError, match="precision one of"):
+        Hyper(precision="fp16")
+
+
 def test_an_epoch_callback_can_stop_training():
     class Stop(Exception):
         pass
