@@ -114,7 +114,7 @@ def _choices(v: tuple[int, ...], allowed: tuple[int, ...] | None = None, low: in
 class CnnSpace(_Section):
     """The CNN architecture choices the sweep samples from."""
 
-    blocks: tuple[int, ...] = (2, 3)
+    blocks: tuple[int, ...] = (3,)
     channels: tuple[int, ...] = (16,)  # of the first block, doubled per block
     kernel: tuple[int, ...] = (5,)
     convs_per_block: tuple[int, ...] = (1,)
@@ -250,7 +250,7 @@ class TuneConfig(_Section):
 
 
 class TrainConfig(_Section):
-    epochs: int = Field(14, ge=1)
+    epochs: int = Field(16, ge=1)
     seed: int = Field(0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_threads: int = Field(0, ge=0)
