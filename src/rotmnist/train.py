@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 EVAL_BATCH = 2048
 SCHEDULES = ("onecycle", "cosine", "constant")
 PRECISIONS = ("auto", "fp32", "bf16")
+MIN_ONECYCLE_STEPS = 8
 EpochCallback = Callable[[dict[str, float]], None]
 
 
@@ -113,7 +114,7 @@ def resolve_precision(name: str, device: torch.device) -> str:
     if name != "auto":
         return name
     if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp32"
     return "bf16" if cpu_has_bf16() else "fp32"
 
 
@@ -169,7 +170,8 @@ def _optimizer(model: torch.nn.Module, hp: Hyper, steps: int):
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
     groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     opt = torch.optim.AdamW(groups, lr=hp.lr)
-    if hp.schedule == "onecycle":
+    # OneCycle needs a few steps per phase (it divides by zero below about 5): very short runs keep a constant lr.
+    if hp.schedule == "onecycle" and steps >= MIN_ONECYCLE_STEPS:
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=hp.lr, total_steps=steps, pct_start=0.25)
     elif hp.schedule == "cosine":
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
@@ -300,19 +302,26 @@ def as_dataset(dataset: Any) -> Dataset:
         raise TypeError(f"dataset must be a rotmnist.io.Dataset or have numpy arrays .x and .y; got {type(dataset)}")
     if x.ndim != 3 or x.shape[1:] != (28, 28) or len(x) != len(y):
         raise ValueError(f"dataset.x must be (N, 28, 28) and dataset.y (N,); got {x.shape} and {y.shape}")
-    if len(y) and (y.min() < 0 or y.max() >= N_CLASSES):
-        raise ValueError(f"dataset.y must hold digits 0-9, got values in [{y.min()}, {y.max()}]")
+    if len(y) and (y.min() < 0 or y.max() >= N_CLASSES or not np.array_equal(y, np.rint(y))):
+        raise ValueError(f"dataset.y must hold whole digits 0-9, got values in [{y.min()}, {y.max()}]")
+    sources = getattr(dataset, "source_id", None)
+    if sources is not None:
+        sources = np.asarray(sources)
+        if sources.shape != y.shape or sources.dtype.kind not in "iu":
+            raise ValueError(f"dataset.source_id must be integers, one per image; got {sources.dtype} {sources.shape}")
+        if len(sources) and (sources.min() < 0 or sources.max() > np.iinfo(np.int32).max):
+            raise ValueError("dataset.source_id must be in 0..2**31-1")
     if x.dtype.kind == "f" and x.size and not np.isfinite(x).all():
         raise ValueError("dataset.x holds NaN or infinite pixels")
     if x.size and (x.min() < 0 or x.max() > 255):
         raise ValueError(f"dataset.x pixels must be in 0..255, got values in [{x.min()}, {x.max()}]")
-    if x.dtype.kind == "f" and x.size and x.max() <= 1.0:
+    if x.dtype.kind == "f" and x.size and 0 < x.max() <= 1.0:
         raise ValueError("dataset.x looks scaled to [0, 1]; pass pixels in 0..255 (multiply by 255)")
     n = len(x)
     return Dataset(
         x=np.rint(x).astype(np.uint8),
         y=y.astype(np.uint8),
-        source_id=np.asarray(getattr(dataset, "source_id", np.arange(n)), dtype=np.int32),
+        source_id=(np.arange(n) if sources is None else sources).astype(np.int32),
         angle=np.asarray(getattr(dataset, "angle", np.zeros(n)), dtype=np.int8),
         mnist_split=np.zeros(n, np.int8),
     )
@@ -446,7 +455,15 @@ def main(config: Config, paths: Paths) -> None:
     tags |= {"tuned_by": str(best.get("parent_run_id", "")), "tuned_trial": str(best.get("trial", ""))}
     name = f"train-{describe(spec)}-e{hp.epochs}"
     with mlflow.start_run(run_name=name, tags=tags) as run:
-        mlflow.log_params({**spec, **hyper_dict(hp), "train_images": len(train), "device": device.type})
+        mlflow.log_params(
+            {
+                **spec,
+                **hyper_dict(hp),
+                "precision": resolve_precision(hp.precision, device),  # what ran, not "auto"
+                "train_images": len(train),
+                "device": device.type,
+            }
+        )
         for split, ds in (("train", train), ("val", val), ("test", test)):
             digest = tracking.array_digest(tags["data_hash"].encode(), split.encode())
             context = {"train": "training", "val": "validation", "test": "testing"}[split]

@@ -30,7 +30,16 @@ from rotmnist import io, tracking
 from rotmnist.errors import PipelineError
 from rotmnist.io import Dataset
 from rotmnist.model import describe, predict_proba
-from rotmnist.train import Hyper, apply_threads, fit, hyper_dict, resolve_device, source_folds, subsample_sources
+from rotmnist.train import (
+    Hyper,
+    apply_threads,
+    fit,
+    hyper_dict,
+    resolve_device,
+    resolve_precision,
+    source_folds,
+    subsample_sources,
+)
 
 if TYPE_CHECKING:
     from rotmnist.config import Config, TuneConfig
@@ -45,6 +54,7 @@ EPOCH_METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 LATENCY_IMAGES = 1024
 PARENT_SETTLE_SECONDS = 0.5
+ROLE_TAG = "role"  # "sweep" on a study's parent run
 
 
 # ---- storage and study ----------------------------------------------------------------------------
@@ -276,22 +286,27 @@ def _parent_run(study: optuna.Study, name: str, tags: dict[str, str]) -> str:
         except MlflowException:
             pass
         log.warning("the study's parent MLflow run %s is missing from this store; starting a new one", run_id)
-    with mlflow.start_run(run_name=f"sweep-{name}", tags=tags) as run:
-        study.set_user_attr(PARENT_ATTR, run.info.run_id)
-    # Workers started together may each have created a parent: the last attribute written wins, and
-    # every worker adopts it after a moment, deleting its own if it lost.
+    with mlflow.start_run(run_name=f"sweep-{name}", tags=tags | {ROLE_TAG: "sweep"}) as run:
+        pass
+    # Workers started together may each have created a parent: after a moment every worker adopts the
+    # oldest active one of this study (the same for all), and deletes its own if it is not that one.
     time.sleep(PARENT_SETTLE_SECONDS)
-    winner = study.user_attrs.get(PARENT_ATTR, run.info.run_id)
+    parents = mlflow.search_runs(
+        filter_string=f"tags.study = '{name}' and tags.{ROLE_TAG} = 'sweep'", output_format="list"
+    )
+    winner = min(parents, key=lambda r: (r.info.start_time, r.info.run_id)).info.run_id if parents else run.info.run_id
     if winner != run.info.run_id:
         log.info("another worker started this sweep's parent run %s; using it", winner)
         mlflow.delete_run(run.info.run_id)
+    study.set_user_attr(PARENT_ATTR, winner)
     return winner
 
 
-def _flat_params(config: Config, spec: dict[str, Any], hp: Hyper, n_folds: int) -> dict[str, Any]:
+def _flat_params(config: Config, spec: dict[str, Any], hp: Hyper, n_folds: int, device) -> dict[str, Any]:
     return {
         **spec,
         **hyper_dict(hp),
+        "precision": resolve_precision(hp.precision, device),  # what ran, not "auto"
         "train_fraction": config.tune.train_fraction,
         "folds": n_folds,
     }
@@ -320,7 +335,7 @@ def _objective(
         pruned: optuna.TrialPruned | None = None
         with mlflow.start_run(run_name=name, nested=True, parent_run_id=parent_id, tags=run_tags) as run:
             trial.set_user_attr("mlflow_run_id", run.info.run_id)
-            mlflow.log_params(_flat_params(config, spec, hp, len(folds)))
+            mlflow.log_params(_flat_params(config, spec, hp, len(folds), device))
             log_inputs(*inputs)
             try:
                 value = _train_folds(trial, folds, spec, hp, cfg, device, name)

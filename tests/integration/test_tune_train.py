@@ -268,3 +268,15 @@ def test_a_sweep_killed_mid_trial_and_restarted_ends_with_exactly_n_trials(ws):
     study = study_of(ws, config())
     assert tune.count_finished(study) == 3
     assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
+
+
+def test_workers_that_each_start_a_parent_run_end_up_sharing_the_oldest(ws, monkeypatch):
+    monkeypatch.setattr(tune, "PARENT_SETTLE_SECONDS", 0.0)
+    tracking.configure_mlflow(config(), ws)
+    study = optuna.create_study(study_name="s", storage=optuna.storages.InMemoryStorage())
+    first = tune._parent_run(study, "s", {"study": "s"})
+    study.set_user_attr(tune.PARENT_ATTR, "gone")  # a second worker that did not see the first one's run
+    second = tune._parent_run(study, "s", {"study": "s"})
+    assert second == first and study.user_attrs[tune.PARENT_ATTR] == first
+    sweeps = [r for r in runs(MlflowClient()) if r.data.tags.get(tune.ROLE_TAG) == "sweep"]
+    assert [r.info.run_id for r in sweeps] == [first]  # the loser deleted its own parent run

@@ -128,6 +128,12 @@ def test_fit_in_bf16_learns_and_keeps_float32_weights():
     assert {p.dtype for p in result.model.parameters()} == {torch.float32}
 
 
+@pytest.mark.parametrize("n", [64, 256, 400])  # 1, 4 and 7 steps: too short for a one-cycle schedule
+def test_very_short_runs_train_with_a_constant_learning_rate(n):
+    result = fit({"family": "logreg"}, dataset(n), None, Hyper(batch_size=64, epochs=1, schedule="onecycle"))
+    assert result.history[0]["lr"] == Hyper().lr
+
+
 def test_resolve_precision():
     cpu = torch.device("cpu")
     assert train.resolve_precision("fp32", cpu) == "fp32" and train.resolve_precision("bf16", cpu) == "bf16"
@@ -184,6 +190,13 @@ def test_as_dataset_accepts_objects_with_x_and_y_and_validates_them():
         train.as_dataset(types.SimpleNamespace(x=x, y=y + 10))
     with pytest.raises(ValueError, match=r"scaled to \[0, 1\]; pass pixels in 0..255"):
         train.as_dataset(types.SimpleNamespace(x=x / 255.0, y=y))
+    with pytest.raises(ValueError, match="whole digits 0-9"):
+        train.as_dataset(types.SimpleNamespace(x=x, y=y + 0.5))
+    with pytest.raises(ValueError, match="source_id must be integers, one per image"):
+        train.as_dataset(types.SimpleNamespace(x=x, y=y, source_id=np.arange(20) + 0.5))
+    with pytest.raises(ValueError, match=r"source_id must be in 0..2\*\*31-1"):
+        train.as_dataset(types.SimpleNamespace(x=x, y=y, source_id=np.full(20, 3_000_000_000)))
+    assert len(train.as_dataset(types.SimpleNamespace(x=np.zeros((3, 28, 28)), y=np.zeros(3)))) == 3  # black images
     with pytest.raises(ValueError, match=r"must be in 0..255"):
         train.as_dataset(types.SimpleNamespace(x=x.astype(np.int16) - 1, y=y))
     with pytest.raises(ValueError, match="NaN or infinite"):
