@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from rotmnist.errors import PipelineError
+
 IMAGE_SHAPE = (28, 28)
 N_CLASSES = 10  # digits 0-9
 MNIST_TRAIN, MNIST_TEST = 0, 1
@@ -79,8 +81,6 @@ def _replace_dir(tmp: Path, target: Path) -> None:
 
 def read_json(path: str | Path, *, made_by: str) -> Any:
     """JSON that stage `made_by` writes; a PipelineError naming the file (and the stage to run) if unreadable."""
-    from rotmnist.errors import PipelineError
-
     try:
         return json.loads(Path(path).read_text())
     except FileNotFoundError:

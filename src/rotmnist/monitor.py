@@ -210,10 +210,8 @@ def write_plots(
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=3, fontsize=8)
     written += [folder / "angle_accuracy.csv", _save(fig, folder / "angle_accuracy.png")]
 
-    io.write_text(
-        folder / "confusion.csv",
-        "actual,predicted\n" + "".join(f"{int(a)},{int(p)}\n" for a, p in zip(holdout.y, yhat, strict=True)),
-    )
+    pairs = zip(holdout.y.tolist(), yhat.tolist(), strict=True)
+    io.write_csv(folder / "confusion.csv", [{"actual": a, "predicted": p} for a, p in pairs])
     cm = confusion_matrix(holdout.y, yhat)
     fig, ax = plt.subplots(figsize=(6, 5.5))
     ax.imshow(np.log1p(cm), cmap="Blues")

@@ -7,6 +7,7 @@ the model normalises them inside (`RawImageClassifier.logits`), so training and 
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -94,6 +95,7 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+@functools.cache
 def cpu_has_bf16() -> bool:
     """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX); without it bf16 is emulated, slower."""
     try:
@@ -282,9 +284,9 @@ def _fmt(metrics: Mapping[str, float]) -> str:
     return ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k != "epoch")
 
 
-def hyper_dict(hp: Hyper) -> dict[str, Any]:
-    """`hp` as a plain dict (for JSON and MLflow params)."""
-    return asdict(hp)
+def hyper_dict(hp: Hyper, device: torch.device) -> dict[str, Any]:
+    """`hp` as a plain dict for MLflow params, with the precision that runs on `device` (not "auto")."""
+    return asdict(hp) | {"precision": resolve_precision(hp.precision, device)}
 
 
 # ---- learn_model: the assignment's prototype --------------------------------------------------------
@@ -458,8 +460,7 @@ def main(config: Config, paths: Paths) -> None:
         mlflow.log_params(
             {
                 **spec,
-                **hyper_dict(hp),
-                "precision": resolve_precision(hp.precision, device),  # what ran, not "auto"
+                **hyper_dict(hp, device),
                 "train_images": len(train),
                 "device": device.type,
             }

@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import optuna
 from optuna.trial import TrialState
 
-import optuna
 from rotmnist import io, tracking
 from rotmnist.errors import PipelineError
 from rotmnist.io import Dataset
@@ -36,12 +36,13 @@ from rotmnist.train import (
     fit,
     hyper_dict,
     resolve_device,
-    resolve_precision,
     source_folds,
     subsample_sources,
 )
 
 if TYPE_CHECKING:
+    import torch
+
     from rotmnist.config import Config, TuneConfig
     from rotmnist.paths import Paths
 
@@ -55,6 +56,8 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 LATENCY_IMAGES = 1024
 PARENT_SETTLE_SECONDS = 0.5
 ROLE_TAG = "role"  # "sweep" on a study's parent run
+# The `train` keys every trial and the final model share (dvc.yaml lists them as the tune stage's params).
+RECIPE_KEYS = ("shift", "label_smoothing", "schedule", "precision")
 
 
 # ---- storage and study ----------------------------------------------------------------------------
@@ -100,7 +103,7 @@ def study_name(config: Config, data_hash: str) -> str:
     key = {
         "data": data_hash,
         "tune": t.model_dump(mode="json", exclude={"n_trials", "storage", "study_name"}),
-        "recipe": config.train.model_dump(mode="json", include={"shift", "label_smoothing", "schedule", "precision"}),
+        "recipe": config.train.model_dump(mode="json", include=set(RECIPE_KEYS)),
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
     return f"{t.study_name}-{digest}"
@@ -214,15 +217,7 @@ def params_to_choice(params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, 
 
 def recipe(config: Config, hyper: dict[str, Any], epochs: int) -> Hyper:
     """The training settings of a run: the tuned optimiser params + the shared recipe in `train`."""
-    t = config.train
-    return Hyper(
-        **hyper,
-        epochs=epochs,
-        shift=t.shift,
-        label_smoothing=t.label_smoothing,
-        schedule=t.schedule,
-        precision=t.precision,
-    )
+    return Hyper(**hyper, epochs=epochs, **config.train.model_dump(include=set(RECIPE_KEYS)))
 
 
 def run_name(number: int | None, spec: dict[str, Any], hyper: dict[str, Any]) -> str:
@@ -302,11 +297,10 @@ def _parent_run(study: optuna.Study, name: str, tags: dict[str, str]) -> str:
     return winner
 
 
-def _flat_params(config: Config, spec: dict[str, Any], hp: Hyper, n_folds: int, device) -> dict[str, Any]:
+def _flat_params(config: Config, spec: dict[str, Any], hp: Hyper, n_folds: int, device: torch.device) -> dict[str, Any]:
     return {
         **spec,
-        **hyper_dict(hp),
-        "precision": resolve_precision(hp.precision, device),  # what ran, not "auto"
+        **hyper_dict(hp, device),
         "train_fraction": config.tune.train_fraction,
         "folds": n_folds,
     }
