@@ -1,4 +1,8 @@
-"""`rotmnist <stage>`: the command line that `dvc.yaml` calls, one subcommand per stage."""
+"""`rotmnist <stage>`: the command line that `dvc.yaml` calls, one subcommand per stage, plus `predict`.
+
+Every expected failure is a `PipelineError`: printed on one line, exit status 1 (2 for invalid
+params); `-v` shows the traceback. Anything else is a bug and keeps its traceback.
+"""
 
 from __future__ import annotations
 
@@ -8,15 +12,18 @@ import logging
 import sys
 from collections.abc import Sequence
 
-# stage -> (module, help); each module has `main(config, paths) -> None`.
-# Modules are imported only when their stage runs, so `--help` stays instant.
+# command -> (module, help); a stage's module has `main(config, paths) -> None`.
+# Modules are imported only when their command runs, so `--help` stays instant.
 STAGES = {
-    "download": ("rotmnist.data", "fetch MNIST (70,000 images) into data/raw and profile it"),
+    "download": ("rotmnist.download", "fetch MNIST (70,000 images) into data/raw and profile it"),
     "augment": ("rotmnist.augment", "rotate every image by every angle: data/augmented (490,000 images)"),
     "split": ("rotmnist.split", "split by source image into train/val/holdout/test: data/splits"),
     "tune": ("rotmnist.tune", "Optuna sweep, one MLflow run per trial: models/best_params.json"),
     "train": ("rotmnist.train", "train the final model and log it to MLflow: models/"),
     "monitor": ("rotmnist.monitor", "holdout drift check, registration and gated promotion to champion"),
+}
+COMMANDS = {
+    "predict": ("rotmnist.predict", "score image files or a .npy array with the champion model"),
 }
 
 log = logging.getLogger("rotmnist")
@@ -28,14 +35,27 @@ def build_parser() -> argparse.ArgumentParser:
         description="Rotation-robust MNIST pipeline: download -> augment -> split -> tune -> train -> monitor.",
     )
     parser.add_argument("--params", default=None, help="params file (default: params.yaml of the workspace)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="<stage>")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="<command>")
     for name, (_, text) in STAGES.items():
         sub.add_parser(name, help=text, description=text)
-    predict = sub.add_parser("predict", help="score PNG images or a .npy array with the champion model")
-    predict.add_argument("images", nargs="+", help="PNG files or one .npy array of shape (N, 28, 28)")
+    predict = sub.add_parser("predict", help=COMMANDS["predict"][1], description=COMMANDS["predict"][1])
+    predict.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...) or .npy arrays of shape (N, 28, 28)")
     predict.add_argument("--model", default=None, help="model URI (default: models:/<monitor.model_name>@champion)")
     return parser
+
+
+def run(args: argparse.Namespace) -> None:
+    """Load params and run the chosen command; raises what the command raises."""
+    from rotmnist.config import load_config
+    from rotmnist.paths import Paths
+
+    paths = Paths.here()
+    config = load_config(args.params)
+    if args.command in STAGES:
+        importlib.import_module(STAGES[args.command][0]).main(config, paths)
+    else:
+        importlib.import_module(COMMANDS[args.command][0]).main(config, paths, args.images, args.model)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -45,28 +65,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    from rotmnist.config import ConfigError, load_config
-    from rotmnist.errors import PipelineError
-    from rotmnist.paths import Paths
+    from rotmnist.errors import ConfigError, PipelineError
 
-    paths = Paths.here()
     try:
-        config = load_config(args.params)
-    except ConfigError as err:
-        print(f"rotmnist: {err}", file=sys.stderr)
-        return 2
-    if args.command == "predict":
-        from rotmnist import registry
-
-        return registry.predict_main(config, paths, args.images, args.model)
-    module = importlib.import_module(STAGES[args.command][0])
-    try:
-        module.main(config, paths)
-    except (PipelineError, FileNotFoundError) as err:
+        run(args)
+    except PipelineError as err:
         if args.verbose:
             raise
         print(f"rotmnist {args.command}: {err}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(err, ConfigError) else 1
     return 0
 
 

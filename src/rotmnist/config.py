@@ -6,16 +6,30 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from rotmnist.errors import ConfigError
 from rotmnist.paths import Paths
+from rotmnist.spec import (
+    ALLOWED_ANGLES,
+    CNN_CHOICES,
+    DEVICES,
+    FAMILIES,
+    MLP_CHOICES,
+    PRECISIONS,
+    ROTATION_CHUNK,
+    SCHEDULES,
+    check_optuna_storage,
+)
 
-ALLOWED_ANGLES = (-30, -20, -10, 10, 20, 30)
-FAMILIES = ("cnn", "mlp", "logreg")
+__all__ = ["Config", "ConfigError", "config_from_dict", "load_config"]
 
 
-class ConfigError(ValueError):
-    """`params.yaml` is missing, unreadable, or holds an invalid value."""
+# Literal types built from the one spelling in `spec`, so pydantic's error lists the allowed values.
+Family = Literal[FAMILIES]  # type: ignore[valid-type]
+Schedule = Literal[SCHEDULES]  # type: ignore[valid-type]
+Precision = Literal[PRECISIONS]  # type: ignore[valid-type]
+Device = Literal[DEVICES]  # type: ignore[valid-type]
 
 
 class _Section(BaseModel):
@@ -67,7 +81,7 @@ class AugmentConfig(_Section):
     angles: tuple[int, ...] = ALLOWED_ANGLES
     oversample_rate: float = Field(7.0, ge=0.0)
     seed: int = Field(0, ge=0)
-    chunk_size: int = Field(256, ge=1)  # speed only: the output does not depend on it
+    chunk_size: int = Field(ROTATION_CHUNK, ge=1)  # speed only: the output does not depend on it
 
     @field_validator("angles", mode="before")
     @classmethod
@@ -101,7 +115,7 @@ def _log_range(v: tuple[float, float], name: str) -> tuple[float, float]:
     return v
 
 
-def _choices(v: tuple[int, ...], allowed: tuple[int, ...] | None = None, low: int = 1) -> tuple[int, ...]:
+def _choices(v: tuple[Any, ...], allowed: tuple[Any, ...] | None = None, low: int = 1) -> tuple[Any, ...]:
     if not v or len(set(v)) != len(v):
         raise ValueError(f"must be a non-empty list of distinct choices, got {list(v)}")
     bad = [c for c in v if (c not in allowed if allowed else c < low)]
@@ -126,30 +140,10 @@ class CnnSpace(_Section):
     def _to_tuple(cls, v: Any) -> Any:
         return tuple(v) if isinstance(v, list) else v
 
-    @field_validator("blocks")
+    @field_validator("blocks", "channels", "kernel", "convs_per_block", "batch_norm", "dense")
     @classmethod
-    def _blocks(cls, v: tuple[int, ...]) -> tuple[int, ...]:
-        return _choices(v, (1, 2, 3))
-
-    @field_validator("kernel")
-    @classmethod
-    def _kernel(cls, v: tuple[int, ...]) -> tuple[int, ...]:
-        return _choices(v, (3, 5))
-
-    @field_validator("convs_per_block")
-    @classmethod
-    def _convs(cls, v: tuple[int, ...]) -> tuple[int, ...]:
-        return _choices(v, (1, 2))
-
-    @field_validator("batch_norm")
-    @classmethod
-    def _batch_norm(cls, v: tuple[bool, ...]) -> tuple[bool, ...]:
-        return _choices(v, (True, False))
-
-    @field_validator("channels", "dense")
-    @classmethod
-    def _positive(cls, v: tuple[int, ...]) -> tuple[int, ...]:
-        return _choices(v)
+    def _allowed(cls, v: tuple[Any, ...], info: ValidationInfo) -> tuple[Any, ...]:
+        return _choices(v, CNN_CHOICES[info.field_name])
 
 
 class MlpSpace(_Section):
@@ -163,15 +157,10 @@ class MlpSpace(_Section):
     def _to_tuple(cls, v: Any) -> Any:
         return tuple(v) if isinstance(v, list) else v
 
-    @field_validator("layers")
+    @field_validator("layers", "width")
     @classmethod
-    def _layers(cls, v: tuple[int, ...]) -> tuple[int, ...]:
-        return _choices(v, (1, 2, 3, 4))
-
-    @field_validator("width")
-    @classmethod
-    def _width(cls, v: tuple[int, ...]) -> tuple[int, ...]:
-        return _choices(v)
+    def _allowed(cls, v: tuple[int, ...], info: ValidationInfo) -> tuple[int, ...]:
+        return _choices(v, MLP_CHOICES[info.field_name])
 
 
 class SearchSpace(_Section):
@@ -214,7 +203,7 @@ class SearchSpace(_Section):
 
 class TuneConfig(_Section):
     n_trials: int = Field(8, ge=1)
-    families: tuple[Literal["cnn", "mlp", "logreg"], ...] = ("cnn",)
+    families: tuple[Family, ...] = ("cnn",)
     train_fraction: float = Field(0.1, gt=0.0, le=1.0)
     val_fraction: float = Field(0.25, gt=0.0, le=1.0)
     epochs: int = Field(2, ge=1)
@@ -241,23 +230,18 @@ class TuneConfig(_Section):
     @field_validator("storage")
     @classmethod
     def _storage(cls, v: str) -> str:
-        if v.lower().startswith("sqlite"):
-            raise ValueError(
-                "SQLite is not allowed as Optuna storage: parallel workers corrupt or lock it; "
-                'use "" (a journal file), a journal file path, or postgresql://...'
-            )
-        return v
+        return check_optuna_storage(v)
 
 
 class TrainConfig(_Section):
     epochs: int = Field(16, ge=1)
     seed: int = Field(0, ge=0)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Device = "auto"
     num_threads: int = Field(0, ge=0)
     shift: int = Field(2, ge=0, le=8)  # random translation in pixels (training only; tune trials too)
     label_smoothing: float = Field(0.05, ge=0.0, lt=1.0)
-    schedule: Literal["onecycle", "cosine", "constant"] = "onecycle"
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # bf16 autocast of the training step where native
+    schedule: Schedule = "onecycle"
+    precision: Precision = "auto"  # bf16 autocast of the training step where native
 
 
 class MonitorConfig(_Section):

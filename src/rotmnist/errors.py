@@ -1,5 +1,14 @@
-"""The error a stage raises for bad input: the CLI prints its message without a traceback."""
+"""The package's one error family: what a user can fix. The CLI prints its message on one line.
+
+`PipelineError` is raised for every expected failure (a missing or corrupt stage output, a bad data
+file, an unreachable or deleted MLflow store, a diverging loss, an unusable device); `ConfigError`,
+its subclass, for an invalid `params.yaml` (the CLI exits 2 for it, 1 for the rest).
+"""
 
 
 class PipelineError(Exception):
-    """Bad or missing input to a stage (corrupt download, wrong checksum, missing split...)."""
+    """Bad or missing input to a stage, or a store it cannot use; the message says what to do."""
+
+
+class ConfigError(PipelineError, ValueError):
+    """`params.yaml` is missing, unreadable, or holds an invalid value."""

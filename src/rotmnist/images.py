@@ -1,0 +1,109 @@
+"""Digits as people have them (image files of any size, `.npy` arrays) turned into MNIST's format.
+
+MNIST's digits are white ink on black, 28x28, the ink scaled to fit 20x20 and centred by its centre of
+mass; `to_mnist_image` prepares a drawn or photographed digit the same way, for `rotmnist predict`
+and the HTTP service alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from rotmnist.errors import PipelineError
+from rotmnist.io import pixel_problem
+
+
+def to_mnist_image(gray: np.ndarray) -> np.ndarray:
+    """A grayscale image (H, W) as MNIST sees digits: 28x28 uint8, white ink on black.
+
+    A mostly light image (mean > 127.5) is taken to be dark ink on light paper and inverted. A 28x28
+    image is otherwise kept as it is; any other size is cropped to its ink, scaled to fit 20x20
+    (aspect kept) and centred by its centre of mass, as MNIST's digits were.
+    """
+    from PIL import Image
+
+    g = np.asarray(gray, dtype=np.float32)
+    if g.ndim != 2 or g.size == 0:
+        raise ValueError(f"expected a 2-D grayscale image, got shape {g.shape}")
+    if g.mean() > 127.5:
+        g = 255.0 - g
+    g = np.clip(g, 0, 255)
+    if g.shape == (28, 28):
+        return np.rint(g).astype(np.uint8)
+    if g.max() <= 0:
+        return np.zeros((28, 28), np.uint8)
+    rows, cols = np.nonzero(g > 0.2 * g.max())
+    crop = g[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+    scale = 20.0 / max(crop.shape)
+    h, w = (max(1, round(s * scale)) for s in crop.shape)
+    small = np.asarray(Image.fromarray(crop).resize((w, h), Image.Resampling.BILINEAR), np.float32)
+    total = small.sum()
+    if total > 0:
+        cy = (small.sum(axis=1) * np.arange(h)).sum() / total
+        cx = (small.sum(axis=0) * np.arange(w)).sum() / total
+    else:
+        cy, cx = (h - 1) / 2, (w - 1) / 2
+    top = int(np.clip(round(13.5 - cy), 0, 28 - h))
+    left = int(np.clip(round(13.5 - cx), 0, 28 - w))
+    out = np.zeros((28, 28), np.float32)
+    out[top : top + h, left : left + w] = small
+    return np.rint(np.clip(out, 0, 255)).astype(np.uint8)
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """An image file (PNG, JPEG, ...; any size or mode) as a 28x28 uint8 MNIST-style digit.
+
+    With transparency, the alpha channel is the ink (a digit drawn on a transparent canvas).
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+                alpha = np.asarray(img.convert("RGBA"))[..., 3]
+                if alpha.min() < 255:
+                    return to_mnist_image(alpha)
+            return to_mnist_image(np.asarray(img.convert("L")))
+    except (UnidentifiedImageError, OSError) as err:
+        raise PipelineError(f"cannot read {path} as an image: {err}") from None
+
+
+def read_npy(path: str | Path) -> np.ndarray:
+    """A .npy array of raw images (N, 28, 28) or one image (28, 28), pixel values 0-255, as float32."""
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as err:
+        raise PipelineError(f"cannot read {path} as a .npy array: {err}") from None
+    if arr.ndim == 2:
+        arr = arr[None]
+    if arr.ndim != 3 or arr.shape[1:] != (28, 28) or arr.dtype.kind not in "uif" or len(arr) == 0:
+        raise PipelineError(f"{path}: expected a numeric array of shape (N, 28, 28), got {arr.dtype} {arr.shape}")
+    arr = arr.astype(np.float32)
+    problem = pixel_problem(arr)
+    if problem:
+        raise PipelineError(f"{path}: {problem}")
+    return arr
+
+
+def read_images(files: Sequence[str | Path]) -> tuple[list[str], np.ndarray]:
+    """Names and float32 (N, 28, 28) images from image files (PNG, JPEG, ...) and/or .npy arrays."""
+    names: list[str] = []
+    batches: list[np.ndarray] = []
+    for file in files:
+        path = Path(file)
+        if not path.is_file():
+            raise PipelineError(f"{path} does not exist")
+        if path.suffix.lower() == ".npy":
+            arr = read_npy(path)
+            names += [f"{path}[{i}]" for i in range(len(arr))]
+            batches.append(arr)
+        else:
+            names.append(str(path))
+            batches.append(read_image(path)[None].astype(np.float32))
+    if not batches:
+        raise PipelineError("no images given")
+    return names, np.concatenate(batches)

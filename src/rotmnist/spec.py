@@ -1,0 +1,97 @@
+"""The allowed values, spelled once: angles, model families and their specs, schedules, precisions, devices.
+
+Torch-free, so `config` validates `params.yaml` with the very checks the model factory applies.
+A model spec is a plain dict, e.g. `{"family": "cnn", "blocks": 2, "channels": 32, "kernel": 3, ...}`:
+what the sweep samples, what `models/best_params.json` stores and what `models/run.json` records.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+ALLOWED_ANGLES = (-30, -20, -10, 10, 20, 30)  # degrees, counter-clockwise as displayed
+SCHEDULES = ("onecycle", "cosine", "constant")
+PRECISIONS = ("auto", "fp32", "bf16")  # of the training step; auto = bf16 where the hardware runs it natively
+DEVICES = ("auto", "cpu", "cuda")
+EVAL_BATCH = 2048  # images per forward pass when scoring (memory only: the result does not depend on it)
+ROTATION_CHUNK = 256  # images per (angle, block) rotation job (speed only: the output does not depend on it)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+# family -> {key: (default, check, allowed values for the error message)}
+_POSITIVE = (lambda v: _is_int(v) and v >= 1, "an integer >= 1")
+_DROPOUT = (lambda v: isinstance(v, int | float) and not isinstance(v, bool) and 0.0 <= v < 1.0, "a number in [0, 1)")
+_BOOL = (lambda v: isinstance(v, bool), "true or false")
+SPEC_KEYS: dict[str, dict[str, tuple[Any, Any, str]]] = {
+    "cnn": {
+        "blocks": (2, lambda v: v in (1, 2, 3), "1, 2 or 3"),
+        "channels": (32, *_POSITIVE),  # of the first block; doubled by each further block
+        "kernel": (3, lambda v: v in (3, 5), "3 or 5"),
+        "convs_per_block": (1, lambda v: v in (1, 2), "1 or 2"),
+        "batch_norm": (True, *_BOOL),
+        "dense": (128, lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+        "dropout": (0.25, *_DROPOUT),
+    },
+    "mlp": {
+        "layers": (2, lambda v: _is_int(v) and 1 <= v <= 4, "1 to 4"),
+        "width": (256, *_POSITIVE),
+        "dropout": (0.1, *_DROPOUT),
+    },
+    "logreg": {},
+}
+FAMILIES = tuple(SPEC_KEYS)
+# The values a spec key may take, for the sweep's lists of choices (None: any integer >= 1).
+CNN_CHOICES: dict[str, tuple[Any, ...] | None] = {
+    "blocks": (1, 2, 3),
+    "channels": None,
+    "kernel": (3, 5),
+    "convs_per_block": (1, 2),
+    "batch_norm": (True, False),
+    "dense": None,
+}
+MLP_CHOICES: dict[str, tuple[Any, ...] | None] = {"layers": (1, 2, 3, 4), "width": None}
+
+
+def normalize_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """`spec` with its family's defaults filled in; ValueError naming any unknown family, key or bad value."""
+    if not isinstance(spec, Mapping):
+        raise TypeError(f"a model spec must be a mapping, got {type(spec).__name__}")
+    family = spec.get("family")
+    if family not in SPEC_KEYS:
+        raise ValueError(f"model spec: unknown family {family!r}; expected one of {list(FAMILIES)}")
+    keys = SPEC_KEYS[family]
+    unknown = sorted(set(spec) - set(keys) - {"family"})
+    if unknown:
+        raise ValueError(f"model spec: unknown key(s) {unknown} for family {family!r}; allowed: {sorted(keys)}")
+    out: dict[str, Any] = {"family": family}
+    for key, (default, check, allowed) in keys.items():
+        value = spec.get(key, default)
+        if not check(value):
+            raise ValueError(f"model spec: {family}.{key} must be {allowed}, got {value!r}")
+        out[key] = value
+    return out
+
+
+def describe(spec: Mapping[str, Any]) -> str:
+    """A short run name saying the family and its key params, e.g. `cnn-b2-c32-k3-d128`."""
+    s = normalize_spec(spec)
+    if s["family"] == "cnn":
+        name = f"cnn-b{s['blocks']}-c{s['channels']}-k{s['kernel']}-d{s['dense']}"
+        return name + ("-x2" if s["convs_per_block"] == 2 else "") + ("" if s["batch_norm"] else "-nobn")
+    if s["family"] == "mlp":
+        return f"mlp-{s['layers']}x{s['width']}"
+    return "logreg"
+
+
+def check_optuna_storage(url: str) -> str:
+    """`url` unless it names SQLite, which parallel Optuna workers lock or corrupt: ValueError then."""
+    if url.lower().startswith("sqlite"):
+        raise ValueError(
+            f"Optuna storage {url!r}: SQLite is refused, since parallel workers lock or corrupt it; "
+            'use "" (the journal file optuna/journal.log), a journal file path, or postgresql://user:pw@host/db'
+        )
+    return url
