@@ -20,10 +20,11 @@ from pathlib import Path
 import numpy as np
 import scipy.ndimage
 
-from rotmnist import augment
-from rotmnist.config import ALLOWED_ANGLES, Config
+from rotmnist import augment, rotation
+from rotmnist.config import Config
 from rotmnist.io import MNIST_TEST, MNIST_TRAIN, Dataset, load_dataset, save_dataset
 from rotmnist.paths import Paths
+from rotmnist.spec import ALLOWED_ANGLES
 
 GOAL_SECONDS, GOAL_SPEEDUP, GOAL_RSS_MIB = 3.0, 10.0, 2048
 
@@ -103,11 +104,11 @@ def main() -> int:
         n, k = len(raw), len(ALLOWED_ANGLES)
         total = n * k
         sub = raw.x[: args.subset]
-        print(f"data: {n:,} images, {source}; {os.cpu_count()} CPUs, {augment.default_workers()} rotation threads")
+        print(f"data: {n:,} images, {source}; {os.cpu_count()} CPUs, {rotation.default_workers()} rotation threads")
 
-        batched = best_of(lambda: augment.exhaustive_dataset(raw), args.repeats)
+        batched = best_of(lambda: rotation.exhaustive_dataset(raw), args.repeats)
         sweep = {
-            size: best_of(lambda size=size: augment.exhaustive_dataset(raw, chunk_size=size), args.repeats)
+            size: best_of(lambda size=size: rotation.exhaustive_dataset(raw, chunk_size=size), args.repeats)
             for size in args.chunk_sizes
         }
         start = time.perf_counter()
@@ -118,7 +119,7 @@ def main() -> int:
         start = time.perf_counter()
         for angle in ALLOWED_ANGLES:
             for image in sub:
-                augment.rotate(image, angle)
+                rotation.rotate(image, angle)
         rotate_loop = (time.perf_counter() - start) / (len(sub) * k) * total
         stage = run_stage(raw_dir)
 
@@ -129,7 +130,7 @@ def main() -> int:
             for size, t in sweep.items()
         ),
         ("per-image scipy.ndimage.rotate(order=1) loop", scipy_loop, f"{len(sub) * k:,} timed, extrapolated"),
-        ("per-image augment.rotate loop", rotate_loop, f"{len(sub) * k:,} timed, extrapolated"),
+        ("per-image rotation.rotate loop", rotate_loop, f"{len(sub) * k:,} timed, extrapolated"),
     ]
     print(f"\n{total:,} rotations ({n:,} images x {k} angles)\n")
     print("| method | time (s) | images/s | speed-up vs scipy loop | how |")

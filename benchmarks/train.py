@@ -23,10 +23,10 @@ from torch.utils.data import Dataset as TorchDataset
 
 from rotmnist.config import load_config
 from rotmnist.io import Dataset, load_dataset
-from rotmnist.model import classifier_from_spec, describe
+from rotmnist.model import classifier_from_spec
 from rotmnist.paths import Paths
-from rotmnist.train import Hyper, fit, pixel_stats, resolve_device, resolve_precision
-from rotmnist.tune import recipe
+from rotmnist.spec import describe
+from rotmnist.training import Hyper, fit, pixel_stats, recipe, resolve_device, resolve_precision
 
 DEFAULT_SPEC = {"family": "cnn", "blocks": 3, "channels": 16, "kernel": 3, "dense": 128, "dropout": 0.2}
 

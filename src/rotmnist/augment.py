@@ -1,10 +1,12 @@
 """Stage `augment`: data/raw (70,000 upright digits) -> data/augmented (490,000 images).
 
 Strategies (`augment.strategy` in params.yaml):
-  exhaustive  every image at every angle of `augment.angles` (default): the originals first, in input
-              order, then one block per angle in the order of `augment.angles`, each block in input order
-  random      `generate_dataset`: the originals, then int(n * (oversample_rate - 1)) (truncated) copies of
-              randomly drawn images, each rotated by a randomly drawn angle (seeded), in draw order
+
+- `exhaustive` (default): every image at every angle of `augment.angles`: the originals first, in input
+  order, then one block per angle in the order of `augment.angles`, each block in input order.
+- `random`: `generate_dataset`: the originals, then int(n * (oversample_rate - 1)) (truncated) copies of
+  randomly drawn images, each rotated by a randomly drawn angle (seeded), in draw order.
+
 Every row keeps its source's label, source_id and mnist_split; `angle` is the rotation applied.
 The rotation itself is `rotmnist.rotation`.
 """

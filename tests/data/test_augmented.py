@@ -5,12 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rotmnist import augment
-from rotmnist.config import ALLOWED_ANGLES, AugmentConfig, Config
-from rotmnist.data import MnistArrays, to_dataset
+from rotmnist import augment, rotation
+from rotmnist.config import AugmentConfig, Config
 from rotmnist.errors import PipelineError
 from rotmnist.io import MNIST_TEST, MNIST_TRAIN, load_dataset, save_dataset
+from rotmnist.mnist_sources import MnistArrays, to_dataset
 from rotmnist.paths import Paths
+from rotmnist.spec import ALLOWED_ANGLES
 from tests.helpers import tiny_mnist
 
 N_TRAIN, N_TEST = 30, 12
@@ -55,7 +56,7 @@ def test_the_default_stage_writes_every_image_at_every_angle(paths, raw):
     for k, angle in enumerate(ALLOWED_ANGLES, start=1):
         block = slice(k * N, (k + 1) * N)
         assert set(out.angle[block].tolist()) == {angle}
-        np.testing.assert_array_equal(out.x[block], augment.rotate_batch(raw.x, angle))
+        np.testing.assert_array_equal(out.x[block], rotation.rotate_batch(raw.x, angle))
         assert not np.array_equal(out.x[block], raw.x)
     # Ink is roughly preserved (digits sit inside the frame), so nothing got blanked or saturated.
     ink = out.x.reshape(7, N, -1).sum(axis=2, dtype=np.int64)
@@ -83,7 +84,7 @@ def test_the_random_strategy_is_selectable_and_seeded(paths, raw):
     np.testing.assert_array_equal(out.y, raw.y[out.source_id])
     np.testing.assert_array_equal(out.mnist_split, raw.mnist_split[out.source_id])
     for i in range(N, len(out)):
-        np.testing.assert_array_equal(out.x[i], augment.rotate(raw.x[out.source_id[i]], int(out.angle[i])))
+        np.testing.assert_array_equal(out.x[i], rotation.rotate(raw.x[out.source_id[i]], int(out.angle[i])))
     first = snapshot(paths.augmented)
     augment.main(config, paths)
     assert snapshot(paths.augmented) == first
@@ -96,10 +97,10 @@ def test_a_subset_of_angles(paths, raw):
 
 
 def test_missing_or_rotated_raw_data_is_a_clear_error(paths):
-    with pytest.raises(FileNotFoundError, match="run the stage that writes it"):
+    with pytest.raises(PipelineError, match="run the stage that writes it"):
         augment.main(Config(), paths)
     ds = to_dataset(MnistArrays(*tiny_mnist(n_train=10, n_test=10, seed=1)))
-    save_dataset(augment.exhaustive_dataset(ds, [10]), paths.raw)
+    save_dataset(rotation.exhaustive_dataset(ds, [10]), paths.raw)
     with pytest.raises(PipelineError, match=r"holds rotated images \(angle != 0\); augment expects upright MNIST"):
         augment.main(Config(), paths)
     assert not paths.augmented.exists()

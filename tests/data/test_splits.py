@@ -13,9 +13,9 @@ import pytest
 
 from rotmnist import split
 from rotmnist.config import Config, SplitConfig
-from rotmnist.data import MnistArrays, to_dataset
 from rotmnist.errors import PipelineError
 from rotmnist.io import MNIST_TEST, MNIST_TRAIN, Dataset, load_dataset, save_dataset
+from rotmnist.mnist_sources import MnistArrays, to_dataset
 from rotmnist.paths import SPLITS, Paths
 from tests.helpers import tiny_mnist
 
@@ -182,7 +182,7 @@ def test_input_lacking_a_mnist_split_is_an_error(paths, keep, message):
 
 
 def test_missing_input_names_the_folder(paths):
-    with pytest.raises(FileNotFoundError, match="augmented does not exist"):
+    with pytest.raises(PipelineError, match="augmented does not exist"):
         split.main(config(), paths)
 
 

@@ -20,7 +20,7 @@ from mlflow import MlflowClient
 from scipy import ndimage
 from torch import nn
 
-from rotmnist import io, model, monitor, registry, tracking
+from rotmnist import io, model, monitor, predict, registry, tracking, training_run
 from rotmnist.config import Config, MlflowConfig, MonitorConfig
 from rotmnist.paths import Paths
 from tests.helpers import tiny_mnist
@@ -83,7 +83,7 @@ def train_run(paths: Paths, module: nn.Module, config: Config | None = None) -> 
     """What `train` leaves behind for `monitor`: a run with the logged model, and models/run.json."""
     tracking.configure_mlflow(config or make_config(), paths)
     with mlflow.start_run(run_name="train") as run:
-        uri = tracking.log_classifier(module.eval(), name="model")
+        uri = training_run.log_classifier(module.eval(), name="model")
     ref = {"run_id": run.info.run_id, "model_uri": uri}
     io.write_json(paths.models / "run.json", ref)
     return ref
@@ -235,12 +235,13 @@ def test_the_champion_scores_any_batch_size_and_predict_prints_digits(ws, tmp_pa
         assert probs.argmax(1).tolist() == holdout.y[:n].tolist()
 
     np.save(tmp_path / "digits.npy", holdout.x[:3])
-    assert registry.predict_main(make_config(), ws, [str(tmp_path / "digits.npy")], None) == 0
+    predict.main(make_config(), ws, [str(tmp_path / "digits.npy")], None)
     out = capsys.readouterr().out.splitlines()
     assert [line.split("\t")[1:] for line in out] == [[str(d), "1.0000"] for d in holdout.y[:3]]
-    assert registry.predict_main(make_config(), ws, [str(tmp_path / "digits.npy")], f"models:/{NAME}/1") == 0
+    predict.main(make_config(), ws, [str(tmp_path / "digits.npy")], f"models:/{NAME}/1")
     assert len(capsys.readouterr().out.splitlines()) == 3
-    assert registry.predict_main(make_config(), ws, [str(tmp_path / "digits.npy")], f"models:/{NAME}/9") == 1
+    with pytest.raises(registry.RegistryError, match=f"cannot load model models:/{NAME}/9"):
+        predict.main(make_config(), ws, [str(tmp_path / "digits.npy")], f"models:/{NAME}/9")
 
 
 def rotated_set(x: np.ndarray, y: np.ndarray, angles: tuple[int, ...]) -> io.Dataset:

@@ -50,6 +50,14 @@ def test_repro_builds_the_versioned_dataset_and_is_then_a_no_op(tiny_repo):
     assert "didn't change" in again or "up to date" in again.lower()
     assert "Running stage" not in again
 
+    # Editing learn_model's module or the final training's MLflow logging re-runs train, never the sweep.
+    for module in ("learn.py", "training_run.py"):
+        path = tiny_repo / "src" / "rotmnist" / module
+        path.write_text(path.read_text() + "\n# edited\n")
+    status = run(["dvc", "status", "--json"], tiny_repo).stdout
+    changed = set(json.loads(status))
+    assert changed == {"train"}, status
+
 
 def _children(client: MlflowClient) -> list:
     """The trial runs of the sweep(s) in the `rotmnist` experiment."""

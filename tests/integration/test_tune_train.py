@@ -22,7 +22,7 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 from scipy import ndimage
 
-from rotmnist import io, tracking, train, tune
+from rotmnist import io, sweep, tracking, train, tune
 from rotmnist.config import config_from_dict
 from rotmnist.errors import PipelineError
 from rotmnist.model import classifier_from_spec, predict_labels
@@ -84,7 +84,7 @@ def splits(tmp_path_factory, empty_store) -> Path:
 def ws(tmp_path, monkeypatch, splits) -> Paths:
     shutil.copytree(splits, tmp_path, dirs_exist_ok=True)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    monkeypatch.delenv(tune.STORAGE_ENV, raising=False)
+    monkeypatch.delenv(sweep.STORAGE_ENV, raising=False)
     monkeypatch.delenv("ROTMNIST_STORE_ROOT", raising=False)
     before = torch.get_num_threads()
     yield Paths(root=tmp_path, store_root=tmp_path)
@@ -98,7 +98,7 @@ def runs(client: MlflowClient) -> list:
 
 def study_of(ws: Paths, cfg) -> optuna.Study:
     name = json.loads((ws.metrics / "tune.json").read_text())["study"]
-    return optuna.load_study(study_name=name, storage=tune.open_storage(str(ws.optuna_journal), ws))
+    return optuna.load_study(study_name=name, storage=sweep.open_storage(str(ws.optuna_journal), ws))
 
 
 def test_tune_logs_one_child_run_per_trial_and_train_logs_a_model_that_scores_any_batch(ws):
@@ -106,7 +106,7 @@ def test_tune_logs_one_child_run_per_trial_and_train_logs_a_model_that_scores_an
     tune.main(cfg, ws)
     client = MlflowClient()
     study = study_of(ws, cfg)
-    assert len(study.trials) == 3 and tune.count_finished(study) == 3
+    assert len(study.trials) == 3 and sweep.count_finished(study) == 3
     all_runs = runs(client)
     parents = [r for r in all_runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in all_runs if "mlflow.parentRunId" in r.data.tags]
@@ -163,7 +163,7 @@ def test_tune_logs_one_child_run_per_trial_and_train_logs_a_model_that_scores_an
 
 
 def classifier_spec(spec: dict) -> dict:
-    from rotmnist.model import normalize_spec
+    from rotmnist.spec import normalize_spec
 
     return normalize_spec(spec)
 
@@ -192,11 +192,11 @@ def test_a_resumed_study_neither_loses_nor_duplicates_trials(ws):
     tune.main(config(tune={"n_trials": 2}), ws)
     cfg = config(tune={"n_trials": 3})
     study = study_of(ws, cfg)
-    parent_id = study.user_attrs[tune.PARENT_ATTR]
+    parent_id = study.user_attrs[sweep.PARENT_ATTR]
     # What a process killed mid-trial leaves: a RUNNING trial of a dead pid, and a RUNNING child run.
     tracking.configure_mlflow(cfg, ws)
     trial = study.ask()
-    tune.suggest(trial, cfg.tune)
+    sweep.suggest(trial, cfg.tune)
     trial.set_user_attr("host", socket.gethostname())
     trial.set_user_attr("pid", dead_pid())
     client = MlflowClient()
@@ -224,7 +224,7 @@ def test_a_resumed_study_neither_loses_nor_duplicates_trials(ws):
 
 
 def test_sqlite_storage_from_the_environment_is_refused(ws, monkeypatch):
-    monkeypatch.setenv(tune.STORAGE_ENV, f"sqlite:///{ws.root / 'optuna.db'}")
+    monkeypatch.setenv(sweep.STORAGE_ENV, f"sqlite:///{ws.root / 'optuna.db'}")
     with pytest.raises(PipelineError, match="SQLite is refused"):
         tune.main(config(), ws)
     assert not (ws.root / "optuna.db").exists()
@@ -238,7 +238,7 @@ def test_train_needs_the_best_params_of_tune(ws):
 def trial_running_after_one_finished(ws: Paths) -> bool:
     if not ws.optuna_journal.exists():
         return False
-    storage = tune.open_storage(str(ws.optuna_journal), ws)
+    storage = sweep.open_storage(str(ws.optuna_journal), ws)
     for summary in optuna.get_all_study_summaries(storage):
         trials = optuna.load_study(study_name=summary.study_name, storage=storage).trials
         states = [t.state for t in trials]
@@ -266,17 +266,17 @@ def test_a_sweep_killed_mid_trial_and_restarted_ends_with_exactly_n_trials(ws):
     summary = json.loads((ws.metrics / "tune.json").read_text())
     assert summary["trials"]["complete"] + summary["trials"]["pruned"] == 3
     study = study_of(ws, config())
-    assert tune.count_finished(study) == 3
+    assert sweep.count_finished(study) == 3
     assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
 
 
 def test_workers_that_each_start_a_parent_run_end_up_sharing_the_oldest(ws, monkeypatch):
-    monkeypatch.setattr(tune, "PARENT_SETTLE_SECONDS", 0.0)
+    monkeypatch.setattr(sweep, "PARENT_SETTLE_SECONDS", 0.0)
     tracking.configure_mlflow(config(), ws)
     study = optuna.create_study(study_name="s", storage=optuna.storages.InMemoryStorage())
-    first = tune._parent_run(study, "s", {"study": "s"})
-    study.set_user_attr(tune.PARENT_ATTR, "gone")  # a second worker that did not see the first one's run
-    second = tune._parent_run(study, "s", {"study": "s"})
-    assert second == first and study.user_attrs[tune.PARENT_ATTR] == first
-    sweeps = [r for r in runs(MlflowClient()) if r.data.tags.get(tune.ROLE_TAG) == "sweep"]
+    first = sweep._parent_run(study, "s", {"study": "s"})
+    study.set_user_attr(sweep.PARENT_ATTR, "gone")  # a second worker that did not see the first one's run
+    second = sweep._parent_run(study, "s", {"study": "s"})
+    assert second == first and study.user_attrs[sweep.PARENT_ATTR] == first
+    sweeps = [r for r in runs(MlflowClient()) if r.data.tags.get(sweep.ROLE_TAG) == "sweep"]
     assert [r.info.run_id for r in sweeps] == [first]  # the loser deleted its own parent run

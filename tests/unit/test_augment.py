@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 import scipy.ndimage
 
-from rotmnist import augment
-from rotmnist.augment import exhaustive_dataset, generate_dataset, rotate, rotate_batch
-from rotmnist.config import ALLOWED_ANGLES, AugmentConfig
-from rotmnist.data import MnistArrays, to_dataset
+from rotmnist import augment, rotation
+from rotmnist.config import AugmentConfig
 from rotmnist.io import Dataset
+from rotmnist.mnist_sources import MnistArrays, to_dataset
+from rotmnist.rotation import exhaustive_dataset, generate_dataset, rotate, rotate_batch
+from rotmnist.spec import ALLOWED_ANGLES
 from tests.helpers import tiny_mnist
 
 ALLOWED = "[-30, -20, -10, 10, 20, 30]"
@@ -53,7 +54,7 @@ def tiny() -> Dataset:
 
 def test_taps_are_bilinear_weights_in_fixed_point():
     for angle in ALLOWED_ANGLES:
-        index, weights = augment.taps(angle)
+        index, weights = rotation.taps(angle)
         assert index.shape == weights.shape == (4, 784) and weights.dtype == np.uint16
         assert index.min() >= 0 and index.max() < 784
         total = weights.sum(axis=0)

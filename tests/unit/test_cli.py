@@ -1,42 +1,147 @@
-"""The `rotmnist` command line: stages listed, config errors and stage errors reported cleanly."""
+"""The `rotmnist` command line: one subcommand per stage, and one error path for every expected failure.
 
+Each failure runs through the real CLI in a throwaway workspace: the message is one line that says what
+to do, the exit status is 1 (2 for invalid params), and `-v` shows the traceback.
+"""
+
+import json
 import subprocess
 import sys
-import types
+from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+import yaml
 
 from rotmnist import cli
 from rotmnist.errors import PipelineError
+from rotmnist.io import save_dataset
+from rotmnist.mnist_sources import MnistArrays, to_dataset
+from tests.helpers import tiny_mnist
+
+REPO = Path(__file__).resolve().parents[2]
+STAGES = ("download", "augment", "split", "tune", "train", "monitor")
 
 
-def test_help_lists_every_stage():
+def test_every_dvc_stage_is_one_hop_from_dvc_yaml():
+    """`rotmnist <stage>` for each stage of dvc.yaml, dispatched to `rotmnist.<stage>.main`."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    assert tuple(stages) == STAGES
+    for name, stage in stages.items():
+        assert stage["cmd"] == f"rotmnist {name}"
+        assert cli.STAGES[name][0] == f"rotmnist.{name}"
+    subcommands = cli.build_parser()._subparsers._group_actions[0].choices
+    assert set(subcommands) == {*STAGES, "predict"}
+
+
+def test_help_of_each_subcommand_runs():
     out = subprocess.run(
-        [sys.executable, "-m", "rotmnist.cli", "--help"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "rotmnist.cli", "predict", "--help"], capture_output=True, text=True, check=True
     ).stdout
-    for stage in ("download", "augment", "split", "tune", "train", "monitor", "predict"):
-        assert stage in out
+    assert "--model" in out and "usage: rotmnist predict" in out
 
 
-def test_invalid_params_exit_2_naming_the_key(tmp_path, monkeypatch, capsys):
+@pytest.fixture
+def workspace(tmp_path, monkeypatch):
+    """An empty workspace (dvc.yaml, params.yaml with a store of its own) as the current directory."""
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")
-    (tmp_path / "params.yaml").write_text("train:\n  epochs: many\n")
+    write_params(tmp_path, {})
     monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("ROTMNIST_STORE_ROOT", raising=False)
+    return tmp_path
+
+
+def write_params(root: Path, params: dict) -> None:
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+
+
+def one_line_error(capsys, command: str) -> str:
+    """The CLI's error: the last line on stderr (log lines may come before it), with no traceback anywhere."""
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err, err
+    last = err.splitlines()[-1]
+    assert last.startswith(f"rotmnist {command}: "), err
+    return last
+
+
+def test_invalid_params_exit_2_naming_the_key(workspace, capsys):
+    write_params(workspace, {"train": {"epochs": "many", "device": "tpu"}})
     assert cli.main(["augment"]) == 2
-    assert "train.epochs" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "train.epochs" in err and "train.device" in err and "'auto', 'cpu' or 'cuda'" in err
 
 
-def test_stage_error_is_one_line_not_a_traceback(tmp_path, monkeypatch, capsys):
-    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
-    (tmp_path / "params.yaml").write_text("{}\n")
-    monkeypatch.chdir(tmp_path)
+def test_missing_stage_output_names_the_stage_to_run(workspace, capsys):
+    assert cli.main(["augment"]) == 1
+    err = one_line_error(capsys, "augment")
+    assert "data/raw does not exist" in err and "dvc repro" in err
+    assert cli.main(["train"]) == 1
+    assert "best_params.json does not exist; run `rotmnist tune` first" in one_line_error(capsys, "train")
 
-    def failing_main(config, paths):
-        raise PipelineError("checksum mismatch for mnist.npz")
 
-    monkeypatch.setitem(sys.modules, "fake_stage", types.SimpleNamespace(main=failing_main))
-    monkeypatch.setitem(cli.STAGES, "download", ("fake_stage", "x"))
-    assert cli.main(["download"]) == 1
-    assert capsys.readouterr().err.strip() == "rotmnist download: checksum mismatch for mnist.npz"
-    with pytest.raises(PipelineError):
-        cli.main(["-v", "download"])
+def test_corrupt_data_file_is_one_line_and_v_shows_the_traceback(workspace, capsys):
+    save_dataset(to_dataset(MnistArrays(*tiny_mnist(n_train=10, n_test=5))), workspace / "data" / "raw")
+    (workspace / "data" / "raw" / "x.npy").write_bytes(b"\x93NUMPY garbage")
+    assert cli.main(["augment"]) == 1
+    assert "x.npy is not a valid .npy array" in one_line_error(capsys, "augment")
+    with pytest.raises(PipelineError, match=r"not a valid \.npy"):
+        cli.main(["-v", "augment"])
+
+
+def test_unreachable_tracking_server(workspace, capsys, monkeypatch):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    write_params(workspace, {"mlflow": {"tracking_uri": "http://127.0.0.1:9"}})
+    np.save(workspace / "x.npy", np.zeros((1, 28, 28), np.uint8))
+    assert cli.main(["predict", "x.npy"]) == 1
+    err = one_line_error(capsys, "predict")
+    assert "cannot use the MLflow store http://127.0.0.1:9" in err and "server or database is running" in err
+
+
+def test_deleted_experiment_says_how_to_restore_it(workspace, capsys):
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{workspace / 'mlflow.db'}")
+    mlflow.delete_experiment(mlflow.create_experiment("rotmnist"))
+    capsys.readouterr()
+    np.save(workspace / "x.npy", np.zeros((1, 28, 28), np.uint8))
+    assert cli.main(["predict", "x.npy"]) == 1
+    err = one_line_error(capsys, "predict")
+    assert "experiment 'rotmnist' is deleted" in err and "mlflow experiments restore" in err
+
+
+def tiny_splits(root: Path) -> None:
+    """Upright train/val/test splits of the tiny synthetic digits, and a sweep result for `train`."""
+    ds = to_dataset(MnistArrays(*tiny_mnist(n_train=40, n_test=10)))
+    for name, mask in (("train", ds.mnist_split == 0), ("val", ds.mnist_split == 0), ("test", ds.mnist_split == 1)):
+        save_dataset(ds.take(mask), root / "data" / "splits" / name)
+    best = {"spec": {"family": "logreg"}, "hyper": {"lr": 1e36, "weight_decay": 0.0, "batch_size": 8}}
+    (root / "models").mkdir()
+    (root / "models" / "best_params.json").write_text(json.dumps(best))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_a_gpu(workspace, capsys):
+    tiny_splits(workspace)
+    write_params(workspace, {"train": {"device": "cuda"}})
+    assert cli.main(["train"]) == 1
+    assert "train.device is 'cuda' but no CUDA device is available" in one_line_error(capsys, "train")
+
+
+def test_diverging_loss_stops_training_with_advice(workspace, capsys):
+    tiny_splits(workspace)  # a learning rate of 1e36 overflows the weights at once
+    write_params(workspace, {"train": {"epochs": 1, "precision": "fp32", "device": "cpu"}})
+    assert cli.main(["train"]) == 1
+    err = one_line_error(capsys, "train")
+    assert "training diverged" in err and "lower the learning rate" in err
+    assert not (workspace / "models" / "model.pt").exists()
+
+
+def test_dataset_folder_with_mismatched_arrays(workspace, capsys):
+    ds = to_dataset(MnistArrays(*tiny_mnist(n_train=10, n_test=5)))
+    save_dataset(ds, workspace / "data" / "raw")
+    np.save(workspace / "data" / "raw" / "y.npy", ds.y[:3])
+    assert cli.main(["augment"]) == 1
+    assert "inconsistent" in one_line_error(capsys, "augment")

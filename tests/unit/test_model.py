@@ -6,16 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from rotmnist.model import (
-    FAMILIES,
-    RawImageClassifier,
-    build_model,
-    classifier_from_spec,
-    describe,
-    normalize_spec,
-    predict_labels,
-    predict_proba,
-)
+from rotmnist.model import RawImageClassifier, build_model, classifier_from_spec, predict_labels, predict_proba
+from rotmnist.spec import FAMILIES, describe, normalize_spec
 
 SPECS = [
     {"family": "cnn"},

@@ -6,7 +6,7 @@ import types
 import numpy as np
 import pytest
 
-from rotmnist import io, monitor
+from rotmnist import gate, io, metrics, monitor
 from rotmnist.config import MonitorConfig
 from rotmnist.errors import PipelineError
 
@@ -43,16 +43,16 @@ def test_monitor_perf_flags_drift_only_above_the_threshold():
     three_wrong = y.copy()
     three_wrong[:3] = (y[:3] + 1) % 10  # E = 0.3
     ds = dataset(y)
-    assert monitor.monitor_perf(LabelModel(y), ds, 0.0) is False
-    assert monitor.monitor_perf(LabelModel(three_wrong), ds, 0.29) is True
-    assert monitor.monitor_perf(LabelModel(three_wrong), ds, 0.3) is False  # E == threshold is not drift
-    assert monitor.monitor_perf(LabelModel(three_wrong), ds, 1) is False
+    assert gate.monitor_perf(LabelModel(y), ds, 0.0) is False
+    assert gate.monitor_perf(LabelModel(three_wrong), ds, 0.29) is True
+    assert gate.monitor_perf(LabelModel(three_wrong), ds, 0.3) is False  # E == threshold is not drift
+    assert gate.monitor_perf(LabelModel(three_wrong), ds, 1) is False
 
 
 def test_monitor_perf_passes_the_images_and_accepts_any_object_with_x_and_y():
     model = LabelModel([1, 2])
     gt = types.SimpleNamespace(x=np.ones((2, 28, 28)), y=np.array([1, 3]))
-    assert monitor.monitor_perf(model, gt, 0.4) is True
+    assert gate.monitor_perf(model, gt, 0.4) is True
     assert model.seen is gt.x
 
 
@@ -75,16 +75,16 @@ def test_monitor_perf_passes_the_images_and_accepts_any_object_with_x_and_y():
 )
 def test_monitor_perf_rejects_bad_inputs(model, gt, threshold, error, match):
     with pytest.raises(error, match=match):
-        monitor.monitor_perf(model, gt, threshold)
+        gate.monitor_perf(model, gt, threshold)
 
 
 @pytest.mark.parametrize("threshold", [0.0, 0.1, 0.25, 0.3, 0.5, 1.0])
 def test_the_stage_gate_uses_the_same_rule_as_monitor_perf(threshold):
     y = np.arange(20) % 10
     yhat = np.where(np.arange(20) < 5, (y + 1) % 10, y)  # E = 0.25
-    metrics = monitor.slice_metrics(y, yhat, np.zeros(20))
-    overall_flagged = any("monitor.threshold" in r for r in monitor.drift_reasons(metrics, threshold, 1.0))
-    assert monitor.monitor_perf(LabelModel(yhat), dataset(y), threshold) is overall_flagged is (threshold < 0.25)
+    sliced = metrics.slice_metrics(y, yhat, np.zeros(20))
+    overall_flagged = any("monitor.threshold" in r for r in gate.drift_reasons(sliced, threshold, 1.0))
+    assert gate.monitor_perf(LabelModel(yhat), dataset(y), threshold) is overall_flagged is (threshold < 0.25)
 
 
 # ---- slices and the gate ----------------------------------------------------------------------------
@@ -94,7 +94,7 @@ def test_slice_metrics_overall_per_angle_and_per_class():
     y = np.array([0, 0, 1, 1, 2, 2])
     yhat = np.array([0, 1, 1, 1, 2, 0])
     angle = np.array([0, -30, 0, -30, 0, -30])
-    m = monitor.slice_metrics(y, yhat, angle)
+    m = metrics.slice_metrics(y, yhat, angle)
     assert (m["n"], m["accuracy"], m["error"]) == (6, pytest.approx(4 / 6), pytest.approx(2 / 6))
     assert list(m["per_angle"]) == ["-30", "0"]
     assert m["per_angle"]["0"] == {"n": 3, "accuracy": 1.0, "error": 0.0}
@@ -102,7 +102,7 @@ def test_slice_metrics_overall_per_angle_and_per_class():
     assert {c: s["accuracy"] for c, s in m["per_class"].items()} == {"0": 0.5, "1": 1.0, "2": 0.5}
     assert json.loads(json.dumps(m)) == m  # JSON-ready
     with pytest.raises(ValueError, match="equal, non-zero"):
-        monitor.slice_metrics(y, yhat[:-1], angle)
+        metrics.slice_metrics(y, yhat[:-1], angle)
 
 
 def metrics_with(overall: float, per_angle: dict[str, float]) -> dict:
@@ -116,24 +116,24 @@ CFG = MonitorConfig(model_name="m", threshold=0.01, angle_threshold=0.015, toler
 
 
 def test_gate_passes_a_good_first_candidate():
-    gate = monitor.decide(metrics_with(0.995, {"0": 0.996, "-30": 0.99}), None, CFG)
-    assert (gate.drift, gate.promoted, gate.reasons, gate.decision) == (False, True, (), "passed")
+    g = gate.decide(metrics_with(0.995, {"0": 0.996, "-30": 0.99}), None, CFG)
+    assert (g.drift, g.promoted, g.reasons, g.decision) == (False, True, (), "passed")
 
 
 def test_gate_fails_on_overall_error_and_names_each_bad_angle():
-    gate = monitor.decide(metrics_with(0.97, {"0": 0.999, "-30": 0.90, "30": 0.98}), None, CFG)
-    assert gate.drift and not gate.promoted and gate.decision == "failed"
-    assert len(gate.reasons) == 3
-    assert "monitor.threshold" in gate.reasons[0]
-    assert "-30 deg" in gate.reasons[1] and "30 deg" in gate.reasons[2]
-    assert all("angle_threshold" in r for r in gate.reasons[1:])
+    g = gate.decide(metrics_with(0.97, {"0": 0.999, "-30": 0.90, "30": 0.98}), None, CFG)
+    assert g.drift and not g.promoted and g.decision == "failed"
+    assert len(g.reasons) == 3
+    assert "monitor.threshold" in g.reasons[0]
+    assert "-30 deg" in g.reasons[1] and "30 deg" in g.reasons[2]
+    assert all("angle_threshold" in r for r in g.reasons[1:])
 
 
 def test_gate_refuses_a_candidate_worse_than_the_champion_beyond_the_tolerance():
     champion = metrics_with(0.998, {"0": 0.999, "-30": 0.997})
-    within = monitor.decide(metrics_with(0.997, {"0": 0.999, "-30": 0.995}), champion, CFG)
+    within = gate.decide(metrics_with(0.997, {"0": 0.999, "-30": 0.995}), champion, CFG)
     assert within.promoted and within.reasons == ()
-    worse = monitor.decide(metrics_with(0.997, {"0": 0.999, "-30": 0.993}), champion, CFG, "champion v4")
+    worse = gate.decide(metrics_with(0.997, {"0": 0.999, "-30": 0.993}), champion, CFG, "champion v4")
     assert not worse.drift and not worse.promoted
     assert worse.reasons == (
         "accuracy at -30 deg 99.30% is 0.40% below champion v4 (99.70%), beyond monitor.tolerance 0.20%",
@@ -142,12 +142,12 @@ def test_gate_refuses_a_candidate_worse_than_the_champion_beyond_the_tolerance()
 
 def test_class_distribution_chi_square():
     y = np.repeat(np.arange(10), 50)
-    same = monitor.class_distribution(y, y)
+    same = gate.class_distribution(y, y)
     assert same["chi2"] == 0.0 and same["p_value"] == pytest.approx(1.0) and same["dof"] == 9
-    skewed = monitor.class_distribution(y, np.where(y < 5, 0, y))
+    skewed = gate.class_distribution(y, np.where(y < 5, 0, y))
     assert skewed["p_value"] < 1e-6
     assert skewed["predicted"]["0"] == 250 and skewed["actual"] == {str(c): 50 for c in range(10)}
-    absent = monitor.class_distribution(np.array([1, 1, 2, 2]), np.array([1, 1, 2, 7]))
+    absent = gate.class_distribution(np.array([1, 1, 2, 2]), np.array([1, 1, 2, 7]))
     assert absent["p_value"] == 0.0 and absent["chi2"] is None
 
 
@@ -161,7 +161,7 @@ def test_angle_rows_and_confusion_matrix():
     assert all(r["champion"] == "" for r in rows)
     rows = monitor.angle_rows(cand, metrics_with(0.9, {"0": 0.5, "10": 0.7}))
     assert [r["champion"] for r in rows] == ["", 0.5, 0.7]
-    cm = monitor.confusion_matrix(np.array([0, 0, 3, 9]), np.array([0, 1, 3, 3]))
+    cm = metrics.confusion_matrix(np.array([0, 0, 3, 9]), np.array([0, 1, 3, 3]))
     assert cm.shape == (10, 10) and cm.sum() == 4 and cm[0, 0] == cm[0, 1] == cm[3, 3] == cm[9, 3] == 1
 
 
@@ -170,9 +170,11 @@ def test_write_plots_writes_csv_for_dvc_and_png(tmp_path):
     ds = dataset(rng.integers(0, 10, 60), angle=np.tile([0, -30, 30], 20))
     probs = rng.random((60, 10)).astype(np.float32)
     yhat = probs.argmax(1)
-    cand = monitor.slice_metrics(ds.y, yhat, ds.angle)
-    files = monitor.write_plots(tmp_path / "p", ds, probs, cand, cand, CFG)
-    names = sorted(f.name for f in files)
+    cand = metrics.slice_metrics(ds.y, yhat, ds.angle)
+    report = {"registry": {"version": 2, "compared_with": 1}, "holdout": cand, "champion_holdout": cand}
+    monitor.write_plots(tmp_path / "p", ds, probs, report, 1 - CFG.angle_threshold)
+    files = sorted((tmp_path / "p").iterdir())
+    names = [f.name for f in files]
     assert names == ["angle_accuracy.csv", "angle_accuracy.png", "confusion.csv", "confusion.png", "misclassified.png"]
     for f in files:
         if f.suffix == ".png":
@@ -212,8 +214,8 @@ def test_flat_metrics_and_version_tags_carry_the_decision():
         },
         "registry": {"compared_with": 2},
         "training_run_id": "r1",
-        "holdout": monitor.slice_metrics(y, np.array([0, 1, 2, 0]), np.array([0, 0, -10, -10])),
-        "class_distribution": monitor.class_distribution(y, y),
+        "holdout": metrics.slice_metrics(y, np.array([0, 1, 2, 0]), np.array([0, 0, -10, -10])),
+        "class_distribution": gate.class_distribution(y, y),
     }
     flat = monitor.flat_metrics(report)
     assert flat["holdout_accuracy"] == 0.75 and flat["holdout_accuracy_angle_-10"] == 0.5

@@ -1,15 +1,13 @@
 """Registry loading logic (champion fallback) with a fake client, and the image readers of `rotmnist predict`."""
 
 import logging
-import sys
 import types
 
 import numpy as np
 import pytest
 from PIL import Image
 
-import rotmnist
-from rotmnist import registry
+from rotmnist import cli, images, predict, registry, tracking
 from rotmnist.config import Config
 from rotmnist.errors import PipelineError
 from rotmnist.paths import Paths
@@ -31,24 +29,24 @@ def centre_of_mass(img: np.ndarray) -> tuple[float, float]:
 
 def test_a_28x28_white_on_black_image_is_kept_as_is():
     img = digit_one()
-    assert np.array_equal(registry.to_mnist_image(img), img)
+    assert np.array_equal(images.to_mnist_image(img), img)
 
 
 def test_dark_on_light_is_inverted():
-    out = registry.to_mnist_image(digit_one(ink=0, paper=255))
+    out = images.to_mnist_image(digit_one(ink=0, paper=255))
     assert np.array_equal(out, digit_one())
 
 
 def test_a_large_image_is_cropped_scaled_to_20px_and_centred():
-    out = registry.to_mnist_image(digit_one(size=280, ink=20, paper=250))  # dark ink on light paper
+    out = images.to_mnist_image(digit_one(size=280, ink=20, paper=250))  # dark ink on light paper
     assert out.shape == (28, 28) and out.dtype == np.uint8
     rows, _ = np.nonzero(out > 50)
     assert rows.max() - rows.min() + 1 in (19, 20, 21)  # the tall side fits 20 px
     cy, cx = centre_of_mass(out)
     assert abs(cy - 13.5) <= 1 and abs(cx - 13.5) <= 1
-    assert registry.to_mnist_image(np.zeros((50, 40))).sum() == 0
+    assert images.to_mnist_image(np.zeros((50, 40))).sum() == 0
     with pytest.raises(ValueError, match="2-D grayscale"):
-        registry.to_mnist_image(np.zeros((3, 28, 28)))
+        images.to_mnist_image(np.zeros((3, 28, 28)))
 
 
 def test_read_png_any_mode(tmp_path):
@@ -57,41 +55,44 @@ def test_read_png_any_mode(tmp_path):
     rgba = np.zeros((56, 56, 4), np.uint8)  # black ink on a transparent canvas: alpha is the ink
     rgba[..., 3] = 255 - gray
     Image.fromarray(rgba, "RGBA").save(tmp_path / "rgba.png")
-    a = registry.read_png(tmp_path / "rgb.png")
-    b = registry.read_png(tmp_path / "rgba.png")
+    a = images.read_image(tmp_path / "rgb.png")
+    b = images.read_image(tmp_path / "rgba.png")
     assert a.shape == b.shape == (28, 28)
     assert a.max() == 255 and a.mean() < 60  # white digit on black
     assert np.array_equal(a, b)
     (tmp_path / "bad.png").write_bytes(b"not an image")
     with pytest.raises(PipelineError, match=r"cannot read .*bad\.png as an image"):
-        registry.read_png(tmp_path / "bad.png")
+        images.read_image(tmp_path / "bad.png")
 
 
 def test_read_npy_shapes_and_ranges(tmp_path):
     np.save(tmp_path / "one.npy", digit_one())
-    np.save(tmp_path / "many.npy", np.stack([digit_one()] * 3).astype(np.float64) / 255.0)
+    np.save(tmp_path / "many.npy", np.stack([digit_one()] * 3).astype(np.float64))
+    np.save(tmp_path / "unit.npy", np.stack([digit_one()] * 3).astype(np.float64) / 255.0)
     np.save(tmp_path / "flat.npy", np.zeros((3, 784)))
     np.save(tmp_path / "neg.npy", -np.ones((1, 28, 28)))
     np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
-    assert registry.read_npy(tmp_path / "one.npy").shape == (1, 28, 28)
-    many = registry.read_npy(tmp_path / "many.npy")
-    assert many.dtype == np.float32 and many.max() == pytest.approx(255.0)  # 0-1 floats are scaled
+    assert images.read_npy(tmp_path / "one.npy").shape == (1, 28, 28)
+    many = images.read_npy(tmp_path / "many.npy")
+    assert many.dtype == np.float32 and many.shape == (3, 28, 28) and many.max() == pytest.approx(255.0)
+    with pytest.raises(PipelineError, match=r"scaled to \[0, 1\]; pass values in 0..255"):
+        images.read_npy(tmp_path / "unit.npy")  # refused like learn_model refuses it, never guessed
     with pytest.raises(PipelineError, match=r"shape \(N, 28, 28\)"):
-        registry.read_npy(tmp_path / "flat.npy")
-    with pytest.raises(PipelineError, match="within 0-255"):
-        registry.read_npy(tmp_path / "neg.npy")
+        images.read_npy(tmp_path / "flat.npy")
+    with pytest.raises(PipelineError, match=r"must be in 0\.\.255"):
+        images.read_npy(tmp_path / "neg.npy")
     with pytest.raises(PipelineError, match="cannot read"):
-        registry.read_npy(tmp_path / "obj.npy")  # pickled object arrays are never loaded
+        images.read_npy(tmp_path / "obj.npy")  # pickled object arrays are never loaded
 
 
 def test_read_images_names_each_image(tmp_path):
     Image.fromarray(digit_one()).save(tmp_path / "a.png")
     np.save(tmp_path / "b.npy", np.stack([digit_one()] * 2))
-    names, x = registry.read_images([tmp_path / "a.png", tmp_path / "b.npy"])
+    names, x = images.read_images([tmp_path / "a.png", tmp_path / "b.npy"])
     assert names == [str(tmp_path / "a.png"), f"{tmp_path / 'b.npy'}[0]", f"{tmp_path / 'b.npy'}[1]"]
     assert x.shape == (3, 28, 28) and x.dtype == np.float32
     with pytest.raises(PipelineError, match="does not exist"):
-        registry.read_images([tmp_path / "missing.png"])
+        images.read_images([tmp_path / "missing.png"])
 
 
 # ---- models and URIs ------------------------------------------------------------------------------------
@@ -201,12 +202,10 @@ def test_load_champion_error_when_nothing_loads(loads):
 
 @pytest.fixture
 def no_tracking(monkeypatch):
-    fake = types.SimpleNamespace(configure_mlflow=lambda config, paths: "0")
-    monkeypatch.setitem(sys.modules, "rotmnist.tracking", fake)
-    monkeypatch.setattr(rotmnist, "tracking", fake, raising=False)
+    monkeypatch.setattr(tracking, "configure_mlflow", lambda config, paths: "0")
 
 
-def test_predict_main_prints_digit_and_probability(tmp_path, monkeypatch, capsys, no_tracking):
+def test_predict_prints_digit_and_probability(tmp_path, monkeypatch, capsys, no_tracking):
     np.save(tmp_path / "x.npy", np.zeros((2, 28, 28), np.uint8))
     Image.fromarray(digit_one()).save(tmp_path / "one.png")
     seen = {}
@@ -217,8 +216,8 @@ def test_predict_main_prints_digit_and_probability(tmp_path, monkeypatch, capsys
 
     monkeypatch.setattr(registry, "load_champion", fake_champion)
     paths = Paths(root=tmp_path, store_root=tmp_path)
-    rc = registry.predict_main(Config(), paths, [str(tmp_path / "x.npy"), str(tmp_path / "one.png")], None)
-    assert rc == 0 and seen["name"] == Config().monitor.model_name
+    predict.main(Config(), paths, [str(tmp_path / "x.npy"), str(tmp_path / "one.png")], None)
+    assert seen["name"] == Config().monitor.model_name
     lines = capsys.readouterr().out.splitlines()
     assert lines == [
         f"{tmp_path / 'x.npy'}[0]\t1\t1.0000",
@@ -227,10 +226,13 @@ def test_predict_main_prints_digit_and_probability(tmp_path, monkeypatch, capsys
     ]
 
 
-def test_predict_main_reports_errors_with_exit_status_1(tmp_path, capsys, no_tracking):
-    paths = Paths(root=tmp_path, store_root=tmp_path)
-    assert registry.predict_main(Config(), paths, [str(tmp_path / "nope.png")], None) == 1
-    assert "nope.png does not exist" in capsys.readouterr().err
+def test_predict_errors_are_one_line_with_exit_status_1(tmp_path, monkeypatch, capsys, no_tracking):
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    (tmp_path / "params.yaml").write_text("{}\n")
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["predict", "nope.png"]) == 1
+    assert capsys.readouterr().err.strip() == "rotmnist predict: nope.png does not exist"
     np.save(tmp_path / "x.npy", np.zeros((1, 28, 28)))
-    assert registry.predict_main(Config(), paths, [str(tmp_path / "x.npy")], str(tmp_path / "model.pkl")) == 1
-    assert "is not allowed" in capsys.readouterr().err
+    assert cli.main(["predict", "x.npy", "--model", str(tmp_path / "model.pkl")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("rotmnist predict: model URI") and "is not allowed" in err and len(err.splitlines()) == 1

@@ -11,12 +11,12 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from rotmnist import train
+from rotmnist import learn, training
 from rotmnist.config import config_from_dict
 from rotmnist.errors import PipelineError
 from rotmnist.io import Dataset
 from rotmnist.paths import Paths
-from rotmnist.train import Hyper, fit, pixel_stats, random_shift, source_folds, subsample_sources
+from rotmnist.training import Hyper, fit, pixel_stats, random_shift, source_folds, subsample_sources
 from tests.helpers import tiny_mnist
 
 
@@ -136,10 +136,10 @@ def test_very_short_runs_train_with_a_constant_learning_rate(n):
 
 def test_resolve_precision():
     cpu = torch.device("cpu")
-    assert train.resolve_precision("fp32", cpu) == "fp32" and train.resolve_precision("bf16", cpu) == "bf16"
-    assert train.resolve_precision("auto", cpu) == ("bf16" if train.cpu_has_bf16() else "fp32")
+    assert training.resolve_precision("fp32", cpu) == "fp32" and training.resolve_precision("bf16", cpu) == "bf16"
+    assert training.resolve_precision("auto", cpu) == ("bf16" if training.cpu_has_bf16() else "fp32")
     with pytest.raises(ValueError, match=r"precision must be one of \['auto', 'fp32', 'bf16'\]"):
-        train.resolve_precision("fp16", cpu)
+        training.resolve_precision("fp16", cpu)
     with pytest.raises(ValueError, match="precision one of"):
         Hyper(precision="fp16")
 
@@ -161,13 +161,13 @@ def test_fit_rejects_an_empty_training_set():
 
 
 def test_resolve_device():
-    assert train.resolve_device("cpu").type == "cpu"
-    assert train.resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
-    with pytest.raises(ValueError, match="auto, cpu or cuda"):
-        train.resolve_device("tpu")
+    assert training.resolve_device("cpu").type == "cpu"
+    assert training.resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(PipelineError, match=r"train.device must be one of \['auto', 'cpu', 'cuda'\]"):
+        training.resolve_device("tpu")
     if not torch.cuda.is_available():
         with pytest.raises(PipelineError, match="no CUDA device"):
-            train.resolve_device("cuda")
+            training.resolve_device("cuda")
 
 
 @pytest.mark.gpu
@@ -180,33 +180,33 @@ def test_fit_on_the_gpu_matches_the_cpu_contract():
 
 def test_as_dataset_accepts_objects_with_x_and_y_and_validates_them():
     x, y, _, _ = tiny_mnist(n_train=20, n_test=10)
-    ds = train.as_dataset(types.SimpleNamespace(x=x, y=y))
+    ds = learn.as_dataset(types.SimpleNamespace(x=x, y=y))
     assert len(ds) == 20 and np.array_equal(ds.source_id, np.arange(20))
     with pytest.raises(TypeError, match=r"must be a rotmnist.io.Dataset or have numpy arrays .x and .y"):
-        train.as_dataset([x, y])
+        learn.as_dataset([x, y])
     with pytest.raises(ValueError, match=r"\(N, 28, 28\)"):
-        train.as_dataset(types.SimpleNamespace(x=x[:, :20], y=y))
+        learn.as_dataset(types.SimpleNamespace(x=x[:, :20], y=y))
     with pytest.raises(ValueError, match="digits 0-9"):
-        train.as_dataset(types.SimpleNamespace(x=x, y=y + 10))
-    with pytest.raises(ValueError, match=r"scaled to \[0, 1\]; pass pixels in 0..255"):
-        train.as_dataset(types.SimpleNamespace(x=x / 255.0, y=y))
+        learn.as_dataset(types.SimpleNamespace(x=x, y=y + 10))
+    with pytest.raises(ValueError, match=r"scaled to \[0, 1\]; pass values in 0..255"):
+        learn.as_dataset(types.SimpleNamespace(x=x / 255.0, y=y))
     with pytest.raises(ValueError, match="whole digits 0-9"):
-        train.as_dataset(types.SimpleNamespace(x=x, y=y + 0.5))
+        learn.as_dataset(types.SimpleNamespace(x=x, y=y + 0.5))
     with pytest.raises(ValueError, match="source_id must be integers, one per image"):
-        train.as_dataset(types.SimpleNamespace(x=x, y=y, source_id=np.arange(20) + 0.5))
+        learn.as_dataset(types.SimpleNamespace(x=x, y=y, source_id=np.arange(20) + 0.5))
     with pytest.raises(ValueError, match=r"source_id must be in 0..2\*\*31-1"):
-        train.as_dataset(types.SimpleNamespace(x=x, y=y, source_id=np.full(20, 3_000_000_000)))
-    assert len(train.as_dataset(types.SimpleNamespace(x=np.zeros((3, 28, 28)), y=np.zeros(3)))) == 3  # black images
+        learn.as_dataset(types.SimpleNamespace(x=x, y=y, source_id=np.full(20, 3_000_000_000)))
+    assert len(learn.as_dataset(types.SimpleNamespace(x=np.zeros((3, 28, 28)), y=np.zeros(3)))) == 3  # black images
     with pytest.raises(ValueError, match=r"must be in 0..255"):
-        train.as_dataset(types.SimpleNamespace(x=x.astype(np.int16) - 1, y=y))
+        learn.as_dataset(types.SimpleNamespace(x=x.astype(np.int16) - 1, y=y))
     with pytest.raises(ValueError, match="NaN or infinite"):
-        train.as_dataset(types.SimpleNamespace(x=np.full(x.shape, np.nan), y=y))
+        learn.as_dataset(types.SimpleNamespace(x=np.full(x.shape, np.nan), y=y))
 
 
 def test_as_dataset_keeps_float_pixels_and_given_sources():
     x, y, _, _ = tiny_mnist(n_train=20, n_test=10)
     sources = np.arange(20) // 2
-    ds = train.as_dataset(types.SimpleNamespace(x=x.astype(np.float32), y=y, source_id=sources))
+    ds = learn.as_dataset(types.SimpleNamespace(x=x.astype(np.float32), y=y, source_id=sources))
     assert np.array_equal(ds.x, x) and np.array_equal(ds.source_id, sources)
 
 
@@ -243,7 +243,7 @@ TINY = {
 def test_learn_model_returns_a_tuned_model_far_better_than_chance(ws, cv_folds):
     config = config_from_dict(TINY | {"tune": TINY["tune"] | {"cv_folds": cv_folds}})
     data = dataset(400, seed=0)
-    model = train.learn_model(data, config=config, paths=ws)
+    model = learn.learn_model(data, config=config, paths=ws)
     held_out = dataset(200, seed=5)
     accuracy = float(np.mean(model.predict(held_out.x) == held_out.y))
     assert accuracy >= 0.8, accuracy  # chance is 0.1
@@ -253,26 +253,26 @@ def test_learn_model_returns_a_tuned_model_far_better_than_chance(ws, cv_folds):
 
 def test_learn_model_rejects_an_empty_dataset(ws):
     with pytest.raises(ValueError, match="non-empty dataset"):
-        train.learn_model(dataset(10).take(np.zeros(10, bool)), config=config_from_dict(TINY), paths=ws)
+        learn.learn_model(dataset(10).take(np.zeros(10, bool)), config=config_from_dict(TINY), paths=ws)
 
 
 def test_read_best_params(tmp_path):
     path = tmp_path / "best_params.json"
     with pytest.raises(PipelineError, match="run `rotmnist tune` first"):
-        train.read_best_params(path)
+        training.read_best_params(path)
     path.write_text("{not json")
     with pytest.raises(PipelineError, match="not valid JSON"):
-        train.read_best_params(path)
+        training.read_best_params(path)
     path.write_text(json.dumps({"spec": {"family": "cnn"}}))
     with pytest.raises(PipelineError, match="objects 'spec' and 'hyper'"):
-        train.read_best_params(path)
+        training.read_best_params(path)
     path.write_text(json.dumps({"spec": {"family": "cnn", "kernel": 7}, "hyper": {}}))
     with pytest.raises(PipelineError, match=r"cnn\.kernel must be 3 or 5"):
-        train.read_best_params(path)
+        training.read_best_params(path)
     path.write_text(json.dumps({"spec": {"family": "mlp"}, "hyper": {"lr": 0.01, "weight_decay": 0.0}}))
     with pytest.raises(PipelineError, match="batch_size"):
-        train.read_best_params(path)
+        training.read_best_params(path)
     doc = {"spec": {"family": "mlp"}, "hyper": {"lr": 0.01, "weight_decay": 0.0, "batch_size": 64}, "trial": 3}
     path.write_text(json.dumps(doc))
-    spec, hyper, whole = train.read_best_params(path)
+    spec, hyper, whole = training.read_best_params(path)
     assert spec["family"] == "mlp" and spec["width"] == 256 and hyper == doc["hyper"] and whole["trial"] == 3

@@ -11,61 +11,61 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from rotmnist import tune
-from rotmnist.config import Config, ConfigError, config_from_dict
-from rotmnist.errors import PipelineError
-from rotmnist.model import normalize_spec
+from rotmnist import sweep, training
+from rotmnist.config import Config, config_from_dict
+from rotmnist.errors import ConfigError, PipelineError
 from rotmnist.paths import Paths
+from rotmnist.spec import normalize_spec
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 @pytest.fixture
 def paths(tmp_path, monkeypatch) -> Paths:
-    monkeypatch.delenv(tune.STORAGE_ENV, raising=False)
+    monkeypatch.delenv(sweep.STORAGE_ENV, raising=False)
     return Paths(root=tmp_path / "exp-copy", store_root=tmp_path)
 
 
 def test_storage_url_precedence(paths, monkeypatch):
-    assert tune.storage_url(Config(), paths) == str(paths.optuna_journal)
+    assert sweep.storage_url(Config(), paths) == str(paths.optuna_journal)
     configured = config_from_dict({"tune": {"storage": "postgresql://u:pw@db/optuna"}})
-    assert tune.storage_url(configured, paths) == "postgresql://u:pw@db/optuna"
-    monkeypatch.setenv(tune.STORAGE_ENV, "/shared/journal.log")
-    assert tune.storage_url(configured, paths) == "/shared/journal.log"
+    assert sweep.storage_url(configured, paths) == "postgresql://u:pw@db/optuna"
+    monkeypatch.setenv(sweep.STORAGE_ENV, "/shared/journal.log")
+    assert sweep.storage_url(configured, paths) == "/shared/journal.log"
 
 
 @pytest.mark.parametrize("url", ["sqlite:///optuna.db", "SQLITE:////abs/optuna.db"])
 def test_sqlite_storage_is_refused_with_the_reason(paths, url):
     with pytest.raises(PipelineError, match="SQLite is refused, since parallel workers lock or corrupt it"):
-        tune.open_storage(url, paths)
-    with pytest.raises(ConfigError, match=r"tune\.storage: SQLite is not allowed as Optuna storage"):
+        sweep.open_storage(url, paths)
+    with pytest.raises(ConfigError, match=r"tune\.storage: Optuna storage .*SQLite is refused"):
         config_from_dict({"tune": {"storage": url}})
 
 
 def test_unknown_storage_schemes_are_refused(paths):
     with pytest.raises(PipelineError, match=r"'redis://host' is not supported; use a journal file path"):
-        tune.open_storage("redis://host", paths)
+        sweep.open_storage("redis://host", paths)
 
 
 def test_journal_paths_resolve_at_the_store_root(paths):
-    storage = tune.open_storage("optuna/other.log", paths)
+    storage = sweep.open_storage("optuna/other.log", paths)
     assert isinstance(storage, optuna.storages.JournalStorage)
     optuna.create_study(study_name="s", storage=storage)
     assert (paths.store_root / "optuna" / "other.log").is_file()
-    optuna.create_study(study_name="s", storage=tune.open_storage(f"journal:{paths.store_root / 'j2.log'}", paths))
+    optuna.create_study(study_name="s", storage=sweep.open_storage(f"journal:{paths.store_root / 'j2.log'}", paths))
     assert (paths.store_root / "j2.log").is_file()
 
 
 def test_study_name_changes_with_the_objective_but_not_with_the_budget():
-    base = tune.study_name(Config(), "abc.dir")
-    assert base.startswith("rotmnist-") and base == tune.study_name(Config(), "abc.dir")
-    assert tune.study_name(config_from_dict({"tune": {"n_trials": 50}}), "abc.dir") == base
-    assert tune.study_name(config_from_dict({"tune": {"storage": "x.log"}}), "abc.dir") == base
-    assert tune.study_name(Config(), "other.dir") != base
-    assert tune.study_name(config_from_dict({"tune": {"epochs": 3}}), "abc.dir") != base
-    assert tune.study_name(config_from_dict({"tune": {"space": {"batch_size": [64]}}}), "abc.dir") != base
-    assert tune.study_name(config_from_dict({"train": {"shift": 0}}), "abc.dir") != base
-    assert tune.study_name(config_from_dict({"train": {"epochs": 1}}), "abc.dir") == base  # train-only key
+    base = sweep.study_name(Config(), "abc.dir")
+    assert base.startswith("rotmnist-") and base == sweep.study_name(Config(), "abc.dir")
+    assert sweep.study_name(config_from_dict({"tune": {"n_trials": 50}}), "abc.dir") == base
+    assert sweep.study_name(config_from_dict({"tune": {"storage": "x.log"}}), "abc.dir") == base
+    assert sweep.study_name(Config(), "other.dir") != base
+    assert sweep.study_name(config_from_dict({"tune": {"epochs": 3}}), "abc.dir") != base
+    assert sweep.study_name(config_from_dict({"tune": {"space": {"batch_size": [64]}}}), "abc.dir") != base
+    assert sweep.study_name(config_from_dict({"train": {"shift": 0}}), "abc.dir") != base
+    assert sweep.study_name(config_from_dict({"train": {"epochs": 1}}), "abc.dir") == base  # train-only key
 
 
 @pytest.mark.parametrize(
@@ -83,10 +83,10 @@ def test_study_name_changes_with_the_objective_but_not_with_the_budget():
 def test_suggest_samples_only_the_familys_params(params, spec_keys):
     config = config_from_dict({"tune": {"families": ["cnn", "mlp", "logreg"]}})
     hyper = {"lr": 0.002, "weight_decay": 1e-4, "batch_size": 128}
-    spec, sampled = tune.suggest(optuna.trial.FixedTrial(params | hyper), config.tune)
+    spec, sampled = sweep.suggest(optuna.trial.FixedTrial(params | hyper), config.tune)
     assert set(spec) == spec_keys and spec == params and sampled == hyper
     normalize_spec(spec)  # a valid model spec
-    assert tune.params_to_choice(params | hyper) == (spec, hyper)
+    assert sweep.params_to_choice(params | hyper) == (spec, hyper)
 
 
 def test_suggest_stays_inside_the_configured_space():
@@ -96,7 +96,7 @@ def test_suggest_stays_inside_the_configured_space():
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     for _ in range(10):
         trial = study.ask()
-        spec, hyper = tune.suggest(trial, config.tune)
+        spec, hyper = sweep.suggest(trial, config.tune)
         assert spec["blocks"] == 3 and spec["kernel"] == 5 and spec["channels"] == 16
         assert spec["convs_per_block"] == 1 and spec["batch_norm"] is True
         assert 0.001 <= hyper["lr"] <= 0.002 and hyper["batch_size"] == 64
@@ -105,7 +105,7 @@ def test_suggest_stays_inside_the_configured_space():
 
 def test_recipe_joins_tuned_params_and_the_shared_training_recipe():
     config = config_from_dict({"train": {"shift": 1, "label_smoothing": 0.1, "schedule": "cosine"}})
-    hp = tune.recipe(config, {"lr": 0.01, "weight_decay": 0.0, "batch_size": 64}, epochs=4)
+    hp = training.recipe(config, {"lr": 0.01, "weight_decay": 0.0, "batch_size": 64}, epochs=4)
     assert (hp.lr, hp.batch_size, hp.epochs, hp.shift, hp.label_smoothing, hp.schedule) == (
         0.01,
         64,
@@ -118,15 +118,15 @@ def test_recipe_joins_tuned_params_and_the_shared_training_recipe():
 
 def test_run_names_say_the_family_and_key_params():
     spec = {"family": "cnn", "blocks": 2, "channels": 16, "kernel": 3, "dense": 128}
-    assert tune.run_name(3, spec, {"lr": 0.003, "batch_size": 256}) == "t003-cnn-b2-c16-k3-d128-lr3e-03-bs256"
-    assert tune.run_name(None, {"family": "mlp"}, {"lr": 0.01, "batch_size": 64}) == "mlp-2x256-lr1e-02-bs64"
+    assert sweep.run_name(3, spec, {"lr": 0.003, "batch_size": 256}) == "t003-cnn-b2-c16-k3-d128-lr3e-03-bs256"
+    assert sweep.run_name(None, {"family": "mlp"}, {"lr": 0.01, "batch_size": 64}) == "mlp-2x256-lr1e-02-bs64"
 
 
 def test_make_pruner():
-    assert isinstance(tune.make_pruner(Config().tune), optuna.pruners.MedianPruner)
+    assert isinstance(sweep.make_pruner(Config().tune), optuna.pruners.MedianPruner)
     threshold = config_from_dict({"tune": {"pruner": "threshold", "prune_below": 0.5}}).tune
-    assert isinstance(tune.make_pruner(threshold), optuna.pruners.ThresholdPruner)
-    assert isinstance(tune.make_pruner(config_from_dict({"tune": {"pruner": "none"}}).tune), optuna.pruners.NopPruner)
+    assert isinstance(sweep.make_pruner(threshold), optuna.pruners.ThresholdPruner)
+    assert isinstance(sweep.make_pruner(config_from_dict({"tune": {"pruner": "none"}}).tune), optuna.pruners.NopPruner)
 
 
 @pytest.mark.parametrize(
@@ -157,7 +157,7 @@ def dead_pid() -> int:
 
 
 def test_release_dead_trials_fails_and_requeues_only_trials_of_dead_local_processes(tmp_path):
-    storage = tune.open_storage(str(tmp_path / "journal.log"), Paths(root=tmp_path, store_root=tmp_path))
+    storage = sweep.open_storage(str(tmp_path / "journal.log"), Paths(root=tmp_path, store_root=tmp_path))
     study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
     owners = {"dead": (socket.gethostname(), dead_pid()), "alive": (socket.gethostname(), os.getpid())}
     owners["remote"] = ("another-host", dead_pid())
@@ -171,15 +171,15 @@ def test_release_dead_trials_fails_and_requeues_only_trials_of_dead_local_proces
     done = study.ask()
     study.tell(done, 0.9)
 
-    assert tune.release_dead_trials(study) == [trials["dead"]]
+    assert sweep.release_dead_trials(study) == [trials["dead"]]
     states = {t.number: t.state for t in study.get_trials()}
     assert states[trials["dead"]] == TrialState.FAIL
     assert states[trials["alive"]] == TrialState.RUNNING and states[trials["remote"]] == TrialState.RUNNING
     waiting = study.get_trials(states=(TrialState.WAITING,))
     assert len(waiting) == 1 and waiting[0].system_attrs["fixed_params"] == study.trials[trials["dead"]].params
     assert waiting[0].user_attrs["retry_of"] == trials["dead"]
-    assert tune.count_finished(study) == 1
-    assert tune.release_dead_trials(study) == []  # idempotent
+    assert sweep.count_finished(study) == 1
+    assert sweep.release_dead_trials(study) == []  # idempotent
 
 
 def test_summary_falls_back_to_the_best_pruned_trial_when_none_completed():
@@ -191,8 +191,8 @@ def test_summary_falls_back_to_the_best_pruned_trial_when_none_completed():
         trial.report(value / 2, 1)
         trial.report(value, 2)
         study.tell(trial, state=TrialState.PRUNED)
-    result = tune._summarise(study, "parent")
+    result = sweep._summarise(study, "parent")
     assert result.value == 0.6 and result.best_trial == 1 and result.spec == {"family": "logreg"}
     assert result.counts == {"complete": 0, "pruned": 2, "failed": 0}
     with pytest.raises(PipelineError, match="no trial completed"):
-        tune._summarise(optuna.create_study(direction="maximize"), "parent")
+        sweep._summarise(optuna.create_study(direction="maximize"), "parent")
