@@ -56,6 +56,7 @@ def test_notebooks_are_committed_without_outputs(name):
     assert [c.execution_count for c in code] == [None for _ in code], f"{name} holds execution counts"
 
 
+@pytest.mark.slow  # starts a kernel
 def test_eda_notebook_runs_on_a_tiny_dataset(tmp_path, monkeypatch):
     monkeypatch.delenv("ROTMNIST_STORE_ROOT", raising=False)
     workspace(tmp_path)

@@ -130,6 +130,7 @@ def test_cuda_without_a_gpu(workspace, capsys):
     assert "train.device is 'cuda' but no CUDA device is available" in one_line_error(capsys, "train")
 
 
+@pytest.mark.slow  # trains (and diverges) for an epoch, logged to MLflow
 def test_diverging_loss_stops_training_with_advice(workspace, capsys):
     tiny_splits(workspace)  # a learning rate of 1e36 overflows the weights at once
     write_params(workspace, {"train": {"epochs": 1, "precision": "fp32", "device": "cpu"}})

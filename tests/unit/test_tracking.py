@@ -114,6 +114,7 @@ def test_array_digest_changes_with_content():
     assert len(tracking.array_digest(a, b"x")) == 32
 
 
+@pytest.mark.slow  # torch.export
 def test_logged_model_round_trips_through_pyfunc_for_any_batch_size(ws):
     tracking.configure_mlflow(config(), ws)
     torch.manual_seed(0)

@@ -134,10 +134,17 @@ def test_very_short_runs_train_with_a_constant_learning_rate(n):
     assert result.history[0]["lr"] == Hyper().lr
 
 
-def test_resolve_precision():
+@pytest.mark.parametrize(("native", "expected"), [(True, "bf16"), (False, "fp32")])
+def test_auto_precision_is_bf16_only_where_the_cpu_runs_it_natively(monkeypatch, native, expected):
+    monkeypatch.setattr(training, "cpu_has_bf16", lambda: native)
     cpu = torch.device("cpu")
+    assert training.resolve_precision("auto", cpu) == expected
+    assert training.hyper_dict(Hyper(precision="auto"), cpu)["precision"] == expected  # what MLflow records
     assert training.resolve_precision("fp32", cpu) == "fp32" and training.resolve_precision("bf16", cpu) == "bf16"
-    assert training.resolve_precision("auto", cpu) == ("bf16" if training.cpu_has_bf16() else "fp32")
+
+
+def test_resolve_precision_refuses_unknown_names():
+    cpu = torch.device("cpu")
     with pytest.raises(ValueError, match=r"precision must be one of \['auto', 'fp32', 'bf16'\]"):
         training.resolve_precision("fp16", cpu)
     with pytest.raises(ValueError, match="precision one of"):
@@ -239,6 +246,7 @@ TINY = {
 }
 
 
+@pytest.mark.slow  # a sweep and a training run
 @pytest.mark.parametrize("cv_folds", [1, 2])
 def test_learn_model_returns_a_tuned_model_far_better_than_chance(ws, cv_folds):
     config = config_from_dict(TINY | {"tune": TINY["tune"] | {"cv_folds": cv_folds}})
