@@ -263,13 +263,16 @@ def test_a_sweep_killed_mid_trial_and_restarted_ends_with_exactly_n_trials(ws):
     cmd = [str(Path(sys.executable).parent / "rotmnist"), "tune"]
     proc = subprocess.Popen(cmd, cwd=ws.root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
-    mid_trial = False
-    while time.monotonic() < deadline and proc.poll() is None and not mid_trial:
-        mid_trial = trial_running_after_one_finished(ws)
-        time.sleep(0.2)
-    os.kill(proc.pid, signal.SIGKILL)
+    while time.monotonic() < deadline and proc.poll() is None and not trial_running_after_one_finished(ws):
+        time.sleep(0.1)
+    os.kill(proc.pid, signal.SIGKILL)  # at once: a trial was running a moment ago
     proc.wait()
-    assert mid_trial and proc.returncode == -signal.SIGKILL, "the sweep was not killed during a trial"
+    assert proc.returncode == -signal.SIGKILL, "the sweep finished before it could be killed"
+    # What the dead process left in the journal: the trial it was running when the kill landed.
+    storage = sweep.open_storage(str(ws.optuna_journal), ws)
+    (summary,) = optuna.get_all_study_summaries(storage)
+    left = optuna.load_study(study_name=summary.study_name, storage=storage).get_trials(states=(TrialState.RUNNING,))
+    assert len(left) == 1, "the kill did not land during a trial"
     subprocess.run(cmd, cwd=ws.root, env=env, check=True, capture_output=True)
     summary = json.loads((ws.metrics / "tune.json").read_text())
     assert summary["trials"]["complete"] + summary["trials"]["pruned"] == 3
@@ -278,7 +281,7 @@ def test_a_sweep_killed_mid_trial_and_restarted_ends_with_exactly_n_trials(ws):
     assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
     # the trial the kill interrupted is marked failed and its params were tried again
     failed = study.get_trials(states=(TrialState.FAIL,))
-    assert len(failed) == 1
+    assert [t.number for t in failed] == [left[0].number]
     retries = [t for t in study.trials if t.user_attrs.get("retry_of") == failed[0].number]
     assert len(retries) == 1 and retries[0].params == failed[0].params
 
