@@ -7,8 +7,7 @@ from typing import Any
 import numpy as np
 
 from rotmnist.io import MNIST_TEST, N_CLASSES, Dataset
-
-_CHUNK = 8192  # images per histogram step, to bound temporary memory on the full 70k
+from rotmnist.mnist_sources import IMAGE_CHUNK
 
 
 def duplicate_stats(x: np.ndarray, y: np.ndarray, is_test: np.ndarray) -> dict[str, int]:
@@ -35,8 +34,8 @@ def pixel_summary(x: np.ndarray) -> dict[str, float]:
     """Min, max, mean, std of all pixel values and the mean fraction of nonzero pixels, from one histogram."""
     flat = x.reshape(len(x), -1)
     hist = np.zeros(256, np.int64)
-    for start in range(0, len(flat), _CHUNK):
-        hist += np.bincount(flat[start : start + _CHUNK].ravel(), minlength=256)
+    for start in range(0, len(flat), IMAGE_CHUNK):
+        hist += np.bincount(flat[start : start + IMAGE_CHUNK].ravel(), minlength=256)
     values = np.arange(256, dtype=np.float64)
     total = hist.sum()
     mean = float(hist @ values / total)

@@ -50,7 +50,7 @@ IDX_FILES = {
 }
 IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC = 2051, 2049
 PIP_TIMEOUT_S = 900
-_CHUNK = 8192  # images per vectorised step, to bound temporary memory on the full 70k
+IMAGE_CHUNK = 8192  # images per vectorised step, to bound temporary memory on the full 70k
 
 
 class MnistArrays(NamedTuple):
@@ -196,14 +196,14 @@ def unit_floats_to_pixels(x: np.ndarray, name: str = "images") -> np.ndarray:
     if x.shape[1:] != IMAGE_SHAPE:
         raise PipelineError(f"{name} images have shape {x.shape}, expected (N, 784) or (N, 28, 28)")
     out = np.empty(x.shape, np.uint8)
-    for start in range(0, len(x), _CHUNK):
-        scaled = x[start : start + _CHUNK] * x.dtype.type(256)  # exact: a power-of-two scale
+    for start in range(0, len(x), IMAGE_CHUNK):
+        scaled = x[start : start + IMAGE_CHUNK] * x.dtype.type(256)  # exact: a power-of-two scale
         with np.errstate(invalid="ignore"):
             pixels = scaled.astype(np.uint8)
         # NaN, negatives, >= 1 and non-multiples of 1/256 all fail this round trip
         if not np.array_equal(pixels, scaled):
             raise PipelineError(f"{name} images hold values that are not k/256 for an integer k in 0..255")
-        out[start : start + _CHUNK] = pixels
+        out[start : start + IMAGE_CHUNK] = pixels
     return out
 
 

@@ -27,6 +27,7 @@ from rotmnist.config import config_from_dict
 from rotmnist.errors import PipelineError
 from rotmnist.model import classifier_from_spec, predict_labels
 from rotmnist.paths import Paths
+from rotmnist.spec import normalize_spec
 from tests.helpers import tiny_mnist
 
 ANGLES = (0, -30, 30)
@@ -139,7 +140,7 @@ def test_tune_logs_one_child_run_per_trial_and_train_logs_a_model_that_scores_an
     train.main(cfg, ws)
     ref = json.loads((ws.models / "run.json").read_text())
     assert set(ref) == {"run_id", "model_uri", "experiment_id", "spec", "tracking_uri"}
-    assert ref["spec"] == classifier_spec(best["spec"])
+    assert ref["spec"] == normalize_spec(best["spec"])
     run = client.get_run(ref["run_id"])
     assert run.data.tags["stage"] == "train" and run.data.tags["tuned_by"] == parent.info.run_id
     assert len(client.get_metric_history(ref["run_id"], "val_accuracy")) == 2
@@ -161,12 +162,6 @@ def test_tune_logs_one_child_run_per_trial_and_train_logs_a_model_that_scores_an
         assert np.array_equal(probs.argmax(1), predict_labels(module, test.x[:n]))
     accuracy = float(np.mean(predict_labels(module, test.x) == test.y))
     assert accuracy == pytest.approx(metrics["test"]["accuracy"], abs=1e-6)
-
-
-def classifier_spec(spec: dict) -> dict:
-    from rotmnist.spec import normalize_spec
-
-    return normalize_spec(spec)
 
 
 @pytest.mark.slow  # trains real models in an Optuna sweep
