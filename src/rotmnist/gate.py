@@ -129,7 +129,11 @@ def decide(
 
 
 def class_distribution(y: np.ndarray, yhat: np.ndarray, n_classes: int = N_CLASSES) -> dict[str, Any]:
-    """Chi-square test of the predicted class counts against the true label counts (information only)."""
+    """Chi-square test of the predicted class counts against the true label counts (information only).
+
+    `chi2` is left out when it is infinite (a class predicted that has no label), `p_value` when the test is
+    undefined (fewer than two classes): a DVC metrics file holds no null.
+    """
     from scipy.stats import chisquare
 
     observed = np.bincount(np.asarray(yhat, np.int64), minlength=n_classes)[:n_classes]
@@ -141,8 +145,8 @@ def class_distribution(y: np.ndarray, yhat: np.ndarray, n_classes: int = N_CLASS
         "actual": {str(c): int(n) for c, n in enumerate(expected)},
     }
     if observed[~present].sum() > 0:  # predictions of a class absent from the labels: infinitely unlikely
-        return out | {"chi2": None, "p_value": 0.0, "dof": int(present.sum()) - 1}
+        return out | {"p_value": 0.0, "dof": int(present.sum()) - 1}
     if present.sum() < 2:
-        return out | {"chi2": 0.0, "p_value": None, "dof": 0}
+        return out | {"chi2": 0.0, "dof": 0}
     res = chisquare(observed[present], expected[present])
     return out | {"chi2": float(res.statistic), "p_value": float(res.pvalue), "dof": int(present.sum()) - 1}
