@@ -74,11 +74,13 @@ def monitor_perf(model, ground_truth_dataset, threshold):
 def drift_reasons(metrics: dict[str, Any], threshold: float, angle_threshold: float) -> list[str]:
     """Why the holdout metrics count as drift: the overall error or any angle's error above its threshold."""
     reasons = []
-    if is_drift(metrics["error"], threshold):
-        reasons.append(f"holdout error {metrics['error']:.2%} > monitor.threshold {threshold:.2%}")
+    if is_drift(metrics["error_rate"], threshold):
+        reasons.append(f"holdout error {metrics['error_rate']:.2%} > monitor.threshold {threshold:.2%}")
     for angle, m in metrics["per_angle"].items():
-        if is_drift(m["error"], angle_threshold):
-            reasons.append(f"error at {angle} deg {m['error']:.2%} > monitor.angle_threshold {angle_threshold:.2%}")
+        if is_drift(m["error_rate"], angle_threshold):
+            reasons.append(
+                f"error at {angle} deg {m['error_rate']:.2%} > monitor.angle_threshold {angle_threshold:.2%}"
+            )
     return reasons
 
 

@@ -120,10 +120,14 @@ def metrics_problems(data: Any, where: str = "") -> list[str]:
     """Why `dvc metrics show` could not show `data`: every value that is not a number, bool or string, by key path.
 
     DVC reads a metrics file as nested objects; it drops a null, a list or a non-finite number with a
-    "failed to load some metrics" warning, so the pipeline never writes one.
+    "failed to load some metrics" warning, and takes any key named `error` for its own load failure (hence
+    `error_rate` in the slice metrics), so the pipeline writes none of them.
     """
     if isinstance(data, dict):
-        return [p for k, v in data.items() for p in metrics_problems(v, f"{where}.{k}" if where else str(k))]
+        named_error = [f"{where}.error" if where else "error"] if "error" in data else []
+        return [f"{k}: DVC reads a key named 'error' as a failed load" for k in named_error] + [
+            p for k, v in data.items() for p in metrics_problems(v, f"{where}.{k}" if where else str(k))
+        ]
     if isinstance(data, bool | str) or (isinstance(data, int | float) and math.isfinite(data)):
         return []
     return [f"{where or '<top>'}: {data!r}"]

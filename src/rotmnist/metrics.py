@@ -21,7 +21,7 @@ def error_rate(y: np.ndarray, yhat: np.ndarray) -> float:
 
 def _slice(y: np.ndarray, yhat: np.ndarray) -> dict[str, float | int]:
     err = error_rate(y, yhat)
-    return {"n": len(y), "accuracy": 1.0 - err, "error": err}
+    return {"n": len(y), "accuracy": 1.0 - err, "error_rate": err}
 
 
 def slice_metrics(y: np.ndarray, yhat: np.ndarray, angle: np.ndarray) -> dict[str, Any]:

@@ -48,7 +48,7 @@ def read_run_reference(path: Path) -> dict[str, Any]:
 def flat_metrics(report: dict[str, Any], prefix: str = "holdout") -> dict[str, float]:
     """The report's numbers as MLflow metric names (holdout_accuracy, holdout_accuracy_angle_-30, ...)."""
     h = report[prefix]
-    out = {f"{prefix}_accuracy": h["accuracy"], f"{prefix}_error": h["error"]}
+    out = {f"{prefix}_accuracy": h["accuracy"], f"{prefix}_error": h["error_rate"]}
     out |= {f"{prefix}_accuracy_angle_{a}": m["accuracy"] for a, m in h["per_angle"].items()}
     out |= {f"{prefix}_accuracy_class_{c}": m["accuracy"] for c, m in h["per_class"].items()}
     roc = report.get("roc_auc", {})
@@ -72,7 +72,7 @@ def version_tags(report: dict[str, Any], commit: str, data_hash: str) -> dict[st
         "compared_with": f"v{report['registry']['compared_with']}" if "compared_with" in report["registry"] else "none",
         "holdout_n": str(h["n"]),
         "holdout_accuracy": f"{h['accuracy']:.6f}",
-        "holdout_error": f"{h['error']:.6f}",
+        "holdout_error": f"{h['error_rate']:.6f}",
         **{f"holdout_accuracy_angle_{a}": f"{m['accuracy']:.6f}" for a, m in h["per_angle"].items()},
         "threshold": str(g["threshold"]),
         "angle_threshold": str(g["angle_threshold"]),

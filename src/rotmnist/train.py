@@ -93,7 +93,7 @@ def summary(
 
     Keys without a value (no val split, no rotated test image) are left out: DVC cannot show a null.
     """
-    test_keys = ("accuracy", "error", "n", "worst_rotated_accuracy", "per_angle", "per_class")
+    test_keys = ("accuracy", "error_rate", "n", "worst_rotated_accuracy", "per_angle", "per_class")
     return {
         **({"val_accuracy": val_scores["accuracy"]} if "accuracy" in val_scores else {}),
         "test": {k: report[k] for k in test_keys if k in report},

@@ -95,9 +95,9 @@ def test_slice_metrics_overall_per_angle_and_per_class():
     yhat = np.array([0, 1, 1, 1, 2, 0])
     angle = np.array([0, -30, 0, -30, 0, -30])
     m = metrics.slice_metrics(y, yhat, angle)
-    assert (m["n"], m["accuracy"], m["error"]) == (6, pytest.approx(4 / 6), pytest.approx(2 / 6))
+    assert (m["n"], m["accuracy"], m["error_rate"]) == (6, pytest.approx(4 / 6), pytest.approx(2 / 6))
     assert list(m["per_angle"]) == ["-30", "0"]
-    assert m["per_angle"]["0"] == {"n": 3, "accuracy": 1.0, "error": 0.0}
+    assert m["per_angle"]["0"] == {"n": 3, "accuracy": 1.0, "error_rate": 0.0}
     assert m["per_angle"]["-30"]["accuracy"] == pytest.approx(1 / 3)
     assert {c: s["accuracy"] for c, s in m["per_class"].items()} == {"0": 0.5, "1": 1.0, "2": 0.5}
     assert json.loads(json.dumps(m)) == m  # JSON-ready
@@ -107,7 +107,7 @@ def test_slice_metrics_overall_per_angle_and_per_class():
 
 def metrics_with(overall: float, per_angle: dict[str, float]) -> dict:
     def s(acc):
-        return {"n": 100, "accuracy": acc, "error": 1 - acc}
+        return {"n": 100, "accuracy": acc, "error_rate": 1 - acc}
 
     return {**s(overall), "per_angle": {a: s(v) for a, v in per_angle.items()}, "per_class": {}}
 
