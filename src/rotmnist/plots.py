@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import PercentFormatter
 
 from rotmnist.io import IMAGE_SHAPE, N_CLASSES, Dataset, atomic_path
-from rotmnist.metrics import ROC_LOG_FLOOR, auc, confusion_matrix
+from rotmnist.metrics import ROC_LOG_FLOOR, auc, confusion_matrix, sample_curve
 
 MAX_MISCLASSIFIED = 48  # digits shown in the grid of holdout mistakes
 
@@ -57,7 +57,7 @@ def angle_accuracy_figure(
     A lone candidate's bars sit centred on their angle. The axis is zoomed to the data (accuracies near 1
     differ in the third digit), so each bar carries its value.
     """
-    fig = Figure(figsize=(8, 4.5))
+    fig = Figure(figsize=(10, 4.5))
     ax = fig.add_subplot()
     pos = np.arange(len(rows))
     series = [(labels[0], [r["candidate"] for r in rows])]
@@ -68,13 +68,15 @@ def angle_accuracy_figure(
         drawn = [(p, v) for p, v in zip(pos, values, strict=True) if v != ""]  # a champion may lack an angle
         x = [p + (k - (len(series) - 1) / 2) * width for p, _ in drawn]
         bars = ax.bar(x, [v for _, v in drawn], width, label=label)
-        ax.bar_label(bars, [f"{v:.1%}" for _, v in drawn], fontsize=7, padding=2)
+        ax.bar_label(bars, [f"{v:.2%}" for _, v in drawn], fontsize=7 if len(series) == 1 else 6.5, padding=2)
     ax.axhline(gate_line, color="red", ls="--", lw=1, label=f"gate: {gate_line:.1%} (1 - angle_threshold)")
     ax.set_xticks(pos, [f"{r['angle']}°" for r in rows])
     low = min([v for _, values in series for v in values if v != ""] + [gate_line])
-    ax.set_ylim(max(0.0, low - 0.1 * (1 - low) - 0.005), 1.0 + 0.08 * (1 - low) + 0.002)  # room for the labels
-    ax.yaxis.set_major_formatter(PercentFormatter(1.0))
-    ax.set(xlabel="rotation", ylabel="holdout accuracy (axis zoomed)", title="Holdout accuracy per angle")
+    bottom = max(0.0, low - 0.1 * (1 - low) - 0.005)
+    ax.set_ylim(bottom, 1.0 + 0.08 * (1 - low) + 0.002)  # room above for the labels
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=1))
+    ylabel = "holdout accuracy" + (f" (axis from {bottom:.1%})" if bottom > 0 else "")
+    ax.set(xlabel="rotation", ylabel=ylabel, title="Holdout accuracy per angle")
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=3, fontsize=8)
     return fig
 
@@ -123,24 +125,28 @@ def plot_misclassified(ds: Dataset, probs: np.ndarray, path: str | Path) -> Path
 
 
 def plot_roc(curves: dict[int, tuple[np.ndarray, np.ndarray]], path: str | Path) -> Path:
-    """One-vs-rest ROC curve of each class, AUC in the legend: linear axes, and a log false-positive axis beside it.
+    """One-vs-rest ROC curve of each class, AUC in the legend: linear axes, and a zoom on the top-left corner beside it.
 
-    The log panel shows where good classifiers differ: at false positive rates far below 1 %.
+    The zoom (false positive rate on a log axis, true positive rate from just below the lowest curve at
+    0.1 %) shows where good classifiers differ, which the linear panel squeezes into its corner.
     """
     fig = Figure(figsize=(11, 5))
-    linear, log = fig.subplots(1, 2)
+    linear, zoom = fig.subplots(1, 2)
     colours = matplotlib.colormaps["tab10"]
     for c, (fpr, tpr) in sorted(curves.items()):
-        label = f"{c}: AUC {auc(fpr, tpr):.4f}"
+        label = f"{c}: AUC {auc(fpr, tpr):.5f}"
         linear.plot(fpr, tpr, lw=1.2, color=colours(c % 10), label=label)
-        log.plot(np.maximum(fpr, ROC_LOG_FLOOR), tpr, lw=1.2, color=colours(c % 10), label=label)  # 0 at the edge
+        zoom.plot(np.maximum(fpr, ROC_LOG_FLOOR), tpr, lw=1.2, color=colours(c % 10))  # fpr 0 at the left edge
     linear.plot([0, 1], [0, 1], color="grey", ls=":", lw=1, label="chance")
-    linear.set(xlim=(0, 1), ylim=(0, 1.01), title="linear axes")
-    log.set_xscale("log")
-    log.set(xlim=(ROC_LOG_FLOOR, 1), ylim=(0, 1.01), title="false positive rate on a log axis")
-    for ax in (linear, log):
-        ax.set(xlabel="false positive rate", ylabel="true positive rate")
+    linear.set(xlim=(0, 1), ylim=(0, 1.01), title="linear axes", ylabel="true positive rate")
+    at_corner = [float(sample_curve(fpr, tpr, [1e-3])[0]) for fpr, tpr in curves.values()]
+    bottom = max(0.0, min(at_corner, default=0.0) - 0.02)
+    zoom.set_xscale("log")
+    zoom.set(xlim=(ROC_LOG_FLOOR, 1), ylim=(bottom, 1.0 + 0.02 * (1 - bottom)), title="top-left corner, log axis")
+    zoom.set_ylabel("true positive rate" + (f" (axis from {bottom:.1%})" if bottom > 0 else ""))
+    for ax in (linear, zoom):
+        ax.set_xlabel("false positive rate")
         ax.grid(alpha=0.3)
     linear.legend(title="digit vs rest", loc="lower right", fontsize=7, title_fontsize=8)
-    fig.suptitle("Holdout ROC curves, one digit against the rest", fontsize=11)
+    fig.suptitle(f"Holdout ROC curves, one digit against the rest ({len(curves)} classes)", fontsize=11)
     return save_png(fig, path)

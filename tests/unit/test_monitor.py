@@ -251,7 +251,8 @@ def test_angle_bars_are_centred_without_a_champion_and_side_by_side_with_one():
     ax = pair.axes[0]
     assert ax.get_ylim()[0] < 0.97 and ax.get_ylim()[1] >= 1.0  # zoomed, but every bar and the gate line fit
     labels = [t.get_text() for t in ax.texts]
-    assert labels == ["99.0%", "100.0%", "98.0%", "97.0%", "100.0%"]  # every bar carries its value
+    assert labels == ["99.00%", "100.00%", "98.00%", "97.00%", "100.00%"]  # every bar carries its value
+    assert "axis from" in ax.get_ylabel()  # the zoom is said, not hidden
 
 
 def test_write_plots_writes_csv_for_dvc_and_png(tmp_path):
