@@ -12,7 +12,7 @@ import time
 from rotmnist import plots
 from rotmnist.config import Config
 from rotmnist.data_profile import profile_dataset
-from rotmnist.io import save_dataset, write_json
+from rotmnist.io import save_dataset, write_metrics
 from rotmnist.mnist_sources import fetch, to_dataset
 from rotmnist.paths import Paths
 
@@ -32,7 +32,7 @@ def main(config: Config, paths: Paths) -> None:
     save_dataset(ds, paths.raw)
     counts = profile["counts"]
     log.info("wrote %d images (%d train, %d test) to %s", counts["total"], counts["train"], counts["test"], paths.raw)
-    write_json(paths.metrics / PROFILE_FILE, profile)
+    write_metrics(paths.metrics / PROFILE_FILE, profile)
     plots.plot_samples(ds, paths.plots / SAMPLES_FILE, cfg.profile_samples_per_class)
     dup = profile["duplicates"]
     log.info(

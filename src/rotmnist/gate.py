@@ -74,11 +74,13 @@ def monitor_perf(model, ground_truth_dataset, threshold):
 def drift_reasons(metrics: dict[str, Any], threshold: float, angle_threshold: float) -> list[str]:
     """Why the holdout metrics count as drift: the overall error or any angle's error above its threshold."""
     reasons = []
-    if is_drift(metrics["error"], threshold):
-        reasons.append(f"holdout error {metrics['error']:.2%} > monitor.threshold {threshold:.2%}")
+    if is_drift(metrics["error_rate"], threshold):
+        reasons.append(f"holdout error {metrics['error_rate']:.2%} > monitor.threshold {threshold:.2%}")
     for angle, m in metrics["per_angle"].items():
-        if is_drift(m["error"], angle_threshold):
-            reasons.append(f"error at {angle} deg {m['error']:.2%} > monitor.angle_threshold {angle_threshold:.2%}")
+        if is_drift(m["error_rate"], angle_threshold):
+            reasons.append(
+                f"error at {angle} deg {m['error_rate']:.2%} > monitor.angle_threshold {angle_threshold:.2%}"
+            )
     return reasons
 
 
@@ -129,7 +131,11 @@ def decide(
 
 
 def class_distribution(y: np.ndarray, yhat: np.ndarray, n_classes: int = N_CLASSES) -> dict[str, Any]:
-    """Chi-square test of the predicted class counts against the true label counts (information only)."""
+    """Chi-square test of the predicted class counts against the true label counts (information only).
+
+    `chi2` is left out when it is infinite (a class predicted that has no label), `p_value` when the test is
+    undefined (fewer than two classes): a DVC metrics file holds no null.
+    """
     from scipy.stats import chisquare
 
     observed = np.bincount(np.asarray(yhat, np.int64), minlength=n_classes)[:n_classes]
@@ -141,8 +147,8 @@ def class_distribution(y: np.ndarray, yhat: np.ndarray, n_classes: int = N_CLASS
         "actual": {str(c): int(n) for c, n in enumerate(expected)},
     }
     if observed[~present].sum() > 0:  # predictions of a class absent from the labels: infinitely unlikely
-        return out | {"chi2": None, "p_value": 0.0, "dof": int(present.sum()) - 1}
+        return out | {"p_value": 0.0, "dof": int(present.sum()) - 1}
     if present.sum() < 2:
-        return out | {"chi2": 0.0, "p_value": None, "dof": 0}
+        return out | {"chi2": 0.0, "dof": 0}
     res = chisquare(observed[present], expected[present])
     return out | {"chi2": float(res.statistic), "p_value": float(res.pvalue), "dof": int(present.sum()) - 1}

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -113,6 +114,31 @@ def write_json(path: str | Path, data: Any) -> None:
     """Write `data` as indented JSON, atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def metrics_problems(data: Any, where: str = "") -> list[str]:
+    """Why `dvc metrics show` could not show `data`: every value that is not a number, bool or string, by key path.
+
+    DVC reads a metrics file as nested objects; it drops a null, a list or a non-finite number with a
+    "failed to load some metrics" warning, and takes any key named `error` for its own load failure (hence
+    `error_rate` in the slice metrics), so the pipeline writes none of them.
+    """
+    if isinstance(data, dict):
+        named_error = [f"{where}.error" if where else "error"] if "error" in data else []
+        return [f"{k}: DVC reads a key named 'error' as a failed load" for k in named_error] + [
+            p for k, v in data.items() for p in metrics_problems(v, f"{where}.{k}" if where else str(k))
+        ]
+    if isinstance(data, bool | str) or (isinstance(data, int | float) and math.isfinite(data)):
+        return []
+    return [f"{where or '<top>'}: {data!r}"]
+
+
+def write_metrics(path: str | Path, data: dict[str, Any]) -> None:
+    """Write a DVC metrics file (JSON, atomically); ValueError naming the keys DVC could not show."""
+    problems = metrics_problems(data) if isinstance(data, dict) else [f"<top>: {data!r} (not an object)"]
+    if problems:
+        raise ValueError(f"{path} would hold values DVC cannot show: {'; '.join(problems)}")
+    write_json(path, data)
 
 
 def write_text(path: str | Path, text: str) -> None:

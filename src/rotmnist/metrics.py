@@ -11,6 +11,8 @@ import numpy as np
 
 from rotmnist.io import N_CLASSES
 
+ROC_LOG_FLOOR = 1e-4  # the smallest false positive rate the ROC plots resolve
+
 
 def error_rate(y: np.ndarray, yhat: np.ndarray) -> float:
     """Misclassification rate: the share of positions where `yhat` differs from `y`."""
@@ -19,7 +21,7 @@ def error_rate(y: np.ndarray, yhat: np.ndarray) -> float:
 
 def _slice(y: np.ndarray, yhat: np.ndarray) -> dict[str, float | int]:
     err = error_rate(y, yhat)
-    return {"n": len(y), "accuracy": 1.0 - err, "error": err}
+    return {"n": len(y), "accuracy": 1.0 - err, "error_rate": err}
 
 
 def slice_metrics(y: np.ndarray, yhat: np.ndarray, angle: np.ndarray) -> dict[str, Any]:
@@ -36,3 +38,66 @@ def confusion_matrix(y: np.ndarray, yhat: np.ndarray, n_classes: int = N_CLASSES
     """Counts (true class, predicted class)."""
     idx = np.asarray(y, np.int64) * n_classes + np.asarray(yhat, np.int64)
     return np.bincount(idx, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+
+
+def roc_curve(scores: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """False and true positive rates at every distinct score threshold, from (0, 0) to (1, 1).
+
+    Tied scores form one threshold (one diagonal step), so the area under the curve equals the
+    Mann-Whitney probability that a positive outscores a negative, ties counting one half.
+    """
+    scores, positive = np.asarray(scores, np.float64).ravel(), np.asarray(positive, bool).ravel()
+    if len(scores) != len(positive):
+        raise ValueError(f"scores has {len(scores)} entries, positive {len(positive)}")
+    n_pos = int(positive.sum())
+    n_neg = len(positive) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError(f"a ROC curve needs positives and negatives; got {n_pos} positive, {n_neg} negative")
+    order = np.argsort(-scores, kind="stable")
+    scores, positive = scores[order], positive[order]
+    last_of_tie = np.r_[np.flatnonzero(np.diff(scores)), len(scores) - 1]  # where the threshold changes
+    tp = np.cumsum(positive)[last_of_tie]
+    fp = (last_of_tie + 1) - tp
+    return np.r_[0.0, fp / n_neg], np.r_[0.0, tp / n_pos]
+
+
+def auc(fpr: np.ndarray, tpr: np.ndarray) -> float:
+    """Area under a curve given by its points in order of increasing `fpr` (trapezoids)."""
+    fpr, tpr = np.asarray(fpr, np.float64), np.asarray(tpr, np.float64)
+    return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
+
+
+def one_vs_rest_roc(y: np.ndarray, probs: np.ndarray) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """ROC curve of each class against all others, scored by its predicted probability.
+
+    Classes without a positive or without a negative in `y` have no curve and are left out.
+    """
+    y, probs = np.asarray(y), np.asarray(probs)
+    if probs.ndim != 2 or len(probs) != len(y):
+        raise ValueError(f"probs must have shape (len(y), classes) = ({len(y)}, k), got {probs.shape}")
+    present = np.unique(y)
+    return {int(c): roc_curve(probs[:, c], y == c) for c in range(probs.shape[1]) if c in present and len(present) > 1}
+
+
+def sample_curve(fpr: np.ndarray, tpr: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """The curve's true positive rate at each false positive rate of `grid`, linear between its points.
+
+    A vertical step (several points at one false positive rate) is taken at its top, as a plotted curve reads.
+    """
+    fpr, tpr, grid = np.asarray(fpr), np.asarray(tpr), np.asarray(grid, np.float64)
+    left = np.clip(np.searchsorted(fpr, grid, side="right") - 1, 0, len(fpr) - 1)  # the last point at or before
+    right = np.minimum(left + 1, len(fpr) - 1)
+    span = fpr[right] - fpr[left]
+    w = np.divide(grid - fpr[left], span, out=np.zeros_like(grid), where=span > 0)
+    return tpr[left] + np.clip(w, 0.0, 1.0) * (tpr[right] - tpr[left])
+
+
+def roc_grid(points: int, smallest: float = ROC_LOG_FLOOR) -> np.ndarray:
+    """False positive rates to sample ROC curves at: 0, then log-spaced up from `smallest`, plus a linear part.
+
+    Good classifiers bend near a false positive rate of 0, so half the points sit on a log scale there.
+    """
+    if points < 4:
+        raise ValueError(f"need at least 4 points, got {points}")
+    half = points // 2
+    return np.unique(np.r_[0.0, np.geomspace(smallest, 1.0, half), np.linspace(0.0, 1.0, points - half)])

@@ -4,6 +4,10 @@ The candidate from `train` is registered as a new version of `monitor.model_name
 scored on the holdout split (overall, per angle, per class) and, with the current champion
 re-scored on the same images, moved to alias `champion` only if the gate passes. A failed gate is a
 normal outcome: the stage succeeds, reports why, and the champion stays where it was.
+
+`metrics/monitor.json` holds no null (DVC cannot show one): a key that would have no value is left out.
+`registry.champion_before`, `registry.compared_with`, `registry.champion_after` and `champion_holdout`
+appear only when there is such a champion.
 """
 
 from __future__ import annotations
@@ -18,8 +22,8 @@ from rotmnist import io, plots, registry, tracking
 from rotmnist.config import Config, MonitorConfig
 from rotmnist.errors import PipelineError
 from rotmnist.gate import GATE_FAILED, GATE_TAG, Gate, class_distribution, decide
-from rotmnist.io import Dataset, read_json
-from rotmnist.metrics import slice_metrics
+from rotmnist.io import N_CLASSES, Dataset, read_json
+from rotmnist.metrics import auc, one_vs_rest_roc, roc_grid, sample_curve, slice_metrics
 from rotmnist.paths import Paths
 
 if TYPE_CHECKING:
@@ -29,6 +33,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TAG_VALUE_MAX = 5000  # MLflow's limit on a model version tag value
+ROC_POINTS = 300  # false positive rates each class's ROC curve is sampled at for `dvc plots`
 
 
 def read_run_reference(path: Path) -> dict[str, Any]:
@@ -43,14 +48,15 @@ def read_run_reference(path: Path) -> dict[str, Any]:
 def flat_metrics(report: dict[str, Any], prefix: str = "holdout") -> dict[str, float]:
     """The report's numbers as MLflow metric names (holdout_accuracy, holdout_accuracy_angle_-30, ...)."""
     h = report[prefix]
-    out = {f"{prefix}_accuracy": h["accuracy"], f"{prefix}_error": h["error"]}
+    out = {f"{prefix}_accuracy": h["accuracy"], f"{prefix}_error": h["error_rate"]}
     out |= {f"{prefix}_accuracy_angle_{a}": m["accuracy"] for a, m in h["per_angle"].items()}
     out |= {f"{prefix}_accuracy_class_{c}": m["accuracy"] for c, m in h["per_class"].items()}
+    roc = report.get("roc_auc", {})
+    out |= {f"{prefix}_auc_macro": roc["macro"]} if roc else {}
+    out |= {f"{prefix}_auc_class_{c}": v for c, v in roc.get("per_class", {}).items()}
     dist = report["class_distribution"]
-    if dist["chi2"] is not None:
-        out[f"{prefix}_pred_chi2"] = dist["chi2"]
-    if dist["p_value"] is not None:
-        out[f"{prefix}_pred_chi2_pvalue"] = dist["p_value"]
+    out |= {f"{prefix}_pred_chi2": dist["chi2"]} if "chi2" in dist else {}
+    out |= {f"{prefix}_pred_chi2_pvalue": dist["p_value"]} if "p_value" in dist else {}
     out["gate_passed"] = float(report["gate"]["passed"])
     out["gate_drift"] = float(report["gate"]["drift"])
     return out
@@ -63,10 +69,10 @@ def version_tags(report: dict[str, Any], commit: str, data_hash: str) -> dict[st
         GATE_TAG: g["decision"],
         "gate_reasons": g["reasons"],
         "drift": str(g["drift"]).lower(),
-        "compared_with": f"v{report['registry']['compared_with']}" if report["registry"]["compared_with"] else "none",
+        "compared_with": f"v{report['registry']['compared_with']}" if "compared_with" in report["registry"] else "none",
         "holdout_n": str(h["n"]),
         "holdout_accuracy": f"{h['accuracy']:.6f}",
-        "holdout_error": f"{h['error']:.6f}",
+        "holdout_error": f"{h['error_rate']:.6f}",
         **{f"holdout_accuracy_angle_{a}": f"{m['accuracy']:.6f}" for a, m in h["per_angle"].items()},
         "threshold": str(g["threshold"]),
         "angle_threshold": str(g["angle_threshold"]),
@@ -91,6 +97,12 @@ def evaluate_champion(
     return champion, slice_metrics(holdout.y, yhat, holdout.angle)
 
 
+def roc_auc(curves: dict[int, tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
+    """AUC of each class's one-vs-rest ROC curve and their mean (empty without a curve)."""
+    per_class = {str(c): round(auc(*curve), 6) for c, curve in sorted(curves.items())}
+    return {"macro": round(float(np.mean(list(per_class.values()))), 6), "per_class": per_class} if per_class else {}
+
+
 def build_report(
     cfg: MonitorConfig,
     gate: Gate,
@@ -101,10 +113,19 @@ def build_report(
     metrics: dict[str, Any],
     champion_metrics: dict[str, Any] | None,
     distribution: dict[str, Any],
+    roc: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The content of metrics/monitor.json: decision, registry state, every slice metric (no lists: DVC)."""
+    """The content of metrics/monitor.json: decision, registry state, every slice metric (no lists, no nulls: DVC)."""
     before = int(previous.version) if previous else None
-    return {
+    after = int(version) if gate.promoted else before
+    registry_state = {
+        "model_name": cfg.model_name,
+        "version": int(version),
+        "champion_before": before,
+        "compared_with": int(champion_version) if champion_version else None,
+        "champion_after": after,
+    }
+    report = {
         "gate": {
             "decision": gate.decision,
             "passed": gate.promoted,
@@ -114,18 +135,14 @@ def build_report(
             "angle_threshold": cfg.angle_threshold,
             "tolerance": cfg.tolerance,
         },
-        "registry": {
-            "model_name": cfg.model_name,
-            "version": int(version),
-            "champion_before": before,
-            "compared_with": int(champion_version) if champion_version else None,
-            "champion_after": int(version) if gate.promoted else before,
-        },
+        "registry": {k: v for k, v in registry_state.items() if v is not None},
         "training_run_id": run_id,
         "holdout": metrics,
         "champion_holdout": champion_metrics,
+        "roc_auc": roc or None,
         "class_distribution": distribution,
     }
+    return {k: v for k, v in report.items() if v is not None}
 
 
 def load_candidate(client: MlflowClient, name: str, version: str, model_uri: str) -> registry.Classifier:
@@ -153,20 +170,39 @@ def angle_rows(candidate: dict[str, Any], champion: dict[str, Any] | None) -> li
     return rows
 
 
+def roc_rows(curves: dict[int, tuple[np.ndarray, np.ndarray]], points: int = ROC_POINTS) -> list[dict[str, Any]]:
+    """Every class's ROC curve sampled at the same false positive rates (blank without a curve): the DVC plot's data.
+
+    A few hundred rows instead of one point per holdout image, so `dvc plots show` stays fast.
+    """
+    grid = roc_grid(points)
+    columns = {c: sample_curve(*curves[c], grid) if c in curves else None for c in range(N_CLASSES)}
+    return [
+        {"fpr": round(float(f), 6)}
+        | {f"class_{c}": round(float(tpr[i]), 6) if tpr is not None else "" for c, tpr in columns.items()}
+        for i, f in enumerate(grid)
+    ]
+
+
 def write_plots(folder: Path, holdout: Dataset, probs: np.ndarray, report: dict[str, Any], gate_line: float) -> None:
     """The monitor's plots: CSV for `dvc plots`, PNG for people and MLflow."""
     r = report["registry"]
-    compared = r.get("compared_with")
-    rows = angle_rows(report["holdout"], report["champion_holdout"])
+    rows = angle_rows(report["holdout"], report.get("champion_holdout"))
     io.write_csv(folder / "angle_accuracy.csv", rows)
     plots.plot_angle_accuracy(
-        rows, folder / "angle_accuracy.png", gate_line, (f"candidate v{r['version']}", f"champion v{compared}")
+        rows,
+        folder / "angle_accuracy.png",
+        gate_line,
+        (f"candidate v{r['version']}", f"champion v{r.get('compared_with')}"),
     )
     yhat = probs.argmax(axis=1)
     pairs = zip(holdout.y.tolist(), yhat.tolist(), strict=True)
     io.write_csv(folder / "confusion.csv", [{"actual": a, "predicted": p} for a, p in pairs])
     plots.plot_confusion(holdout.y, yhat, folder / "confusion.png")
     plots.plot_misclassified(holdout, probs, folder / "misclassified.png")
+    curves = one_vs_rest_roc(holdout.y, probs)
+    io.write_csv(folder / "roc.csv", roc_rows(curves))
+    plots.plot_roc(curves, folder / "roc.png")
 
 
 def main(config: Config, paths: Paths) -> None:
@@ -194,11 +230,14 @@ def main(config: Config, paths: Paths) -> None:
     champion_v = champion.version if champion else None
     gate = decide(metrics, champion_metrics, cfg, champion_label=f"champion v{champion_v}")
     distribution = class_distribution(holdout.y, probs.argmax(axis=1))
-    report = build_report(cfg, gate, v, previous, champion_v, run["run_id"], metrics, champion_metrics, distribution)
+    roc = roc_auc(one_vs_rest_roc(holdout.y, probs))
+    report = build_report(
+        cfg, gate, v, previous, champion_v, run["run_id"], metrics, champion_metrics, distribution, roc
+    )
 
     tags = version_tags(report, tracking.git_commit(paths), tracking.data_digest(paths, paths.splits))
     registry.record_decision(client, name, v, tags, promoted=gate.promoted)
-    io.write_json(paths.metrics / "monitor.json", report)
+    io.write_metrics(paths.metrics / "monitor.json", report)
     plot_dir = paths.plots / "monitor"
     write_plots(plot_dir, holdout, probs, report, 1 - cfg.angle_threshold)
     registry.record_on_training_run(client, run["run_id"], report, flat_metrics(report), plot_dir)
@@ -209,16 +248,18 @@ def _announce(report: dict[str, Any], gate: Gate) -> None:
     r, h = report["registry"], report["holdout"]
     worst = min(h["per_angle"].items(), key=lambda kv: kv[1]["accuracy"])
     log.info(
-        "holdout accuracy %.2f%% (worst angle %s deg: %.2f%%); predicted-class chi-square p = %s",
+        "holdout accuracy %.2f%% (worst angle %s deg: %.2f%%); mean one-vs-rest AUC %s; "
+        "predicted-class chi-square p = %s",
         100 * h["accuracy"],
         worst[0],
         100 * worst[1]["accuracy"],
-        report["class_distribution"]["p_value"],
+        report.get("roc_auc", {}).get("macro", "n/a"),
+        report["class_distribution"].get("p_value", "n/a"),
     )
     if gate.promoted:
         log.info("gate PASSED: %s version %s is now the champion", r["model_name"], r["version"])
         return
-    stays = f"version {r['champion_after']}" if r["champion_after"] else "unset"
+    stays = f"version {r['champion_after']}" if "champion_after" in r else "unset"
     log.warning(
         "gate FAILED: %s version %s was NOT promoted (champion stays %s). Reasons:\n  - %s",
         r["model_name"],

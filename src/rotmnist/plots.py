@@ -12,9 +12,10 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import PercentFormatter
 
 from rotmnist.io import IMAGE_SHAPE, N_CLASSES, Dataset, atomic_path
-from rotmnist.metrics import confusion_matrix
+from rotmnist.metrics import ROC_LOG_FLOOR, auc, confusion_matrix, sample_curve
 
 MAX_MISCLASSIFIED = 48  # digits shown in the grid of holdout mistakes
 
@@ -48,24 +49,43 @@ def plot_samples(ds: Dataset, path: str | Path, per_class: int) -> None:
     save_png(fig, path, dpi=None)
 
 
+def angle_accuracy_figure(
+    rows: list[dict], gate_line: float, labels: tuple[str, str] = ("candidate", "champion")
+) -> Figure:
+    """Bars of holdout accuracy per angle (candidate, and champion where `rows` has one), with the gate's line.
+
+    A lone candidate's bars sit centred on their angle. The axis is zoomed to the data (accuracies near 1
+    differ in the third digit), so each bar carries its value.
+    """
+    fig = Figure(figsize=(10, 4.5))
+    ax = fig.add_subplot()
+    pos = np.arange(len(rows))
+    series = [(labels[0], [r["candidate"] for r in rows])]
+    if any(r["champion"] != "" for r in rows):
+        series.append((labels[1], [r["champion"] for r in rows]))
+    width = 0.8 / len(series)
+    for k, (label, values) in enumerate(series):
+        drawn = [(p, v) for p, v in zip(pos, values, strict=True) if v != ""]  # a champion may lack an angle
+        x = [p + (k - (len(series) - 1) / 2) * width for p, _ in drawn]
+        bars = ax.bar(x, [v for _, v in drawn], width, label=label)
+        ax.bar_label(bars, [f"{v:.2%}" for _, v in drawn], fontsize=7 if len(series) == 1 else 6.5, padding=2)
+    ax.axhline(gate_line, color="red", ls="--", lw=1, label=f"gate: {gate_line:.1%} (1 - angle_threshold)")
+    ax.set_xticks(pos, [f"{r['angle']}°" for r in rows])
+    low = min([v for _, values in series for v in values if v != ""] + [gate_line])
+    bottom = max(0.0, low - 0.1 * (1 - low) - 0.005)
+    ax.set_ylim(bottom, 1.0 + 0.08 * (1 - low) + 0.002)  # room above for the labels
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=1))
+    ylabel = "holdout accuracy" + (f" (axis from {bottom:.1%})" if bottom > 0 else "")
+    ax.set(xlabel="rotation", ylabel=ylabel, title="Holdout accuracy per angle")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=3, fontsize=8)
+    return fig
+
+
 def plot_angle_accuracy(
     rows: list[dict], path: str | Path, gate_line: float, labels: tuple[str, str] = ("candidate", "champion")
 ) -> Path:
-    """Bars of holdout accuracy per angle (candidate, and champion where `rows` has one), with the gate's line."""
-    fig = Figure(figsize=(7, 4))
-    ax = fig.add_subplot()
-    pos = np.arange(len(rows))
-    has_champion = any(r["champion"] != "" for r in rows)
-    ax.bar(pos - 0.2, [r["candidate"] for r in rows], 0.4, label=labels[0])
-    if has_champion:
-        ax.bar(pos + 0.2, [r["champion"] or 0 for r in rows], 0.4, label=labels[1])
-    ax.axhline(gate_line, color="red", ls="--", lw=1, label="gate (1 - angle_threshold)")
-    ax.set_xticks(pos, [f"{r['angle']}°" for r in rows])
-    low = min([r["candidate"] for r in rows] + [r["champion"] for r in rows if r["champion"] != ""])
-    ax.set_ylim(max(0.0, min(low, gate_line) - 0.02), 1.0)
-    ax.set(xlabel="rotation", ylabel="holdout accuracy", title="Holdout accuracy per angle")
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=3, fontsize=8)
-    return save_png(fig, path)
+    """The per-angle bars of `angle_accuracy_figure` as a PNG, written atomically."""
+    return save_png(angle_accuracy_figure(rows, gate_line, labels), path)
 
 
 def plot_confusion(y: np.ndarray, yhat: np.ndarray, path: str | Path) -> Path:
@@ -73,12 +93,13 @@ def plot_confusion(y: np.ndarray, yhat: np.ndarray, path: str | Path) -> Path:
     cm = confusion_matrix(y, yhat)
     fig = Figure(figsize=(6, 5.5))
     ax = fig.add_subplot()
-    ax.imshow(np.log1p(cm), cmap="Blues")
+    shade = np.log1p(cm) / max(np.log1p(cm).max(), 1e-9)  # 0..1, so dark cells get white text
+    ax.imshow(shade, cmap="Blues", vmin=0, vmax=1)
     for (i, j), v in np.ndenumerate(cm):
         if v:
-            ax.text(j, i, str(v), ha="center", va="center", fontsize=7, color="white" if i == j else "black")
+            ax.text(j, i, str(v), ha="center", va="center", fontsize=7, color="white" if shade[i, j] > 0.5 else "black")
     ax.set(xticks=range(N_CLASSES), yticks=range(N_CLASSES), xlabel="predicted", ylabel="actual")
-    ax.set_title(f"Holdout confusion matrix ({len(yhat)} images)")
+    ax.set_title(f"Holdout confusion matrix ({len(yhat)} images; colour: log count)")
     return save_png(fig, path)
 
 
@@ -100,4 +121,32 @@ def plot_misclassified(ds: Dataset, probs: np.ndarray, path: str | Path) -> Path
     fig.suptitle(f"Misclassified holdout digits: {n_wrong} of {len(yhat)} (true→predicted angle)", fontsize=9)
     if not n_wrong:
         axes.flat[0].text(0, 0.5, "none", fontsize=12)
+    return save_png(fig, path)
+
+
+def plot_roc(curves: dict[int, tuple[np.ndarray, np.ndarray]], path: str | Path) -> Path:
+    """One-vs-rest ROC curve of each class, AUC in the legend: linear axes, and a zoom on the top-left corner beside it.
+
+    The zoom (false positive rate on a log axis, true positive rate from just below the lowest curve at
+    0.1 %) shows where good classifiers differ, which the linear panel squeezes into its corner.
+    """
+    fig = Figure(figsize=(11, 5))
+    linear, zoom = fig.subplots(1, 2)
+    colours = matplotlib.colormaps["tab10"]
+    for c, (fpr, tpr) in sorted(curves.items()):
+        label = f"{c}: AUC {auc(fpr, tpr):.5f}"
+        linear.plot(fpr, tpr, lw=1.2, color=colours(c % 10), label=label)
+        zoom.plot(np.maximum(fpr, ROC_LOG_FLOOR), tpr, lw=1.2, color=colours(c % 10))  # fpr 0 at the left edge
+    linear.plot([0, 1], [0, 1], color="grey", ls=":", lw=1, label="chance")
+    linear.set(xlim=(0, 1), ylim=(0, 1.01), title="linear axes", ylabel="true positive rate")
+    at_corner = [float(sample_curve(fpr, tpr, [1e-3])[0]) for fpr, tpr in curves.values()]
+    bottom = max(0.0, min(at_corner, default=0.0) - 0.02)
+    zoom.set_xscale("log")
+    zoom.set(xlim=(ROC_LOG_FLOOR, 1), ylim=(bottom, 1.0 + 0.02 * (1 - bottom)), title="top-left corner, log axis")
+    zoom.set_ylabel("true positive rate" + (f" (axis from {bottom:.1%})" if bottom > 0 else ""))
+    for ax in (linear, zoom):
+        ax.set_xlabel("false positive rate")
+        ax.grid(alpha=0.3)
+    linear.legend(title="digit vs rest", loc="lower right", fontsize=7, title_fontsize=8)
+    fig.suptitle(f"Holdout ROC curves, one digit against the rest ({len(curves)} classes)", fontsize=11)
     return save_png(fig, path)

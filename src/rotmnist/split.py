@@ -18,7 +18,16 @@ from tqdm import tqdm
 
 from rotmnist.config import Config, SplitConfig
 from rotmnist.errors import PipelineError
-from rotmnist.io import MNIST_TEST, MNIST_TRAIN, N_CLASSES, Dataset, atomic_path, load_dataset, save_dataset, write_json
+from rotmnist.io import (
+    MNIST_TEST,
+    MNIST_TRAIN,
+    N_CLASSES,
+    Dataset,
+    atomic_path,
+    load_dataset,
+    save_dataset,
+    write_metrics,
+)
 from rotmnist.paths import SPLITS, Paths
 
 log = logging.getLogger(__name__)
@@ -176,6 +185,6 @@ def main(config: Config, paths: Paths) -> None:
     with atomic_path(paths.splits, is_dir=True) as tmp:
         for code, name in enumerate(tqdm(SPLITS, desc="writing splits", unit="split", disable=None)):
             save_dataset(ds.take(codes == code), tmp / name)
-    write_json(paths.metrics / MANIFEST_FILE, manifest)
+    write_metrics(paths.metrics / MANIFEST_FILE, manifest)
     summary = ", ".join(f"{n} {manifest[n]['images']} images / {manifest[n]['sources']} sources" for n in SPLITS)
     log.info("wrote %s (%s) and %s in %.1f s", paths.splits, summary, MANIFEST_FILE, time.perf_counter() - start)

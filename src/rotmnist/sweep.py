@@ -475,7 +475,7 @@ def _log_plots(study: optuna.Study) -> None:
                 with warnings.catch_warnings():  # "experimental"; "no artists" when no trial completed
                     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                     warnings.simplefilter("ignore", UserWarning)
-                    ax = plot(study)
+                    ax = plot(study, target_name="val accuracy")  # not "Objective Value"
             except (ValueError, RuntimeError) as err:  # e.g. importances need two complete trials
                 log.info("skipped %s: %s", filename, err)
                 continue

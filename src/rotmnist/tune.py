@@ -29,7 +29,7 @@ def main(config: Config, paths: Paths) -> None:
     log.info("sweep on %d train / %s val images", len(train), len(val) if val is not None else "CV")
     result = sweep.run_sweep(train, val, config, paths, data_hash=tags["data_hash"], tags=tags, source=paths.splits)
     io.write_json(paths.best_params, sweep.best_params_document(result))
-    io.write_json(
+    io.write_metrics(
         paths.metrics / "tune.json",
         {
             "best_val_accuracy": round(result.value, 6),

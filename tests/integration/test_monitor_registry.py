@@ -115,18 +115,14 @@ def test_a_good_model_is_registered_and_promoted(ws):
         "angle_threshold": 0.08,
         "tolerance": 0.02,
     }
-    assert report["registry"] == {
-        "model_name": NAME,
-        "version": 1,
-        "champion_before": None,
-        "compared_with": None,
-        "champion_after": 1,
-    }
+    assert report["registry"] == {"model_name": NAME, "version": 1, "champion_after": 1}  # no champion before
     h = report["holdout"]
     assert h["n"] == 700 and h["accuracy"] == pytest.approx(1 - 3 / 700)
     assert {a: m["accuracy"] for a, m in h["per_angle"].items()} == {str(a): (0.97 if a == 30 else 1.0) for a in ANGLES}
     assert sorted(h["per_class"], key=int) == [str(c) for c in range(10)]
-    assert report["champion_holdout"] is None
+    assert "champion_holdout" not in report
+    assert set(report["roc_auc"]["per_class"]) == {str(c) for c in range(10)} and 0.5 < report["roc_auc"]["macro"] <= 1
+    assert io.metrics_problems(report) == []
     assert alias(NAME, "champion") == alias(NAME, "candidate") == "1"
 
     client = MlflowClient()
@@ -141,8 +137,18 @@ def test_a_good_model_is_registered_and_promoted(ws):
     logged = {f.path for f in client.list_artifacts(run_id, "monitor")}
     assert {"monitor/monitor.json", "monitor/angle_accuracy.png", "monitor/confusion.png"} <= logged
     assert {"monitor/misclassified.png", "monitor/angle_accuracy.csv", "monitor/confusion.csv"} <= logged
+    assert {"monitor/roc.png", "monitor/roc.csv"} <= logged
+    assert run.data.metrics["holdout_auc_class_3"] == report["roc_auc"]["per_class"]["3"]
     plots = sorted(p.name for p in (ws.plots / "monitor").iterdir())
-    assert plots == ["angle_accuracy.csv", "angle_accuracy.png", "confusion.csv", "confusion.png", "misclassified.png"]
+    assert plots == [
+        "angle_accuracy.csv",
+        "angle_accuracy.png",
+        "confusion.csv",
+        "confusion.png",
+        "misclassified.png",
+        "roc.csv",
+        "roc.png",
+    ]
 
     monitor.main(make_config(), ws)  # the stage again on the same model: no second version
     assert [str(v.version) for v in registry.model_versions(client, NAME)] == ["1"]

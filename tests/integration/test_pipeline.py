@@ -11,7 +11,7 @@ from mlflow import MlflowClient
 
 from rotmnist.io import MNIST_TEST, load_dataset
 from rotmnist.paths import SPLITS
-from tests.integration.conftest import run
+from tests.integration.conftest import run, set_params
 
 pytestmark = pytest.mark.slow
 
@@ -43,6 +43,8 @@ def test_repro_builds_the_versioned_dataset_and_is_then_a_no_op(tiny_repo):
     assert len(_children(client)) == 2  # tune.n_trials
     gate = json.loads((tiny_repo / "metrics" / "monitor.json").read_text())
     assert gate["registry"]["version"] == 1
+    assert gate["gate"]["passed"] is False  # a one-epoch model on 180 digits: refused, and still fully shown
+    assert_dvc_shows_every_metric(tiny_repo)
     assert str(client.get_model_version_by_alias("rotmnist-cnn", "candidate").version) == "1"
 
     assert "up to date" in run(["dvc", "status"], tiny_repo).stdout.lower()
@@ -57,6 +59,56 @@ def test_repro_builds_the_versioned_dataset_and_is_then_a_no_op(tiny_repo):
     status = run(["dvc", "status", "--json"], tiny_repo).stdout
     changed = set(json.loads(status))
     assert changed == {"train"}, status
+
+
+def assert_dvc_shows_every_metric(repo) -> None:
+    """`dvc metrics show` loads every metrics file whole: no warning, and DVC's values are the files' values."""
+    assert "fail" not in run(["dvc", "metrics", "show"], repo).stderr.lower()
+    proc = run(["dvc", "metrics", "show", "--json"], repo)
+    assert not proc.stderr.strip(), proc.stderr
+    shown = json.loads(proc.stdout)[""]["data"]
+    files = {f"metrics/{p.name}": json.loads(p.read_text()) for p in sorted((repo / "metrics").glob("*.json"))}
+    assert (
+        set(shown)
+        == set(files)
+        == {f"metrics/{n}.json" for n in ("data_profile", "split_manifest", "tune", "train", "monitor")}
+    )
+    for path, content in files.items():
+        assert "error" not in shown[path], (path, shown[path])
+        assert shown[path]["data"] == content, path  # DVC silently drops a value it cannot show
+
+
+def test_dvc_shows_every_metric_and_the_roc_curves_after_a_first_and_a_second_promotion(tiny_repo):
+    set_params(tiny_repo / "params.yaml", {"monitor": {"threshold": 1.0, "angle_threshold": 1.0, "tolerance": 1.0}})
+    run(["git", "commit", "-qam", "a gate every tiny model passes"], tiny_repo)
+    run(["dvc", "repro"], tiny_repo)
+    first = json.loads((tiny_repo / "metrics" / "monitor.json").read_text())
+    assert first["registry"] == {"model_name": "rotmnist-cnn", "version": 1, "champion_after": 1}
+    assert_dvc_shows_every_metric(tiny_repo)
+
+    run(["dvc", "exp", "run", "-S", "train.epochs=2"], tiny_repo)
+    second = json.loads((tiny_repo / "metrics" / "monitor.json").read_text())
+    assert second["gate"]["passed"] is True
+    assert second["registry"] == {
+        "model_name": "rotmnist-cnn",
+        "version": 2,
+        "champion_before": 1,
+        "compared_with": 1,
+        "champion_after": 2,
+    }
+    assert set(second["champion_holdout"]["per_angle"]) == set(second["holdout"]["per_angle"])
+    assert set(second["roc_auc"]["per_class"]) == {str(c) for c in range(10)}
+    assert_dvc_shows_every_metric(tiny_repo)
+
+    proc = run(["dvc", "plots", "show", "--json"], tiny_repo)
+    rendered = json.loads(proc.stdout)
+    assert "errors" not in rendered, rendered["errors"]
+    roc = rendered["data"]["plots/monitor/roc.csv"][0]["content"]
+    assert roc["title"]["text"] if isinstance(roc["title"], dict) else roc["title"]
+    values = roc["data"]["values"]
+    assert {v["field"] for v in values} == {f"class_{c}" for c in range(10)}
+    assert 250 * 10 <= len(values) <= 300 * 10  # a few hundred points per class
+    assert "plots/monitor/roc.png" in rendered["data"]
 
 
 def _children(client: MlflowClient) -> list:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from rotmnist.errors import PipelineError
-from rotmnist.io import Dataset, atomic_path, load_dataset, save_dataset, write_csv, write_json
+from rotmnist.io import Dataset, atomic_path, load_dataset, save_dataset, write_csv, write_json, write_metrics
 
 
 def _dataset(n=5):
@@ -90,3 +90,18 @@ def test_write_csv_writes_a_header_and_one_line_per_row(tmp_path):
     write_csv(path, [{"angle": -10, "accuracy": 0.5}, {"angle": 0, "accuracy": 1.0}])
     assert path.read_text() == "angle,accuracy\n-10,0.5\n0,1.0\n"
     assert not list(path.parent.glob(".*"))  # no temporary file left behind
+
+
+def test_write_metrics_refuses_what_dvc_cannot_show_and_names_the_keys(tmp_path):
+    path = tmp_path / "m.json"
+    good = {"a": 1, "b": {"c": 0.5, "d": True, "e": "passed"}}
+    write_metrics(path, good)
+    assert json.loads(path.read_text()) == good
+    bad = {"a": None, "b": {"c": [1, 2], "d": float("nan"), "ok": 1}, "e": float("inf")}
+    with pytest.raises(ValueError, match=r"a: None; b\.c: \[1, 2\]; b\.d: nan; e: inf"):
+        write_metrics(path, bad)
+    with pytest.raises(ValueError, match=r"b\.error: DVC reads a key named 'error' as a failed load"):
+        write_metrics(path, {"b": {"error": 0.1}})
+    with pytest.raises(ValueError, match=r"<top>: \[1\]"):
+        write_metrics(path, [1])
+    assert json.loads(path.read_text()) == good  # the previous file stays

@@ -6,7 +6,7 @@ import types
 import numpy as np
 import pytest
 
-from rotmnist import gate, io, metrics, monitor
+from rotmnist import gate, io, metrics, monitor, plots
 from rotmnist.config import MonitorConfig
 from rotmnist.errors import PipelineError
 
@@ -95,9 +95,9 @@ def test_slice_metrics_overall_per_angle_and_per_class():
     yhat = np.array([0, 1, 1, 1, 2, 0])
     angle = np.array([0, -30, 0, -30, 0, -30])
     m = metrics.slice_metrics(y, yhat, angle)
-    assert (m["n"], m["accuracy"], m["error"]) == (6, pytest.approx(4 / 6), pytest.approx(2 / 6))
+    assert (m["n"], m["accuracy"], m["error_rate"]) == (6, pytest.approx(4 / 6), pytest.approx(2 / 6))
     assert list(m["per_angle"]) == ["-30", "0"]
-    assert m["per_angle"]["0"] == {"n": 3, "accuracy": 1.0, "error": 0.0}
+    assert m["per_angle"]["0"] == {"n": 3, "accuracy": 1.0, "error_rate": 0.0}
     assert m["per_angle"]["-30"]["accuracy"] == pytest.approx(1 / 3)
     assert {c: s["accuracy"] for c, s in m["per_class"].items()} == {"0": 0.5, "1": 1.0, "2": 0.5}
     assert json.loads(json.dumps(m)) == m  # JSON-ready
@@ -107,7 +107,7 @@ def test_slice_metrics_overall_per_angle_and_per_class():
 
 def metrics_with(overall: float, per_angle: dict[str, float]) -> dict:
     def s(acc):
-        return {"n": 100, "accuracy": acc, "error": 1 - acc}
+        return {"n": 100, "accuracy": acc, "error_rate": 1 - acc}
 
     return {**s(overall), "per_angle": {a: s(v) for a, v in per_angle.items()}, "per_class": {}}
 
@@ -148,7 +148,77 @@ def test_class_distribution_chi_square():
     assert skewed["p_value"] < 1e-6
     assert skewed["predicted"]["0"] == 250 and skewed["actual"] == {str(c): 50 for c in range(10)}
     absent = gate.class_distribution(np.array([1, 1, 2, 2]), np.array([1, 1, 2, 7]))
-    assert absent["p_value"] == 0.0 and absent["chi2"] is None
+    assert absent["p_value"] == 0.0 and "chi2" not in absent  # infinite: left out, never null
+    single = gate.class_distribution(np.array([3, 3]), np.array([3, 3]))
+    assert single["chi2"] == 0.0 and single["dof"] == 0 and "p_value" not in single
+    for dist in (same, skewed, absent, single):
+        assert io.metrics_problems(dist) == []
+
+
+# ---- ROC curves -------------------------------------------------------------------------------------
+
+
+def test_roc_curve_and_auc_of_a_hand_computed_case():
+    # positives score 0.35 and 0.8, negatives 0.1 and 0.4: 3 of the 4 (positive, negative) pairs are ordered
+    fpr, tpr = metrics.roc_curve([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1])
+    assert fpr.tolist() == [0.0, 0.0, 0.5, 0.5, 1.0]
+    assert tpr.tolist() == [0.0, 0.5, 0.5, 1.0, 1.0]
+    assert metrics.auc(fpr, tpr) == 0.75
+
+
+def test_roc_ties_form_one_diagonal_step_and_count_half():
+    # scores 0.9 (pos), 0.5 (pos), 0.5 (neg), 0.1 (neg): pairs (0.9 > both) 2, (0.5 vs 0.5) 1/2, (0.5 > 0.1) 1
+    fpr, tpr = metrics.roc_curve([0.9, 0.5, 0.5, 0.1], [1, 1, 0, 0])
+    assert fpr.tolist() == [0.0, 0.0, 0.5, 1.0] and tpr.tolist() == [0.0, 0.5, 1.0, 1.0]
+    assert metrics.auc(fpr, tpr) == pytest.approx(3.5 / 4)
+    assert metrics.auc(*metrics.roc_curve([0.3] * 6, [1, 0, 1, 0, 0, 1])) == pytest.approx(0.5)  # all tied
+
+
+def test_roc_perfect_reversed_and_degenerate():
+    assert metrics.auc(*metrics.roc_curve([0.9, 0.8, 0.2], [1, 1, 0])) == 1.0
+    assert metrics.auc(*metrics.roc_curve([0.1, 0.2, 0.9], [1, 1, 0])) == 0.0
+    with pytest.raises(ValueError, match="needs positives and negatives"):
+        metrics.roc_curve([0.5, 0.6], [1, 1])
+    with pytest.raises(ValueError, match="scores has 2 entries"):
+        metrics.roc_curve([0.5, 0.6], [1, 0, 1])
+
+
+def test_one_vs_rest_roc_skips_classes_without_positives():
+    y = np.array([0, 0, 1, 2])
+    probs = np.eye(4)[[0, 0, 1, 1]]  # class 2 is predicted as 1; class 3 never occurs
+    curves = metrics.one_vs_rest_roc(y, probs)
+    assert sorted(curves) == [0, 1, 2]
+    aucs = monitor.roc_auc(curves)
+    # class 1: its positive ties one negative and beats two (2.5 of 3 pairs); class 2: every score tied
+    assert aucs["per_class"] == {"0": 1.0, "1": pytest.approx(5 / 6, abs=1e-6), "2": 0.5}
+    assert aucs["macro"] == pytest.approx((1 + 5 / 6 + 0.5) / 3, abs=1e-6)
+    assert metrics.one_vs_rest_roc(np.array([1, 1]), np.eye(2)[[1, 1]]) == {} and monitor.roc_auc({}) == {}
+    with pytest.raises(ValueError, match="probs must have shape"):
+        metrics.one_vs_rest_roc(y, probs[:3])
+
+
+def test_sampled_curve_is_exact_at_its_points_takes_vertical_steps_at_the_top_and_interpolates():
+    fpr, tpr = np.array([0.0, 0.0, 0.5, 1.0]), np.array([0.0, 0.5, 1.0, 1.0])
+    got = metrics.sample_curve(fpr, tpr, [0.0, 0.25, 0.5, 0.75, 1.0])
+    assert got.tolist() == [0.5, 0.75, 1.0, 1.0, 1.0]
+    grid = metrics.roc_grid(300)
+    assert grid[0] == 0.0 and grid[-1] == 1.0 and np.all(np.diff(grid) > 0) and 250 <= len(grid) <= 300
+    assert grid[1] == pytest.approx(metrics.ROC_LOG_FLOOR)
+
+
+def test_roc_rows_are_a_few_hundred_points_for_every_class():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 10, 5000)
+    probs = rng.random((5000, 10)) + 3 * np.eye(10)[y] * rng.random((5000, 1))
+    rows = monitor.roc_rows(metrics.one_vs_rest_roc(y, probs))
+    assert list(rows[0]) == ["fpr"] + [f"class_{c}" for c in range(10)]
+    assert 250 <= len(rows) <= monitor.ROC_POINTS
+    assert rows[0]["fpr"] == 0.0 and rows[-1] == {"fpr": 1.0} | {f"class_{c}": 1.0 for c in range(10)}
+    for c in range(10):
+        column = [r[f"class_{c}"] for r in rows]
+        assert column == sorted(column)  # a ROC curve never falls
+    missing = monitor.roc_rows(metrics.one_vs_rest_roc(y[y < 9], probs[y < 9]))
+    assert {r["class_9"] for r in missing} == {""}
 
 
 # ---- plots and report helpers ---------------------------------------------------------------------
@@ -165,6 +235,26 @@ def test_angle_rows_and_confusion_matrix():
     assert cm.shape == (10, 10) and cm.sum() == 4 and cm[0, 0] == cm[0, 1] == cm[3, 3] == cm[9, 3] == 1
 
 
+def bar_centres(fig) -> dict[str, list[float]]:
+    ax = fig.axes[0]
+    return {c.get_label(): [round(b.get_x() + b.get_width() / 2, 6) for b in c] for c in ax.containers}
+
+
+def test_angle_bars_are_centred_without_a_champion_and_side_by_side_with_one():
+    cand = metrics_with(0.99, {"-10": 0.99, "0": 1.0, "10": 0.98})
+    alone = plots.angle_accuracy_figure(monitor.angle_rows(cand, None), 0.985, ("candidate v1", "champion vNone"))
+    assert bar_centres(alone) == {"candidate v1": [0.0, 1.0, 2.0]}
+    assert "champion" not in " ".join(t.get_text() for t in alone.axes[0].get_legend().get_texts())
+    champion = metrics_with(0.99, {"-10": 0.97, "0": 1.0})  # no 10 deg slice
+    pair = plots.angle_accuracy_figure(monitor.angle_rows(cand, champion), 0.985, ("candidate v2", "champion v1"))
+    assert bar_centres(pair) == {"candidate v2": [-0.2, 0.8, 1.8], "champion v1": [0.2, 1.2]}
+    ax = pair.axes[0]
+    assert ax.get_ylim()[0] < 0.97 and ax.get_ylim()[1] >= 1.0  # zoomed, but every bar and the gate line fit
+    labels = [t.get_text() for t in ax.texts]
+    assert labels == ["99.00%", "100.00%", "98.00%", "97.00%", "100.00%"]  # every bar carries its value
+    assert "axis from" in ax.get_ylabel()  # the zoom is said, not hidden
+
+
 def test_write_plots_writes_csv_for_dvc_and_png(tmp_path):
     rng = np.random.default_rng(0)
     ds = dataset(rng.integers(0, 10, 60), angle=np.tile([0, -30, 30], 20))
@@ -175,7 +265,15 @@ def test_write_plots_writes_csv_for_dvc_and_png(tmp_path):
     monitor.write_plots(tmp_path / "p", ds, probs, report, 1 - CFG.angle_threshold)
     files = sorted((tmp_path / "p").iterdir())
     names = [f.name for f in files]
-    assert names == ["angle_accuracy.csv", "angle_accuracy.png", "confusion.csv", "confusion.png", "misclassified.png"]
+    assert names == [
+        "angle_accuracy.csv",
+        "angle_accuracy.png",
+        "confusion.csv",
+        "confusion.png",
+        "misclassified.png",
+        "roc.csv",
+        "roc.png",
+    ]
     for f in files:
         if f.suffix == ".png":
             assert f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -183,6 +281,8 @@ def test_write_plots_writes_csv_for_dvc_and_png(tmp_path):
     assert lines[0] == "actual,predicted" and len(lines) == 61
     assert lines[1] == f"{ds.y[0]},{yhat[0]}"
     assert (tmp_path / "p" / "angle_accuracy.csv").read_text().splitlines()[0] == "angle,candidate,champion"
+    roc = (tmp_path / "p" / "roc.csv").read_text().splitlines()
+    assert roc[0] == "fpr," + ",".join(f"class_{c}" for c in range(10)) and roc[1].startswith("0.0,")
     assert not list((tmp_path / "p").glob(".*tmp*"))  # atomic writes leave no temp files
 
 

@@ -284,3 +284,27 @@ def test_read_best_params(tmp_path):
     path.write_text(json.dumps(doc))
     spec, hyper, whole = training.read_best_params(path)
     assert spec["family"] == "mlp" and spec["width"] == 256 and hyper == doc["hyper"] and whole["trial"] == 3
+
+
+def test_train_metrics_leave_out_what_has_no_value(monkeypatch):
+    """No rotated test image and no val split: the keys are absent, never null (DVC cannot show a null)."""
+    from rotmnist import train
+    from rotmnist.io import metrics_problems
+
+    upright = Dataset(
+        x=np.zeros((4, 28, 28), np.uint8),
+        y=np.array([0, 1, 2, 3], np.uint8),
+        source_id=np.arange(4, dtype=np.int32),
+        angle=np.zeros(4, np.int8),
+        mnist_split=np.ones(4, np.int8),
+    )
+    monkeypatch.setattr(train, "predict_labels", lambda model, x: np.array([0, 1, 2, 0]))
+    report = train.test_report(None, upright)
+    assert report["accuracy"] == 0.75 and "worst_rotated_accuracy" not in report
+    summary = train.summary(report, {}, [{"images_per_second": 100.0}], 1, 4)
+    assert "val_accuracy" not in summary and "worst_rotated_accuracy" not in summary["test"]
+    assert metrics_problems(summary) == []
+    assert "test_worst_rotated_accuracy" not in train.run_metrics(report, {}, {"latency_ms_single_image": 1.0})
+    rotated = upright.take(np.arange(4))
+    rotated = Dataset(**{**rotated.__dict__, "angle": np.array([0, 0, 10, 10], np.int8)})
+    assert train.test_report(None, rotated)["worst_rotated_accuracy"] == 0.5
