@@ -88,10 +88,10 @@ TINY_PARAMS: dict = {
 
 @pytest.fixture(scope="session")
 def postgres() -> dict[str, str]:
-    """A throwaway PostgreSQL cluster with databases `optuna` and `mlflow`: {name: URL}."""
+    """A throwaway PostgreSQL cluster with databases `optuna`, `mlflow` and `registry`: {name: URL}."""
     from tests.postgres import SKIP_REASON, pg_bin, postgres_cluster
 
     if pg_bin() is None:
         pytest.skip(SKIP_REASON)
-    with postgres_cluster(("optuna", "mlflow")) as urls:
+    with postgres_cluster(("optuna", "mlflow", "registry")) as urls:
         yield urls

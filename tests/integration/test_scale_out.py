@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -49,9 +50,11 @@ def _dataset(x: np.ndarray, y: np.ndarray, first: int) -> io.Dataset:
 @pytest.fixture(scope="module")
 def splits(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("splits")
-    x, y, _, _ = tiny_mnist(n_train=200, n_test=10, seed=1)
+    x, y, x_test, y_test = tiny_mnist(n_train=200, n_test=20, seed=1)
     io.save_dataset(_dataset(x[:160], y[:160], 0), folder / "data" / "splits" / "train")
     io.save_dataset(_dataset(x[160:], y[160:], 160), folder / "data" / "splits" / "val")
+    io.save_dataset(_dataset(x_test, y_test, 200), folder / "data" / "splits" / "test")
+    io.save_dataset(_dataset(x_test, y_test, 200), folder / "data" / "splits" / "holdout")
     return folder
 
 
@@ -207,3 +210,59 @@ def test_a_worker_killed_on_a_shared_journal_file_has_its_trial_retried(tmp_path
     study = load_study(ws, storage)
     delay = assert_killed_trial_retried(study, tracking, killed_at)
     print(f"death to retry on a journal file: {delay:.1f} s")
+
+
+# ---- an MLflow tracking server ----------------------------------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def server(request, tmp_path) -> str:
+    """A tracking server on the SQLite file or on PostgreSQL, artifacts proxied into a local folder."""
+    from tests.mlflow_server import mlflow_server
+
+    if request.param == "sqlite":
+        backend = f"sqlite:///{tmp_path / 'server.db'}"
+    else:
+        backend = request.getfixturevalue("pg")["registry"]
+    (tmp_path / "server-artifacts").mkdir()
+    with mlflow_server(backend, tmp_path / "server-artifacts") as url:
+        yield url
+
+
+def test_tune_train_and_monitor_track_through_a_tracking_server(tmp_path, splits, monkeypatch, server):
+    """Runs, nested trials, the registered version with its tags and the champion alias arrive through HTTP."""
+    from rotmnist import monitor as monitor_stage
+    from rotmnist import registry, train, tune
+    from rotmnist.config import config_from_dict
+
+    ws = workspace(tmp_path / "ws", splits, "served")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server)
+    monkeypatch.delenv(sweep.STORAGE_ENV, raising=False)
+    monkeypatch.delenv("ROTMNIST_STORE_ROOT", raising=False)
+    params = yaml.safe_load((ws.root / "params.yaml").read_text())
+    params["tune"]["n_trials"] = 2
+    params["train"]["epochs"] = 1
+    params["monitor"] = {"model_name": "served", "threshold": 1.0, "angle_threshold": 1.0}
+    config = config_from_dict(params)
+    tune.main(config, ws)
+    train.main(config, ws)
+    monitor_stage.main(config, ws)
+
+    client = MlflowClient(server)
+    exp = client.get_experiment_by_name("served")
+    runs = client.search_runs([exp.experiment_id], max_results=100)
+    parents = [r for r in runs if r.data.tags.get(sweep.ROLE_TAG) == "sweep"]
+    trials = [r for r in runs if "trial_number" in r.data.tags]
+    assert len(parents) == 1 and len(trials) == 2
+    assert {t.data.tags["mlflow.parentRunId"] for t in trials} == {parents[0].info.run_id}
+    train_run = json.loads((ws.models / "run.json").read_text())["run_id"]
+    assert client.get_run(train_run).data.tags["gate"] == "passed"
+    version = client.get_model_version_by_alias("served", registry.CHAMPION)
+    assert version.version == "1" and version.run_id == train_run
+    assert version.tags["gate"] == "passed" and version.tags["training_run_id"] == train_run
+    assert {"holdout_accuracy", "git_commit", "data_hash"} <= set(version.tags)
+    assert client.get_model_version("served", "1").aliases  # the registry answers a version lookup
+    assert not list((ws.root).glob("mlartifacts"))  # the server stored the artifacts, not the workspace
+    champion = registry.load_champion("served")
+    holdout = io.load_dataset(ws.split("holdout"))
+    assert champion.version == "1" and champion.predict(holdout.x).shape == (len(holdout),)
