@@ -261,6 +261,10 @@ class MonitorConfig(_Section):
     tolerance: float = Field(0.002, ge=0.0, le=1.0)
 
 
+class PredictConfig(_Section):
+    max_file_mb: float = Field(64.0, gt=0.0)  # `rotmnist predict` refuses larger input files
+
+
 class MlflowConfig(_Section):
     experiment: str = Field("rotmnist", min_length=1)
     tracking_uri: str = ""
@@ -273,6 +277,7 @@ class Config(_Section):
     tune: TuneConfig = TuneConfig()
     train: TrainConfig = TrainConfig()
     monitor: MonitorConfig = MonitorConfig()
+    predict: PredictConfig = PredictConfig()
     mlflow: MlflowConfig = MlflowConfig()
 
 
