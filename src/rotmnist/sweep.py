@@ -32,7 +32,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from rotmnist import tracking
 from rotmnist.errors import PipelineError
-from rotmnist.io import Dataset
+from rotmnist.io import Dataset, pid_alive
 from rotmnist.spec import check_optuna_storage, describe
 from rotmnist.training import (
     HYPER_KEYS,
@@ -185,16 +185,6 @@ def count_finished(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def fail_and_retry(study: optuna.Study, trial: FrozenTrial) -> None:
     """For a trial already set to FAIL because its worker died: mark its MLflow run killed, queue its params again.
 
@@ -229,7 +219,7 @@ def retry_of(trial: FrozenTrial) -> int | None:
 
 def _dead(trial: FrozenTrial, host: str, grace_period: float, now: float) -> bool:
     pid, beat = trial.user_attrs.get("pid"), trial.user_attrs.get(HEARTBEAT_ATTR)
-    if trial.user_attrs.get("host") == host and isinstance(pid, int) and not _pid_alive(pid):
+    if trial.user_attrs.get("host") == host and isinstance(pid, int) and not pid_alive(pid):
         return True
     return isinstance(beat, int | float) and now - beat > grace_period
 
