@@ -83,3 +83,47 @@ def test_a_stage_killed_while_writing_leaves_nothing_half_written_and_the_rerun_
     assert {out: lock_md5(tiny_repo, out) for out in hashes} == hashes
     assert folder_md5(augmented) == hashes["data/augmented"] and folder_md5(splits) == hashes["data/splits"]
     assert temporary_siblings(augmented) == temporary_siblings(splits) == []
+
+
+def file_digests(folder: Path) -> dict[str, str]:
+    import hashlib
+
+    return {p.relative_to(folder).as_posix(): hashlib.md5(p.read_bytes()).hexdigest() for p in folder.rglob("*.npy")}
+
+
+def test_gc_then_pull_restores_the_splits_the_champion_was_trained_on(tiny_repo):
+    from mlflow import MlflowClient
+
+    from tests.integration.conftest import set_params
+
+    set_params(tiny_repo / "params.yaml", {"monitor": {"threshold": 1.0, "angle_threshold": 1.0}})
+    run(["git", "commit", "-qam", "a gate the tiny model passes"], tiny_repo)
+    run(["dvc", "repro"], tiny_repo)
+    run(["git", "add", "dvc.lock", "metrics", "plots"], tiny_repo)
+    run(["git", "commit", "-qm", "the champion's run"], tiny_repo)
+    run(["dvc", "push"], tiny_repo)
+    trained_on = file_digests(tiny_repo / "data" / "splits")
+    splits_hash = lock_md5(tiny_repo, "data/splits")
+    cached = tiny_repo / ".dvc" / "cache" / "files" / "md5" / splits_hash[:2] / splits_hash[2:]
+    assert cached.is_file()  # DVC's record of the folder's files
+
+    # The team moves on: other splits, committed; then the cache keeps only what the workspace uses.
+    set_params(tiny_repo / "params.yaml", {"split": {"seed": 1}})
+    run(["dvc", "repro", "split"], tiny_repo)
+    run(["git", "commit", "-qam", "new splits"], tiny_repo)
+    assert file_digests(tiny_repo / "data" / "splits") != trained_on
+    run(["dvc", "gc", "--workspace", "--force"], tiny_repo)
+
+    # The README's recipe: the champion's data_hash tag finds the commit whose dvc.lock recorded it.
+    champion = MlflowClient(f"sqlite:///{tiny_repo / 'mlflow.db'}").get_model_version_by_alias(
+        "rotmnist-cnn", "champion"
+    )
+    data_hash = champion.tags["data_hash"]
+    assert data_hash == splits_hash
+    assert not cached.exists()  # gc removed the champion's splits from the cache: only the remote has them
+    log = ["git", "log", "-S", data_hash, "--format=%H", "--reverse", "--", "dvc.lock"]
+    commit = run(log, tiny_repo).stdout.split()[0]
+    run(["git", "checkout", commit, "--", "dvc.lock"], tiny_repo)
+    run(["dvc", "pull", "split"], tiny_repo)
+    assert file_digests(tiny_repo / "data" / "splits") == trained_on
+    assert folder_md5(tiny_repo / "data" / "splits") == data_hash
