@@ -109,7 +109,7 @@ def assert_one_study_one_parent(ws: Paths, storage: str, tracking: str, name: st
     study = load_study(ws, storage)
     numbers = [t.number for t in study.trials]
     assert numbers == list(range(len(numbers)))
-    n_trials = TINY["tune"]["n_trials"]
+    n_trials = yaml.safe_load((ws.root / "params.yaml").read_text())["tune"]["n_trials"]
     assert n_trials <= sweep.count_finished(study) <= n_trials + workers - 1
     children = child_runs(tracking, name)
     by_trial = sorted(int(r.data.tags["trial_number"]) for r in children)
@@ -189,7 +189,7 @@ def test_a_worker_killed_on_postgresql_has_its_trial_failed_by_heartbeat_and_ret
     killed_at = kill_mid_trial(workers, lambda: load_study(ws, pg["optuna"]))
     errors = finish(workers[1:])
     assert workers[1].returncode == 0, errors
-    study = load_study(ws, pg["optuna"])
+    study = assert_one_study_one_parent(ws, pg["optuna"], pg["mlflow"], name, 2)
     delay = assert_killed_trial_retried(study, pg["mlflow"], killed_at)
     # failed once its last heartbeat (at most an interval before the death) was a grace period old, not before
     assert delay >= TINY["tune"]["grace_period"] - TINY["tune"]["heartbeat_interval"]
@@ -207,7 +207,7 @@ def test_a_worker_killed_on_a_shared_journal_file_has_its_trial_retried(tmp_path
     killed_at = kill_mid_trial(workers, lambda: load_study(ws, storage))
     errors = finish(workers[1:])
     assert workers[1].returncode == 0, errors
-    study = load_study(ws, storage)
+    study = assert_one_study_one_parent(ws, storage, tracking, name, 2)
     delay = assert_killed_trial_retried(study, tracking, killed_at)
     print(f"death to retry on a journal file: {delay:.1f} s")
 
