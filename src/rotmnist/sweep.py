@@ -219,8 +219,8 @@ def retry_of(trial: FrozenTrial) -> int | None:
 
 def _dead(trial: FrozenTrial, host: str, grace_period: float, now: float) -> bool:
     pid, beat = trial.user_attrs.get("pid"), trial.user_attrs.get(HEARTBEAT_ATTR)
-    if trial.user_attrs.get("host") == host and isinstance(pid, int) and not pid_alive(pid):
-        return True
+    if trial.user_attrs.get("host") == host and isinstance(pid, int):
+        return not pid_alive(pid)  # on this machine the process table is the truth
     return isinstance(beat, int | float) and now - beat > grace_period
 
 
@@ -241,7 +241,7 @@ def release_dead_trials(study: optuna.Study, grace_period: float) -> list[int]:
         except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
             continue  # another worker released it first
         released.append(t.number)
-        fail_and_retry(study, study._storage.get_trial(t._trial_id))
+        fail_and_retry(study, t)
     return released
 
 

@@ -163,7 +163,7 @@ def test_release_dead_trials_fails_and_requeues_trials_of_dead_processes_and_sil
     here, now = socket.gethostname(), time.time()
     owners = {
         "dead": (here, dead_pid(), None),
-        "alive": (here, os.getpid(), None),
+        "alive": (here, os.getpid(), now - 60),  # a live local process counts, however old its last beat
         "remote": ("another-host", dead_pid(), None),  # no heartbeat: nothing tells it is dead
         "remote-beating": ("another-host", dead_pid(), now - 5),
         "remote-silent": ("another-host", dead_pid(), now - 60),
