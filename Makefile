@@ -25,7 +25,20 @@ print(f"http://127.0.0.1:5000/#/experiments/{row[0]}/runs" if row else "http://1
 endef
 export UI_ADDRESS
 
-.PHONY: setup repro test test-fast ui hooks lint bench clean-stores docs docs-serve
+# `make postgres`: a local PostgreSQL for parallel sweep workers and the tracking server (trust auth on loopback:
+# for trying things out on one machine; a team's server needs passwords). Debian keeps initdb outside PATH, and
+# initdb refuses to run as root: as root the cluster belongs to the `postgres` user (or `nobody`).
+PG_BIN  ?= $(firstword $(wildcard /usr/lib/postgresql/*/bin) $(patsubst %/,%,$(dir $(shell command -v initdb))))
+PG_DIR  ?= $(CURDIR)/.postgres
+PG_PORT ?= 5433
+PG_USER := $(shell id -u postgres >/dev/null 2>&1 && echo postgres || echo nobody)
+PG_RUN  := $(if $(filter 0,$(shell id -u)),runuser -u $(PG_USER) --,)
+PG_URL  := postgresql://postgres@127.0.0.1:$(PG_PORT)
+# `make server`: the tracking server's store; the SQLite file unless set, e.g. MLFLOW_BACKEND=$(PG_URL)/mlflow
+MLFLOW_BACKEND ?= sqlite:///$(CURDIR)/mlflow.db
+MLFLOW_PORT    ?= 5000
+
+.PHONY: setup repro test test-fast ui server postgres postgres-stop hooks lint bench clean-stores docs docs-serve
 
 setup: $(STAMP)
 
@@ -53,6 +66,28 @@ ui: setup
 	@$(BIN)/python -c "$$UI_ADDRESS" '$(CURDIR)/mlflow.db'
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db \
 		--default-artifact-root $(CURDIR)/mlartifacts --host 127.0.0.1 --port 5000
+
+## MLflow tracking server on http://127.0.0.1:$(MLFLOW_PORT): store $(MLFLOW_BACKEND), artifacts proxied into mlartifacts/.
+## Loopback only, MLflow's security middleware on (Host and CORS checks); see the README to expose it.
+server: setup
+	$(BIN)/mlflow server --host 127.0.0.1 --port $(MLFLOW_PORT) --backend-store-uri $(MLFLOW_BACKEND) \
+		--artifacts-destination $(CURDIR)/mlartifacts
+
+## A local PostgreSQL on 127.0.0.1:$(PG_PORT) in .postgres/ with databases optuna and mlflow (make postgres-stop).
+postgres:
+	@test -x "$(PG_BIN)/initdb" || { echo "make postgres: initdb not found: install the postgresql package"; exit 1; }
+	@mkdir -p $(PG_DIR)
+	@if [ ! -d $(PG_DIR)/data ]; then \
+		$(if $(PG_RUN),chown $(PG_USER) $(PG_DIR) &&) $(PG_RUN) $(PG_BIN)/initdb -D $(PG_DIR)/data -U postgres \
+			--auth=trust -E UTF8 >$(PG_DIR)/initdb.log; fi
+	@$(PG_RUN) $(PG_BIN)/pg_ctl -D $(PG_DIR)/data status >/dev/null || $(PG_RUN) $(PG_BIN)/pg_ctl -D $(PG_DIR)/data \
+		-l $(PG_DIR)/server.log -w -o "-p $(PG_PORT) -c listen_addresses=127.0.0.1 -k $(PG_DIR)" start
+	@for db in optuna mlflow; do $(PG_BIN)/createdb -h 127.0.0.1 -p $(PG_PORT) -U postgres $$db 2>/dev/null || true; done
+	@echo "Optuna:  export ROTMNIST_OPTUNA_STORAGE=$(PG_URL)/optuna"
+	@echo "MLflow:  make server MLFLOW_BACKEND=$(PG_URL)/mlflow   (then export MLFLOW_TRACKING_URI=http://127.0.0.1:$(MLFLOW_PORT))"
+
+postgres-stop:
+	$(PG_RUN) $(PG_BIN)/pg_ctl -D $(PG_DIR)/data -w stop
 
 ## Install the pre-commit hook (ruff + fast tests).
 hooks: setup

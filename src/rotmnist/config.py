@@ -214,6 +214,10 @@ class TuneConfig(_Section):
     prune_below: float = Field(0.0, ge=0.0, le=1.01)
     study_name: str = Field("rotmnist", min_length=1)
     storage: str = ""
+    # A worker beats every `heartbeat_interval` s while it runs a trial; a trial silent for `grace_period` s
+    # is taken as dead, failed and retried once by another worker (PostgreSQL, and journal files across hosts).
+    heartbeat_interval: int = Field(30, ge=1)
+    grace_period: int = Field(120, ge=1)
     space: SearchSpace = SearchSpace()
 
     @field_validator("families", mode="before")
@@ -231,6 +235,12 @@ class TuneConfig(_Section):
     @classmethod
     def _storage(cls, v: str) -> str:
         return check_optuna_storage(v)
+
+    @model_validator(mode="after")
+    def _grace_outlasts_beats(self) -> TuneConfig:
+        if self.grace_period <= self.heartbeat_interval:
+            raise ValueError("tune.grace_period must be longer than tune.heartbeat_interval")
+        return self
 
 
 class TrainConfig(_Section):
@@ -251,6 +261,10 @@ class MonitorConfig(_Section):
     tolerance: float = Field(0.002, ge=0.0, le=1.0)
 
 
+class PredictConfig(_Section):
+    max_file_mb: float = Field(64.0, gt=0.0)  # `rotmnist predict` refuses larger input files
+
+
 class MlflowConfig(_Section):
     experiment: str = Field("rotmnist", min_length=1)
     tracking_uri: str = ""
@@ -263,6 +277,7 @@ class Config(_Section):
     tune: TuneConfig = TuneConfig()
     train: TrainConfig = TrainConfig()
     monitor: MonitorConfig = MonitorConfig()
+    predict: PredictConfig = PredictConfig()
     mlflow: MlflowConfig = MlflowConfig()
 
 

@@ -68,7 +68,7 @@ def read_image(path: str | Path) -> np.ndarray:
                 if alpha.min() < 255:
                     return to_mnist_image(alpha)
             return to_mnist_image(np.asarray(img.convert("L")))
-    except (UnidentifiedImageError, OSError) as err:
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as err:
         raise PipelineError(f"cannot read {path} as an image: {err}") from None
 
 
@@ -80,8 +80,10 @@ def read_npy(path: str | Path) -> np.ndarray:
         raise PipelineError(f"cannot read {path} as a .npy array: {err}") from None
     if arr.ndim == 2:
         arr = arr[None]
-    if arr.ndim != 3 or arr.shape[1:] != (28, 28) or arr.dtype.kind not in "uif" or len(arr) == 0:
+    if arr.ndim != 3 or arr.shape[1:] != (28, 28) or arr.dtype.kind not in "uif":
         raise PipelineError(f"{path}: expected a numeric array of shape (N, 28, 28), got {arr.dtype} {arr.shape}")
+    if len(arr) == 0:
+        raise PipelineError(f"{path} holds no images (shape {arr.shape})")
     arr = arr.astype(np.float32)
     problem = pixel_problem(arr)
     if problem:
@@ -89,14 +91,23 @@ def read_npy(path: str | Path) -> np.ndarray:
     return arr
 
 
-def read_images(files: Sequence[str | Path]) -> tuple[list[str], np.ndarray]:
-    """Names and float32 (N, 28, 28) images from image files (PNG, JPEG, ...) and/or .npy arrays."""
+def read_images(files: Sequence[str | Path], max_bytes: int | None = None) -> tuple[list[str], np.ndarray]:
+    """Names and float32 (N, 28, 28) images from image files (PNG, JPEG, ...) and/or .npy arrays.
+
+    A file over `max_bytes` is refused before it is read.
+    """
     names: list[str] = []
     batches: list[np.ndarray] = []
     for file in files:
         path = Path(file)
         if not path.is_file():
             raise PipelineError(f"{path} does not exist")
+        size = path.stat().st_size
+        if max_bytes is not None and size > max_bytes:
+            raise PipelineError(
+                f"{path} is {size / 2**20:.1f} MiB, over the limit of {max_bytes / 2**20:g} MiB "
+                "(predict.max_file_mb in params.yaml); split the batch into smaller files"
+            )
         if path.suffix.lower() == ".npy":
             arr = read_npy(path)
             names += [f"{path}[{i}]" for i in range(len(arr))]

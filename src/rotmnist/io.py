@@ -14,6 +14,7 @@ A few large arrays keep `dvc status` fast and load with one read (or mmap).
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import math
 import os
@@ -59,12 +60,47 @@ def pixel_problem(x: np.ndarray) -> str | None:
     return None
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_siblings(target: Path) -> list[Path]:
+    """Remove the temporary siblings of `target` (`.name.tmp-<pid>-*`, `.name.old-<pid>`) of dead processes.
+
+    A killed writer leaves them behind (a SIGKILL runs no cleanup); they are never the output itself, so
+    DVC never caches them, but a killed `augment` leaves hundreds of MB. Those of live processes stay.
+    """
+    removed = []
+    for kind in ("tmp", "old"):
+        for sibling in target.parent.glob(f".{glob.escape(target.name)}.{kind}-*"):
+            pid = sibling.name.rsplit(f".{kind}-", 1)[1].split("-", 1)[0]
+            if not pid.isdigit() or int(pid) == os.getpid() or pid_alive(int(pid)):
+                continue
+            if sibling.is_dir() and not sibling.is_symlink():
+                shutil.rmtree(sibling, ignore_errors=True)
+            else:
+                sibling.unlink(missing_ok=True)
+            removed.append(sibling)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | Path, *, is_dir: bool = False) -> Iterator[Path]:
-    """Yield a temporary sibling of `target`; move it into place only if the block succeeds."""
+    """Yield a temporary sibling of `target`; move it into place only if the block succeeds.
+
+    The sibling's name carries this process's id, so a later writer removes what a killed one left.
+    """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    prefix = f".{target.name}.tmp-"
+    remove_stale_siblings(target)
+    prefix = f".{target.name}.tmp-{os.getpid()}-"
     if is_dir:
         tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=target.parent))
     else:

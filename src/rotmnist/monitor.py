@@ -235,12 +235,15 @@ def main(config: Config, paths: Paths) -> None:
         cfg, gate, v, previous, champion_v, run["run_id"], metrics, champion_metrics, distribution, roc
     )
 
-    tags = version_tags(report, tracking.git_commit(paths), tracking.data_digest(paths, paths.splits))
-    registry.record_decision(client, name, v, tags, promoted=gate.promoted)
+    # The report first, the registry's decision last (champion alias the very last write): a crash in
+    # between leaves the champion where it was, so the rerun reuses this version, compares it with the
+    # same champion and reaches the same decision and report.
     io.write_metrics(paths.metrics / "monitor.json", report)
     plot_dir = paths.plots / "monitor"
     write_plots(plot_dir, holdout, probs, report, 1 - cfg.angle_threshold)
     registry.record_on_training_run(client, run["run_id"], report, flat_metrics(report), plot_dir)
+    tags = version_tags(report, tracking.git_commit(paths), tracking.data_digest(paths, paths.splits))
+    registry.record_decision(client, name, v, tags, promoted=gate.promoted)
     _announce(report, gate)
 
 

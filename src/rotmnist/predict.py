@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 
 def main(config: Config, paths: Paths, images: Sequence[str], model_uri: str | None = None) -> None:
     """Print `<image>\\t<digit>\\t<probability>` per image."""
-    names, x = read_images(images)
+    names, x = read_images(images, max_bytes=int(config.predict.max_file_mb * 2**20))
     tracking.configure_mlflow(config, paths)
     model = registry.load_model(model_uri) if model_uri else registry.load_champion(config.monitor.model_name)
     probs = model.predict_proba(x)

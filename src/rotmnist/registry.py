@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 CHAMPION, CANDIDATE = "champion", "candidate"
 ALLOWED_SCHEMES = ("models:/", "runs:/")
+PYFUNC_LOADER = "mlflow.pytorch"  # the only loader a model of ours declares
 
 
 class RegistryError(PipelineError):
@@ -82,14 +83,50 @@ def check_uri(uri: str) -> str:
     return uri
 
 
+def check_pickle_free(model_dir: Path, uri: str) -> None:
+    """Refuse a model folder that would unpickle anything: only a `torch.export` (pt2) PyTorch model passes.
+
+    A replaced artifact could declare another pyfunc loader (a cloudpickled PythonModel) or hold a pickled
+    `model.pth` that MLflow's PyTorch loader would prefer over `model.pt2`; both would run code on loading
+    (MLflow refuses them too, unless MLFLOW_ALLOW_PICKLE_DESERIALIZATION is set). Checked before loading.
+    """
+    import zipfile
+
+    import yaml
+
+    try:
+        flavors = (yaml.safe_load((model_dir / "MLmodel").read_text()) or {}).get("flavors") or {}
+    except (OSError, yaml.YAMLError, AttributeError) as err:
+        raise RegistryError(f"model {uri} has no readable MLmodel file: {_short(err)}") from None
+    pyfunc, torch_flavor = flavors.get("python_function") or {}, flavors.get("pytorch") or {}
+    data = model_dir / str(torch_flavor.get("model_data", "data"))
+    problems = []
+    if pyfunc.get("loader_module") != PYFUNC_LOADER or not torch_flavor:
+        problems.append(f"its loader is {pyfunc.get('loader_module')!r}, not the PyTorch flavor's")
+    pt2 = data / "model.pt2"
+    if not pt2.is_file() or not zipfile.is_zipfile(pt2) or (data / "model.pth").exists():
+        problems.append("it is not a torch.export (pt2) model")
+    if problems:
+        raise RegistryError(f"refusing to load model {uri}: {'; '.join(problems)} (it could run code when loaded)")
+
+
 def load_model(uri: str, version: str | None = None) -> Classifier:
-    """Load an MLflow model and check that it scores one blank image as 10 probabilities."""
+    """Load an MLflow model, pickle-free (`check_pickle_free`); check that it scores a blank image as 10 classes."""
+    import tempfile
+    import zipfile
+
+    import mlflow.artifacts
     import mlflow.pyfunc
     from mlflow.exceptions import MlflowException
 
     try:
-        model = mlflow.pyfunc.load_model(check_uri(uri))
-    except (MlflowException, OSError) as err:
+        with tempfile.TemporaryDirectory(prefix="rotmnist-model-") as tmp:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=check_uri(uri), dst_path=tmp))
+            check_pickle_free(local, uri)
+            model = mlflow.pyfunc.load_model(str(local))
+    except RegistryError:
+        raise
+    except (MlflowException, OSError, RuntimeError, ValueError, zipfile.BadZipFile) as err:  # torch's too
         raise RegistryError(f"cannot load model {uri}: {_short(err)}") from err
     clf = Classifier(model, uri, version)
     clf.predict_proba(np.zeros((1, *IMAGE_SHAPE), np.float32))
@@ -127,7 +164,10 @@ def register_candidate(client: MlflowClient, name: str, model_uri: str, run_id: 
 
 
 def record_decision(client: MlflowClient, name: str, version: str, tags: dict[str, str], *, promoted: bool) -> None:
-    """Tag `version` with the gate's decision; point `candidate` at it, and `champion` too if it passed."""
+    """Tag `version` with the gate's decision; point `candidate` at it, and `champion` too if it passed.
+
+    `champion` moves last: until it does, the registry's champion is the one the decision was compared with.
+    """
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
     client.set_registered_model_alias(name, CANDIDATE, version)

@@ -10,25 +10,29 @@ any other change starts a fresh one. `run_sweep` is shared by the stage `tune` a
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import hashlib
 import json
 import logging
 import os
 import socket
 import tempfile
+import threading
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from rotmnist import tracking
 from rotmnist.errors import PipelineError
-from rotmnist.io import Dataset
+from rotmnist.io import Dataset, pid_alive
 from rotmnist.spec import check_optuna_storage, describe
 from rotmnist.training import (
     HYPER_KEYS,
@@ -58,6 +62,9 @@ EPOCH_METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 PARENT_SETTLE_SECONDS = 0.5
 ROLE_TAG = "role"  # "sweep" on a study's parent run
+HEARTBEAT_ATTR = "heartbeat"  # a trial's last sign of life (Unix time), on journal storage
+RDB_OPEN_ATTEMPTS = 4
+HEARTBEAT_KEYS = ("heartbeat_interval", "grace_period")  # how dead workers are found, not what a trial is
 
 
 # ---- storage and study ----------------------------------------------------------------------------
@@ -68,23 +75,29 @@ def storage_url(config: Config, paths: Paths) -> str:
     return os.environ.get(STORAGE_ENV) or config.tune.storage or str(paths.optuna_journal)
 
 
-def open_storage(url: str, paths: Paths) -> optuna.storages.BaseStorage:
-    """A journal file (a path, or `journal:<path>`) or PostgreSQL (`postgresql://...`); SQLite is refused."""
-    from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+def is_rdb(url: str) -> bool:
+    """Whether an Optuna storage URL names PostgreSQL (Optuna's heartbeats) rather than a journal file."""
+    return url.lower().startswith(("postgresql://", "postgresql+"))
+
+
+def open_storage(
+    url: str, paths: Paths, *, heartbeat_interval: int | None = None, grace_period: int | None = None
+) -> optuna.storages.BaseStorage:
+    """A journal file (a path, or `journal:<path>`) or PostgreSQL (`postgresql://...`); SQLite is refused.
+
+    On PostgreSQL, with `heartbeat_interval`, every worker beats while it runs a trial, and any worker that
+    starts a trial first fails the trials silent for `grace_period` seconds, marks their MLflow runs killed
+    and queues their params once more (`fail_and_retry`). Journal files get the same from `release_dead_trials`.
+    """
+    from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
     try:
         check_optuna_storage(url)
     except ValueError as err:
         raise PipelineError(str(err)) from None
-    if url.lower().startswith(("postgresql://", "postgresql+")):
-        # Heartbeats let any worker fail (and retry once) the trials of a worker that died.
-        return RDBStorage(
-            url,
-            heartbeat_interval=60,
-            grace_period=180,
-            failed_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
-        )
+    if is_rdb(url):
+        return _open_rdb(url, heartbeat_interval, grace_period)
     if "://" in url:
         raise PipelineError(
             f"Optuna storage {url!r} is not supported; use a journal file path (or journal:<path>) or postgresql://..."
@@ -95,12 +108,46 @@ def open_storage(url: str, paths: Paths) -> optuna.storages.BaseStorage:
     return JournalStorage(JournalFileBackend(str(path)))
 
 
+def _open_rdb(url: str, heartbeat_interval: int | None, grace_period: int | None) -> optuna.storages.RDBStorage:
+    """RDBStorage with heartbeats; a PipelineError saying what to check when the database cannot be used."""
+    from optuna.storages import RDBStorage
+    from sqlalchemy.exc import IntegrityError
+
+    beats: dict[str, Any] = {}
+    if heartbeat_interval is not None:
+        beats = {
+            "heartbeat_interval": heartbeat_interval,
+            "grace_period": grace_period,
+            "heartbeat_stale_trial_callback": fail_and_retry,
+        }
+    for attempt in range(RDB_OPEN_ATTEMPTS):
+        try:
+            with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 5
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return RDBStorage(url, **beats)
+        except IntegrityError:
+            # Workers started together on a fresh database race to create Optuna's tables; the loser's
+            # CREATE TABLE hits a unique key. A moment later the tables exist and opening succeeds.
+            if attempt == RDB_OPEN_ATTEMPTS - 1:
+                raise
+            time.sleep(0.5 * (attempt + 1))
+        except ImportError as err:  # no driver
+            raise PipelineError(f"cannot open {tracking.redact(url)}: {err}; install psycopg[binary]") from None
+        except Exception as err:  # sqlalchemy's OperationalError and friends: server down, bad password
+            first = (str(err).strip().splitlines() or [""])[0][:300]
+            raise PipelineError(
+                f"cannot open the Optuna storage {tracking.redact(url)} ({type(err).__name__}: {first}); "
+                "check tune.storage or ROTMNIST_OPTUNA_STORAGE and that the database is running"
+            ) from None
+    raise AssertionError("unreachable")
+
+
 def study_name(config: Config, data_hash: str) -> str:
     """`tune.study_name` + a hash of everything that defines the objective (not n_trials, not storage)."""
     t = config.tune
     key = {
         "data": data_hash,
-        "tune": t.model_dump(mode="json", exclude={"n_trials", "storage", "study_name"}),
+        "tune": t.model_dump(mode="json", exclude={"n_trials", "storage", "study_name", *HEARTBEAT_KEYS}),
         "recipe": config.train.model_dump(mode="json", include=set(RECIPE_KEYS)),
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
@@ -123,7 +170,9 @@ def open_study(config: Config, paths: Paths, name: str) -> optuna.Study:
     sampler = optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=min(10, max(2, cfg.n_trials // 3)))
     return optuna.create_study(
         study_name=name,
-        storage=open_storage(storage_url(config, paths), paths),
+        storage=open_storage(
+            storage_url(config, paths), paths, heartbeat_interval=cfg.heartbeat_interval, grace_period=cfg.grace_period
+        ),
         sampler=sampler,
         pruner=make_pruner(cfg),
         direction="maximize",
@@ -136,50 +185,84 @@ def count_finished(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def fail_and_retry(study: optuna.Study, trial: FrozenTrial) -> None:
+    """For a trial already set to FAIL because its worker died: mark its MLflow run killed, queue its params again.
 
-
-def release_dead_trials(study: optuna.Study) -> list[int]:
-    """Fail the RUNNING trials left by a killed process of this host, mark their MLflow runs, and retry them.
-
-    A trial records the host and pid that runs it; a RUNNING trial whose process is gone will never finish,
-    so it is set to FAIL (its MLflow run to KILLED, tag state=failed) and its params are enqueued again.
-    RUNNING trials of live processes or other hosts are left alone (PostgreSQL storage uses heartbeats).
+    The heartbeat callback of PostgreSQL storage, and `release_dead_trials`'s for journal files. A trial is
+    retried once (Optuna's `RetryHeartbeatStaleTrialCallback(max_retry=1)`): a configuration that kills
+    every worker it lands on must not loop. The retry starts without the dead worker's user attributes.
     """
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
 
-    host, released = socket.gethostname(), []
+    run_id = trial.user_attrs.get("mlflow_run_id")
+    if run_id:
+        try:
+            client = MlflowClient()
+            client.set_tag(run_id, STATE_TAG, "failed")
+            client.set_terminated(run_id, status="KILLED")
+        except MlflowException as err:
+            log.warning("could not mark MLflow run %s of trial %d as killed: %s", run_id, trial.number, err)
+    retry = copy.deepcopy(trial)
+    retry.user_attrs = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        RetryHeartbeatStaleTrialCallback(max_retry=1)(study, retry)
+    log.warning("trial %d: its worker died; marked failed, its params queued again", trial.number)
+
+
+def retry_of(trial: FrozenTrial) -> int | None:
+    """The number of the trial whose params `trial` retries, or None."""
+    return trial.system_attrs.get("failed_trial")
+
+
+def _dead(trial: FrozenTrial, host: str, grace_period: float, now: float) -> bool:
+    pid, beat = trial.user_attrs.get("pid"), trial.user_attrs.get(HEARTBEAT_ATTR)
+    if trial.user_attrs.get("host") == host and isinstance(pid, int):
+        return not pid_alive(pid)  # on this machine the process table is the truth
+    return isinstance(beat, int | float) and now - beat > grace_period
+
+
+def release_dead_trials(study: optuna.Study, grace_period: float) -> list[int]:
+    """Fail the RUNNING trials whose worker is gone, mark their MLflow runs killed, and retry them once.
+
+    A trial records its host, pid and (on journal storage) a heartbeat. Its worker is gone when it ran on
+    this host and the pid is dead, or when its heartbeat is older than `grace_period` seconds (a worker
+    on another machine sharing the journal; their clocks must agree within seconds). Called when a worker
+    starts and after each of its trials; on PostgreSQL Optuna's own heartbeats do the same before each trial.
+    """
+    host, now, released = socket.gethostname(), time.time(), []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        pid = t.user_attrs.get("pid")
-        if t.user_attrs.get("host") != host or not isinstance(pid, int) or _pid_alive(pid):
+        if not _dead(t, host, grace_period, now):
             continue
         try:
             study.tell(t.number, state=TrialState.FAIL)
         except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
             continue  # another worker released it first
         released.append(t.number)
-        run_id = t.user_attrs.get("mlflow_run_id")
-        if run_id:
-            try:
-                client = MlflowClient()
-                client.set_tag(run_id, STATE_TAG, "failed")
-                client.set_terminated(run_id, status="KILLED")
-            except MlflowException as err:
-                log.warning("could not mark MLflow run %s of trial %d as killed: %s", run_id, t.number, err)
-        if t.params:
-            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
-        log.warning(
-            "trial %d was left RUNNING by process %d, which is gone: marked failed and re-queued", t.number, pid
-        )
+        fail_and_retry(study, t)
     return released
+
+
+@contextlib.contextmanager
+def heartbeat(trial: optuna.Trial, interval: float) -> Iterator[None]:
+    """While the block runs, record the trial's heartbeat every `interval` seconds (journal storage)."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            trial.set_user_attr(HEARTBEAT_ATTR, time.time())
+            if stop.wait(interval):
+                return
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{trial.number}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 # ---- the search space -----------------------------------------------------------------------------
@@ -288,15 +371,25 @@ def _objective(
     tags: dict[str, str],
     device: Any,
     inputs: tuple[Any, ...],
+    beats: bool,
 ):
-    """The study's objective: train one sampled configuration in a nested MLflow run; return its val accuracy."""
-    import mlflow
+    """The study's objective: train one sampled configuration in a nested MLflow run; return its val accuracy.
 
+    With `beats` (journal storage) the trial records a heartbeat every `tune.heartbeat_interval` seconds.
+    """
     cfg, host, pid = config.tune, socket.gethostname(), os.getpid()
 
     def objective(trial: optuna.Trial) -> float:
         trial.set_user_attr("host", host)
         trial.set_user_attr("pid", pid)
+        if not beats:
+            return _run_trial(trial)
+        with heartbeat(trial, cfg.heartbeat_interval):
+            return _run_trial(trial)
+
+    def _run_trial(trial: optuna.Trial) -> float:
+        import mlflow
+
         spec, hyper = suggest(trial, cfg)
         hp = recipe(config, hyper, cfg.epochs)
         name = run_name(trial.number, spec, hyper)
@@ -363,11 +456,18 @@ def run_sweep(
     folds = make_folds(train, val, cfg.cv_folds, cfg.seed)
     name = study_name(config, data_hash)
     study = open_study(config, paths, name)
-    released = release_dead_trials(study)
+    # On PostgreSQL Optuna's heartbeats find dead workers before each trial; on a journal file we do.
+    beats = not is_rdb(storage_url(config, paths))
+    released = release_dead_trials(study, cfg.grace_period) if beats else []
     parent_id = _parent_run(study, name, tags | {"study": name})
     device = resolve_device(config.train.device)
     inputs = (train, val, data_hash, source)
-    objective = _objective(config, folds, parent_id, tags | {"study": name}, device, inputs)
+    objective = _objective(config, folds, parent_id, tags | {"study": name}, device, inputs, beats)
+
+    def release(study: optuna.Study, _: FrozenTrial) -> None:  # after each trial: retry what dead workers left
+        if beats:
+            released.extend(release_dead_trials(study, cfg.grace_period))
+
     start = time.perf_counter()
     with mlflow.start_run(run_id=parent_id):
         if not mlflow.get_run(parent_id).data.params:
@@ -384,7 +484,7 @@ def run_sweep(
                 objective,
                 n_trials=cfg.n_trials - done,
                 catch=(Exception,),
-                callbacks=[optuna.study.MaxTrialsCallback(cfg.n_trials, states=FINISHED)],
+                callbacks=[release, optuna.study.MaxTrialsCallback(cfg.n_trials, states=FINISHED)],
                 gc_after_trial=True,
             )
             failures += len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,))) - before
@@ -399,7 +499,7 @@ def run_sweep(
         mlflow.log_dict(best_params_document(result), "best_params.json")
         _log_plots(study)
     if released:
-        log.info("released trials %s of a killed run", released)
+        log.info("released trials %s of dead workers", released)
     return result
 
 

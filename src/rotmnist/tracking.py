@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import subprocess
+import time
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 # Tracking servers choose their own artifact store; with any other store (SQLite, PostgreSQL, MySQL,
 # files) MLflow would put artifacts under the working directory, a temporary one in `dvc exp run --queue`.
 _SERVER_SCHEMES = ("http", "https", "databricks", "databricks-uc")
+DATASET_RETRIES = 3
 
 
 def tracking_uri(config: Config, paths: Paths) -> str:
@@ -176,11 +178,21 @@ def standard_tags(paths: Paths, data_out: str | Path) -> dict[str, str]:
 def log_dataset(ds: Dataset, name: str, context: str, source: str | Path, digest: str) -> None:
     """Record a split as an `mlflow.data` input of the active run (with its DVC digest, no re-hashing)."""
     import mlflow
+    from mlflow.exceptions import MlflowException
 
     with warnings.catch_warnings():  # a local path matches two equivalent source types; MLflow warns and picks one
         warnings.simplefilter("ignore", UserWarning)
         dataset = mlflow.data.from_numpy(ds.x, targets=ds.y, source=str(source), name=name, digest=digest[:36])
-    mlflow.log_input(dataset, context=context)
+    # Parallel sweep workers log the same dataset at once; the store's insert of a dataset that another
+    # process has just added fails on its unique key. The retry finds the row and only links it.
+    for attempt in range(DATASET_RETRIES):
+        try:
+            mlflow.log_input(dataset, context=context)
+            return
+        except MlflowException:
+            if attempt == DATASET_RETRIES - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
 
 
 def array_digest(*parts: np.ndarray | bytes) -> str:

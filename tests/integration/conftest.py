@@ -84,3 +84,14 @@ TINY_PARAMS: dict = {
     },
     "train": {"epochs": 1, "num_threads": 1},
 }
+
+
+@pytest.fixture(scope="session")
+def postgres() -> dict[str, str]:
+    """A throwaway PostgreSQL cluster with databases `optuna`, `mlflow` and `registry`: {name: URL}."""
+    from tests.postgres import SKIP_REASON, pg_bin, postgres_cluster
+
+    if pg_bin() is None:
+        pytest.skip(SKIP_REASON)
+    with postgres_cluster(("optuna", "mlflow", "registry")) as urls:
+        yield urls

@@ -305,3 +305,89 @@ def test_a_model_trained_on_upright_digits_only_fails_the_gate_on_the_rotated_ho
     assert second["gate"]["decision"] == "failed" and second["gate"]["drift"] is True
     assert "error at -30 deg" in second["gate"]["reasons"] and "error at 30 deg" in second["gate"]["reasons"]
     assert alias(NAME, "champion") == "1" and alias(NAME, "candidate") == "2"
+
+
+class Crash(Exception):
+    """An injected failure: the process dies here."""
+
+
+def test_a_crash_before_the_champion_moves_leaves_it_and_the_rerun_decides_the_same(ws, monkeypatch):
+    run_monitor(ws, Oracle({-10: 5}))  # v1: the champion
+    set_alias = MlflowClient.set_registered_model_alias
+
+    def crash_on_champion(self, name, alias_name, version):
+        if alias_name == registry.CHAMPION:
+            raise Crash("killed just before the champion alias moves")
+        return set_alias(self, name, alias_name, version)
+
+    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", crash_on_champion)
+    train_run(ws, Oracle())  # v2 would pass: better than v1 everywhere
+    with pytest.raises(Crash):
+        monitor.main(make_config(), ws)
+    assert alias(NAME, "champion") == "1"  # the registry still says what the decision was compared with
+    crashed = json.loads((ws.metrics / "monitor.json").read_text())
+
+    monkeypatch.undo()
+    monitor.main(make_config(), ws)  # the rerun
+    report = json.loads((ws.metrics / "monitor.json").read_text())
+    assert report == crashed  # the same decision, reached against the same champion
+    assert report["registry"] == {
+        "model_name": NAME,
+        "version": 2,
+        "champion_before": 1,
+        "compared_with": 1,
+        "champion_after": 2,
+    }
+    assert [str(v.version) for v in registry.model_versions(MlflowClient(), NAME)] == ["2", "1"]
+    assert alias(NAME, "champion") == alias(NAME, "candidate") == "2"
+    assert MlflowClient().get_model_version(NAME, "2").tags["gate"] == "passed"
+
+
+class Payload:
+    """Unpickling this runs code: it creates the marker file."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def replace_with_payload(model_dir: Path, how: str, marker: Path) -> None:
+    """Swap a logged model's weights (or its declared loader) for a pickle that runs code when loaded."""
+    import pickle
+
+    import yaml
+
+    payload = pickle.dumps(Payload(marker))
+    data = model_dir / "data"
+    if how == "pt2 file":
+        (data / "model.pt2").write_bytes(payload)
+    elif how == "pickled model.pth":  # MLflow's PyTorch loader prefers model.pth and torch.load()s it
+        (data / "model.pth").write_bytes(payload)
+        (data / "pickle_module_info.txt").write_text("pickle")
+    else:  # a pyfunc PythonModel: MLflow cloudpickle-loads python_model.pkl
+        (model_dir / "python_model.pkl").write_bytes(payload)
+        mlmodel = yaml.safe_load((model_dir / "MLmodel").read_text())
+        mlmodel["flavors"] = {
+            "python_function": {"loader_module": "mlflow.pyfunc.model", "python_model": "python_model.pkl"}
+        }
+        (model_dir / "MLmodel").write_text(yaml.safe_dump(mlmodel))
+
+
+@pytest.mark.parametrize("how", ["pt2 file", "pickled model.pth", "pyfunc python model"])
+def test_a_champion_replaced_by_a_pickle_payload_runs_no_code_and_falls_back(ws, tmp_path, monkeypatch, caplog, how):
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "true")  # our own check must hold even then
+    run_monitor(ws, Oracle())  # v1
+    run_monitor(ws, Oracle())  # v2: champion
+    assert alias(NAME, "champion") == "2"
+    marker = tmp_path / "payload-ran"
+    replace_with_payload(artifact_dir("2"), how, marker)
+    with caplog.at_level(logging.WARNING, logger="rotmnist.registry"):
+        clf = registry.load_champion(NAME)
+    assert not marker.exists()
+    assert clf.version == "1"
+    assert "champion digits version 2 failed to load" in caplog.text and "fell back to version 1" in caplog.text
+    with pytest.raises(registry.RegistryError, match=r"^refusing to load model models:/digits/2: "):
+        registry.load_model(f"models:/{NAME}/2")
+    assert not marker.exists()

@@ -211,7 +211,7 @@ def test_a_resumed_study_neither_loses_nor_duplicates_trials(ws):
     states = [t.state for t in study.trials]
     assert states == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]
     assert study.trials[3].params == study.trials[2].params  # the killed trial's params, retried
-    assert study.trials[3].user_attrs["retry_of"] == 2
+    assert sweep.retry_of(study.trials[3]) == 2
     children = [r for r in runs(client) if "mlflow.parentRunId" in r.data.tags]
     assert len(children) == len(study.trials) == 4
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent_id}
@@ -277,7 +277,7 @@ def test_a_sweep_killed_mid_trial_and_restarted_ends_with_exactly_n_trials(ws):
     # the trial the kill interrupted is marked failed and its params were tried again
     failed = study.get_trials(states=(TrialState.FAIL,))
     assert [t.number for t in failed] == [left[0].number]
-    retries = [t for t in study.trials if t.user_attrs.get("retry_of") == failed[0].number]
+    retries = [t for t in study.trials if sweep.retry_of(t) == failed[0].number]
     assert len(retries) == 1 and retries[0].params == failed[0].params
 
 

@@ -146,3 +146,32 @@ def test_dataset_folder_with_mismatched_arrays(workspace, capsys):
     np.save(workspace / "data" / "raw" / "y.npy", ds.y[:3])
     assert cli.main(["augment"]) == 1
     assert "inconsistent" in one_line_error(capsys, "augment")
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("nan.npy", np.full((2, 28, 28), np.nan, np.float32), "nan.npy: pixels hold NaN or infinite values"),
+        ("empty.npy", np.zeros((0, 28, 28), np.uint8), "empty.npy holds no images (shape (0, 28, 28))"),
+        ("bool.npy", np.ones((2, 28, 28), bool), "bool.npy: expected a numeric array of shape (N, 28, 28), got bool"),
+        (
+            "narrow.npy",
+            np.zeros((3, 28, 27), np.uint8),
+            "expected a numeric array of shape (N, 28, 28), got uint8 (3, 28, 27)",
+        ),
+        ("scalar.npy", np.float32(3), "expected a numeric array of shape (N, 28, 28), got float32 ()"),
+        ("text.png", b"this is not an image\n", "cannot read text.png as an image"),
+        ("huge.npy", np.zeros((1400, 28, 28), np.uint8), "huge.npy is 1.0 MiB, over the limit of 0.5 MiB"),
+    ],
+)
+def test_predict_refuses_bad_input_in_one_line(workspace, capsys, name, content, message):
+    write_params(workspace, {"predict": {"max_file_mb": 0.5}})
+    path = workspace / name
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        np.save(path, content)
+    assert cli.main(["predict", name]) == 1  # a path relative to the workspace, as people type it
+    line = one_line_error(capsys, "predict")
+    assert message in line, line
+    assert not (workspace / "mlflow.db").exists()  # refused before any model or store is touched

@@ -1,6 +1,9 @@
 """Atomic writes and the dataset folder format."""
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -105,3 +108,19 @@ def test_write_metrics_refuses_what_dvc_cannot_show_and_names_the_keys(tmp_path)
     with pytest.raises(ValueError, match=r"<top>: \[1\]"):
         write_metrics(path, [1])
     assert json.loads(path.read_text()) == good  # the previous file stays
+
+
+def test_temporary_siblings_of_dead_writers_are_removed_and_those_of_live_ones_kept(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    dead, alive = proc.pid, os.getppid()
+    target = tmp_path / "splits"
+    stale = [tmp_path / f".splits.tmp-{dead}-abc", tmp_path / f".splits.old-{dead}"]
+    kept = [tmp_path / f".splits.tmp-{alive}-def", tmp_path / f".other.tmp-{dead}-ghi", tmp_path / ".splits.tmp-x"]
+    for folder in stale + kept:
+        (folder / "train").mkdir(parents=True)
+    with atomic_path(target, is_dir=True) as tmp:
+        assert tmp.name.startswith(f".splits.tmp-{os.getpid()}-")
+        assert not any(p.exists() for p in stale)
+        (tmp / "x.npy").write_bytes(b"")
+    assert all(p.exists() for p in kept) and (target / "x.npy").exists()

@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import optuna
 import pytest
@@ -156,30 +157,66 @@ def dead_pid() -> int:
     return proc.pid
 
 
-def test_release_dead_trials_fails_and_requeues_only_trials_of_dead_local_processes(tmp_path):
+def test_release_dead_trials_fails_and_requeues_trials_of_dead_processes_and_silent_workers(tmp_path):
     storage = sweep.open_storage(str(tmp_path / "journal.log"), Paths(root=tmp_path, store_root=tmp_path))
     study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
-    owners = {"dead": (socket.gethostname(), dead_pid()), "alive": (socket.gethostname(), os.getpid())}
-    owners["remote"] = ("another-host", dead_pid())
+    here, now = socket.gethostname(), time.time()
+    owners = {
+        "dead": (here, dead_pid(), None),
+        "alive": (here, os.getpid(), now - 60),  # a live local process counts, however old its last beat
+        "remote": ("another-host", dead_pid(), None),  # no heartbeat: nothing tells it is dead
+        "remote-beating": ("another-host", dead_pid(), now - 5),
+        "remote-silent": ("another-host", dead_pid(), now - 60),
+    }
     trials = {}
-    for name, (host, pid) in owners.items():
+    for name, (host, pid, beat) in owners.items():
         trial = study.ask()
         trial.suggest_float("lr", 0.001, 0.01)
         trial.set_user_attr("host", host)
         trial.set_user_attr("pid", pid)
+        trial.set_user_attr("mlflow_run_id", "")
+        if beat is not None:
+            trial.set_user_attr(sweep.HEARTBEAT_ATTR, beat)
         trials[name] = trial.number
     done = study.ask()
     study.tell(done, 0.9)
 
-    assert sweep.release_dead_trials(study) == [trials["dead"]]
+    assert sweep.release_dead_trials(study, grace_period=30) == [trials["dead"], trials["remote-silent"]]
     states = {t.number: t.state for t in study.get_trials()}
-    assert states[trials["dead"]] == TrialState.FAIL
-    assert states[trials["alive"]] == TrialState.RUNNING and states[trials["remote"]] == TrialState.RUNNING
+    assert states[trials["dead"]] == states[trials["remote-silent"]] == TrialState.FAIL
+    assert {states[trials[n]] for n in ("alive", "remote", "remote-beating")} == {TrialState.RUNNING}
     waiting = study.get_trials(states=(TrialState.WAITING,))
-    assert len(waiting) == 1 and waiting[0].system_attrs["fixed_params"] == study.trials[trials["dead"]].params
-    assert waiting[0].user_attrs["retry_of"] == trials["dead"]
+    assert [sweep.retry_of(t) for t in waiting] == [trials["dead"], trials["remote-silent"]]
+    assert [t.params for t in waiting] == [study.trials[trials[n]].params for n in ("dead", "remote-silent")]
+    assert all("pid" not in t.user_attrs for t in waiting)  # a retry does not inherit the dead worker's identity
     assert sweep.count_finished(study) == 1
-    assert sweep.release_dead_trials(study) == []  # idempotent
+    assert sweep.release_dead_trials(study, grace_period=30) == []  # idempotent
+
+
+def test_a_retried_trial_whose_worker_dies_again_is_not_retried_twice(tmp_path):
+    storage = sweep.open_storage(str(tmp_path / "journal.log"), Paths(root=tmp_path, store_root=tmp_path))
+    study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    for _ in range(2):  # the original, then its retry, each killed
+        trial = study.ask()
+        trial.suggest_float("lr", 0.001, 0.01)
+        trial.set_user_attr("host", socket.gethostname())
+        trial.set_user_attr("pid", dead_pid())
+        assert sweep.release_dead_trials(study, grace_period=30) == [trial.number]
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.FAIL]
+    assert sweep.retry_of(study.trials[1]) == 0
+
+
+def test_a_heartbeat_is_recorded_while_the_block_runs_and_stops_after(tmp_path):
+    storage = sweep.open_storage(str(tmp_path / "journal.log"), Paths(root=tmp_path, store_root=tmp_path))
+    study = optuna.create_study(study_name="s", storage=storage)
+    trial = study.ask()
+    with sweep.heartbeat(trial, interval=0.05):
+        first = study.trials[0].user_attrs[sweep.HEARTBEAT_ATTR]
+        time.sleep(0.3)
+        later = study.trials[0].user_attrs[sweep.HEARTBEAT_ATTR]
+    assert later > first
+    time.sleep(0.2)
+    assert study.trials[0].user_attrs[sweep.HEARTBEAT_ATTR] == later
 
 
 def test_summary_falls_back_to_the_best_pruned_trial_when_none_completed():
