@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from starlette.requests import Request  # at run time: FastAPI reads the endpoints' annotations
+from starlette.requests import ClientDisconnect, Request  # at run time: FastAPI reads the endpoints' annotations
 
 from rotmnist import registry
 from rotmnist.errors import PipelineError
@@ -257,7 +257,11 @@ class Batcher:
 
 
 class BodyLimit:
-    """ASGI middleware: a request body over `limit` bytes gets 413 (by its Content-Length, or while streaming)."""
+    """ASGI middleware: a request body over `limit` bytes gets 413 (by its Content-Length, or while streaming).
+
+    The rest of a refused body is read and dropped (up to 4x the limit) before answering, so that the
+    client, still sending, reads the 413 instead of a reset connection.
+    """
 
     def __init__(self, app: ASGIApp, limit: int):
         self.app, self.limit = app, limit
@@ -267,6 +271,8 @@ class BodyLimit:
             return await self.app(scope, receive, send)
         length = dict(scope["headers"]).get(b"content-length", b"0")
         if length.isdigit() and int(length) > self.limit:
+            if int(length) <= 4 * self.limit:
+                await _drain(receive, 4 * self.limit)
             return await _send_problem(send, HTTPProblem(413, self._message()))
         seen = 0
 
@@ -275,6 +281,8 @@ class BodyLimit:
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > self.limit:
+                if message.get("more_body"):
+                    await _drain(receive, 3 * self.limit)
                 raise HTTPProblem(413, self._message())
             return message
 
@@ -282,6 +290,15 @@ class BodyLimit:
 
     def _message(self) -> str:
         return f"request body is over serve.max_body_bytes ({self.limit} bytes)"
+
+
+async def _drain(receive: Receive, budget: int) -> None:
+    """Read and drop what is left of a request body, at most about `budget` bytes."""
+    while budget > 0:
+        message = await receive()
+        if message["type"] != "http.request" or not message.get("more_body"):
+            return
+        budget -= len(message.get("body", b""))
 
 
 async def _send_problem(send: Send, problem: HTTPProblem) -> None:
@@ -309,8 +326,6 @@ def image_batch(data: Any, what: str, max_images: int) -> np.ndarray:
         raise HTTPProblem(422, f"{what} must be a list of 28x28 images")
     if not data:
         raise HTTPProblem(422, f"{what} is empty: send at least one 28x28 image")
-    if len(data) > max_images:
-        raise HTTPProblem(413, f"{what} holds {len(data)} images, over serve.max_images ({max_images})")
     try:
         x = np.asarray(data)
     except (ValueError, TypeError, OverflowError, RecursionError):
@@ -319,6 +334,8 @@ def image_batch(data: Any, what: str, max_images: int) -> np.ndarray:
         raise HTTPProblem(422, f"{what} must hold numbers only (pixel values 0-255)")
     if x.ndim != 3 or x.shape[1:] != IMAGE_SHAPE:
         raise HTTPProblem(422, f"{what} must have shape (N, 28, 28), got {x.shape}")
+    if len(x) > max_images:
+        raise HTTPProblem(413, f"{what} holds {len(x)} images, over serve.max_images ({max_images})")
     problem = pixel_problem(x)
     if problem:
         raise HTTPProblem(422, f"{what}: {problem}")
@@ -331,7 +348,7 @@ async def uploaded_images(request: Request, settings: ServeConfig) -> tuple[list
         files = [("image", await request.body())]
     else:
         try:
-            form = await request.form(max_files=settings.max_images, max_fields=settings.max_images)
+            form = await request.form(max_files=settings.max_images + 1, max_fields=settings.max_images + 1)
         except HTTPProblem:
             raise
         except Exception as err:  # python-multipart / starlette refusing a malformed or oversized form
@@ -397,6 +414,10 @@ def create_app(keeper: Keeper, settings: ServeConfig) -> FastAPI:
     @app.exception_handler(HTTPProblem)
     async def _problem(request: Request, err: HTTPProblem) -> Response:
         return JSONResponse({"error": err.message}, status_code=err.status)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, err: ClientDisconnect) -> Response:  # nobody reads this answer
+        return JSONResponse({"error": "the client closed the connection mid-request"}, status_code=400)
 
     async def scored(x: np.ndarray) -> tuple[np.ndarray, Served]:
         try:
