@@ -25,7 +25,7 @@ print(f"http://127.0.0.1:5000/#/experiments/{row[0]}/runs" if row else "http://1
 endef
 export UI_ADDRESS
 
-.PHONY: setup repro test test-fast ui hooks lint bench clean-stores docs docs-serve
+.PHONY: setup repro test test-fast ui serve hooks lint bench clean-stores docs docs-serve
 
 setup: $(STAMP)
 
@@ -54,6 +54,10 @@ ui: setup
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db \
 		--default-artifact-root $(CURDIR)/mlartifacts --host 127.0.0.1 --port 5000
 
+## The champion over HTTP on http://127.0.0.1:8000 (page /, API /score and /invocations); the Dockerfile runs the same.
+serve: setup
+	$(BIN)/rotmnist serve
+
 ## Install the pre-commit hook (ruff + fast tests).
 hooks: setup
 	$(BIN)/pre-commit install
@@ -67,6 +71,7 @@ lint: setup
 bench: setup
 	$(BIN)/python benchmarks/augment.py
 	$(BIN)/python benchmarks/train.py
+	$(BIN)/python benchmarks/serve.py
 
 ## The API documentation (MkDocs + mkdocstrings, from the docstrings) built into site/; fails on any warning.
 docs: setup
