@@ -50,12 +50,13 @@ def store(tmp_path_factory, empty_store):
     folder = tmp_path_factory.mktemp("serve-store")
     shutil.copy(empty_store, folder / "mlflow.db")
     uri = f"sqlite:///{folder / 'mlflow.db'}"
-    old = os.environ.get("MLFLOW_TRACKING_URI")
+    old, old_cwd = os.environ.get("MLFLOW_TRACKING_URI"), os.getcwd()
     os.environ["MLFLOW_TRACKING_URI"] = uri
     mlflow.set_tracking_uri(uri)
     os.chdir(folder)  # MLflow puts a new experiment's artifacts under the working directory
     register_champion(template_classifier(), NAME)
     yield folder
+    os.chdir(old_cwd)
     if old is None:
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     else:
