@@ -38,7 +38,7 @@ PG_URL  := postgresql://postgres@127.0.0.1:$(PG_PORT)
 MLFLOW_BACKEND ?= sqlite:///$(CURDIR)/mlflow.db
 MLFLOW_PORT    ?= 5000
 
-.PHONY: setup repro test test-fast ui server postgres postgres-stop hooks lint bench clean-stores docs docs-serve
+.PHONY: setup repro test test-fast ui serve server postgres postgres-stop hooks lint bench clean-stores docs docs-serve
 
 setup: $(STAMP)
 
@@ -66,6 +66,10 @@ ui: setup
 	@$(BIN)/python -c "$$UI_ADDRESS" '$(CURDIR)/mlflow.db'
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db \
 		--default-artifact-root $(CURDIR)/mlartifacts --host 127.0.0.1 --port 5000
+
+## The champion over HTTP on http://127.0.0.1:8000 (page /, API /score and /invocations); the Dockerfile runs the same.
+serve: setup
+	$(BIN)/rotmnist serve
 
 ## MLflow tracking server on http://127.0.0.1:$(MLFLOW_PORT): store $(MLFLOW_BACKEND), artifacts proxied into mlartifacts/.
 ## Loopback only, MLflow's security middleware on (Host and CORS checks); see the README to expose it.
@@ -102,6 +106,7 @@ lint: setup
 bench: setup
 	$(BIN)/python benchmarks/augment.py
 	$(BIN)/python benchmarks/train.py
+	$(BIN)/python benchmarks/serve.py
 
 ## The API documentation (MkDocs + mkdocstrings, from the docstrings) built into site/; fails on any warning.
 docs: setup

@@ -45,7 +45,7 @@ _SEGMENTS = {
 }
 
 
-def _digit_templates() -> np.ndarray:
+def digit_templates() -> np.ndarray:
     """Ten 28x28 boolean stroke images, one per digit, in a box at rows 5..22 and columns 9..18."""
     t, b, left, right, mid, w = 5, 22, 9, 18, 13, 2
     strokes = {
@@ -70,7 +70,7 @@ def tiny_mnist(n_train: int = 60, n_test: int = 20, seed: int = 0) -> Arrays:
     Every class appears in a set of at least 10 images; the images are distinct in practice.
     """
     rng = np.random.default_rng(seed)
-    templates = _digit_templates()
+    templates = digit_templates()
 
     def make(n: int) -> tuple[np.ndarray, np.ndarray]:
         y = rng.permutation(np.arange(n) % 10).astype(np.uint8)

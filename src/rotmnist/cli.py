@@ -1,4 +1,4 @@
-"""`rotmnist <stage>`: the command line that `dvc.yaml` calls, one subcommand per stage, plus `predict`.
+"""`rotmnist <stage>`: the command line that `dvc.yaml` calls, one subcommand per stage, plus `predict` and `serve`.
 
 Every expected failure is a `PipelineError`: printed on one line, exit status 1 (2 for invalid
 params); `-v` shows the traceback. Anything else is a bug and keeps its traceback.
@@ -24,6 +24,7 @@ STAGES = {
 }
 COMMANDS = {
     "predict": ("rotmnist.predict", "score image files or a .npy array with the champion model"),
+    "serve": ("rotmnist.serve", "serve the champion over HTTP (/score, /invocations) with a page to draw a digit"),
 }
 
 log = logging.getLogger("rotmnist")
@@ -42,6 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
     predict = sub.add_parser("predict", help=COMMANDS["predict"][1], description=COMMANDS["predict"][1])
     predict.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...) or .npy arrays of shape (N, 28, 28)")
     predict.add_argument("--model", default=None, help="model URI (default: models:/<monitor.model_name>@champion)")
+    serve = sub.add_parser("serve", help=COMMANDS["serve"][1], description=COMMANDS["serve"][1])
+    serve.add_argument(
+        "--model", default=None, help="model URI (default: models:/<monitor.model_name>@champion, followed as it moves)"
+    )
+    serve.add_argument("--host", default=None, help="address to bind (default: serve.host, 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=None, help="port (default: serve.port, 8000)")
     return parser
 
 
@@ -54,6 +61,8 @@ def run(args: argparse.Namespace) -> None:
     config = load_config(args.params)
     if args.command in STAGES:
         importlib.import_module(STAGES[args.command][0]).main(config, paths)
+    elif args.command == "serve":
+        importlib.import_module(COMMANDS["serve"][0]).main(config, paths, args.model, args.host, args.port)
     else:
         importlib.import_module(COMMANDS[args.command][0]).main(config, paths, args.images, args.model)
 

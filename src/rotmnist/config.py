@@ -265,6 +265,20 @@ class PredictConfig(_Section):
     max_file_mb: float = Field(64.0, gt=0.0)  # `rotmnist predict` refuses larger input files
 
 
+class ServeConfig(_Section):
+    """`rotmnist serve`: where it listens, how often it looks for a new champion, what it accepts."""
+
+    host: str = Field("127.0.0.1", min_length=1)  # loopback; expose it through a reverse proxy (README)
+    port: int = Field(8000, ge=1, le=65535)
+    poll_seconds: float = Field(10.0, ge=0.0)  # how often the champion alias is checked; 0 = only POST /reload
+    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)  # larger request bodies get 413
+    max_images: int = Field(1024, ge=1)  # per request (JSON batch or uploaded files); more get 413
+    max_image_pixels: int = Field(16_000_000, ge=784)  # width x height of one uploaded image; larger get 413
+    batch_images: int = Field(256, ge=1)  # most images scored in one forward pass when requests are batched
+    batch_wait_ms: float = Field(0.0, ge=0.0, le=100.0)  # extra wait to gather a batch; 0 = what queued meanwhile
+    threads: int = Field(1, ge=0)  # torch threads for scoring; 0 = torch's default
+
+
 class MlflowConfig(_Section):
     experiment: str = Field("rotmnist", min_length=1)
     tracking_uri: str = ""
@@ -278,6 +292,7 @@ class Config(_Section):
     train: TrainConfig = TrainConfig()
     monitor: MonitorConfig = MonitorConfig()
     predict: PredictConfig = PredictConfig()
+    serve: ServeConfig = ServeConfig()
     mlflow: MlflowConfig = MlflowConfig()
 
 

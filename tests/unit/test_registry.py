@@ -27,14 +27,32 @@ def centre_of_mass(img: np.ndarray) -> tuple[float, float]:
     return (w.sum(1) @ np.arange(28)) / w.sum(), (w.sum(0) @ np.arange(28)) / w.sum()
 
 
-def test_a_28x28_white_on_black_image_is_kept_as_is():
-    img = digit_one()
-    assert np.array_equal(images.to_mnist_image(img), img)
+def test_a_28x28_image_is_prepared_like_any_other_size():
+    out = images.to_mnist_image(digit_one())  # a 14-px bar left of centre
+    rows, _ = np.nonzero(out > 50)
+    assert rows.max() - rows.min() + 1 in (19, 20, 21)
+    cy, cx = centre_of_mass(out)
+    assert abs(cy - 13.5) <= 1 and abs(cx - 13.5) <= 1
+
+
+def test_a_prepared_digit_prepared_again_moves_at_most_one_pixel():
+    from tests.helpers import digit_templates
+
+    for template in digit_templates():
+        digit = images.to_mnist_image(template * 255)
+        again = images.to_mnist_image(digit) > 127
+        ink = digit > 127
+        overlaps = [
+            (np.roll(again, (dy, dx), (0, 1)) & ink).sum() / (np.roll(again, (dy, dx), (0, 1)) | ink).sum()
+            for dy in (-1, 0, 1)
+            for dx in (-1, 0, 1)
+        ]
+        assert max(overlaps) > 0.95
 
 
 def test_dark_on_light_is_inverted():
     out = images.to_mnist_image(digit_one(ink=0, paper=255))
-    assert np.array_equal(out, digit_one())
+    assert np.array_equal(out, images.to_mnist_image(digit_one()))
 
 
 def test_a_large_image_is_cropped_scaled_to_20px_and_centred():

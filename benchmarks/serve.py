@@ -1,0 +1,184 @@
+"""Benchmark of `rotmnist serve` against `mlflow models serve` on the same champion, over loopback.
+
+Usage: python benchmarks/serve.py [--duration 10] [--model-name rotmnist-cnn]
+Uses the repository's MLflow store (MLFLOW_TRACKING_URI wins) and its champion; both servers get the same
+requests on MLflow's protocol (`POST /invocations`, `{"inputs": ...}`). The load comes from `wrk` (or `hey`),
+native programs that leave the two cores to the server; without either the benchmark says so and stops.
+Prints a markdown table: time to the first healthy answer, single-image p50/p99 and requests/s at
+concurrency 1 and 10, and one 256-image batch (best of 5).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def digits(n: int) -> np.ndarray:
+    """`n` test digits from data/splits/test if it exists, else synthetic strokes (the timing is the same)."""
+    x = REPO / "data" / "splits" / "test" / "x.npy"
+    if x.exists():
+        return np.load(x, mmap_mode="r")[:n].astype(np.uint8)
+    rng = np.random.default_rng(0)
+    img = np.zeros((n, 28, 28), np.uint8)
+    img[:, 6:22, 12:16] = rng.integers(150, 256, size=(n, 1, 1))
+    return img
+
+
+def start(cmd: list[str], health: str, env: dict) -> tuple[subprocess.Popen, float]:
+    """Start a server; return it and the seconds until `health` answered 200."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    while time.perf_counter() - t0 < 300:
+        if proc.poll() is not None:
+            sys.exit(f"{cmd[0]} exited: {proc.stderr.read()[-2000:]}")
+        try:
+            with urllib.request.urlopen(health, timeout=1) as r:
+                if r.status == 200:
+                    return proc, time.perf_counter() - t0
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    sys.exit(f"{' '.join(cmd)} did not become healthy in 300 s")
+
+
+def load(tool: str, url: str, body: Path, concurrency: int, seconds: int) -> dict[str, float]:
+    """p50 and p99 latency (ms) and requests/s of POSTing `body` for `seconds` at `concurrency`."""
+    if tool == "wrk":
+        script = body.with_suffix(".lua")
+        script.write_text(
+            'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+            f'local f = io.open("{body}", "rb"); wrk.body = f:read("*a"); f:close()\n'
+        )
+        cmd = ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "--latency", "-s", str(script), url]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+        unit = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+        def pct(p: str) -> float:
+            value, u = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)$", out, re.M).groups()
+            return float(value) * unit[u]
+
+        errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+        if errors:
+            sys.exit(f"{url}: {errors.group(1)} requests failed")
+        return {"p50": pct("50"), "p99": pct("99"), "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1])}
+    cmd = ["hey", "-z", f"{seconds}s", "-c", str(concurrency), "-m", "POST", "-T", "application/json"]
+    out = subprocess.run([*cmd, "-D", str(body), url], capture_output=True, text=True, check=True).stdout
+    return {
+        "p50": float(re.search(r"50%+ in ([\d.]+) secs", out)[1]) * 1e3,
+        "p99": float(re.search(r"99%+ in ([\d.]+) secs", out)[1]) * 1e3,
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1]),
+    }
+
+
+def batch_ms(url: str, body: bytes, repeats: int = 5) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        req = urllib.request.Request(url, body, {"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=120) as r:
+            preds = json.load(r)["predictions"]
+        best = min(best, time.perf_counter() - t0)
+        assert len(preds) == 256
+    return best * 1e3
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=int, default=10, help="seconds of load per row")
+    parser.add_argument("--model-name", default=None, help="registered model (default: params.yaml monitor.model_name)")
+    args = parser.parse_args()
+    tool = next((t for t in ("wrk", "hey") if shutil.which(t)), None)
+    if tool is None:
+        sys.exit("benchmarks/serve.py needs a native load generator: apt-get install wrk (or hey)")
+
+    from rotmnist.config import load_config
+
+    config = load_config(REPO / "params.yaml")
+    name = args.model_name or config.monitor.model_name
+    env = os.environ | {"PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    env.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{REPO / 'mlflow.db'}")
+    tmp = Path(tempfile.mkdtemp(prefix="serve-bench-"))
+    one = tmp / "one.json"
+    one.write_text(json.dumps({"inputs": digits(1).tolist()}))
+    batch = json.dumps({"inputs": digits(256).tolist()}).encode()
+
+    servers = {
+        "`rotmnist serve`": lambda port: (
+            [str(BIN / "rotmnist"), "serve", "--port", str(port)],
+            f"http://127.0.0.1:{port}/health",
+        ),
+        "`mlflow models serve`": lambda port: (
+            [
+                str(BIN / "mlflow"),
+                "models",
+                "serve",
+                "-m",
+                f"models:/{name}@champion",
+                "--env-manager",
+                "local",
+                "--host",
+                "127.0.0.1",
+                "-p",
+                str(port),
+            ],
+            f"http://127.0.0.1:{port}/ping",
+        ),
+    }
+    rows = []
+    for label, make in servers.items():
+        port = free_port()
+        cmd, health = make(port)
+        proc, startup = start(cmd, health, env)
+        url = f"http://127.0.0.1:{port}/invocations"
+        try:
+            batch_ms(url, batch, repeats=1)  # warm-up
+            c1 = load(tool, url, one, 1, args.duration)
+            c10 = load(tool, url, one, 10, args.duration)
+            b = batch_ms(url, batch)
+        finally:
+            proc.terminate()
+            proc.wait(30)
+        rows.append((label, startup, c1, c10, b))
+        print(f"{label}: done", file=sys.stderr)
+
+    base = rows[1][3]["rps"]
+    print(
+        f"\nLoad: {tool}, {args.duration} s per row, one thread; {os.cpu_count()} CPU cores shared with the server.\n"
+    )
+    print(
+        "| server | start to healthy (s) | c=1 p50 / p99 (ms) | c=1 req/s | c=10 p50 / p99 (ms) | c=10 req/s "
+        "| vs mlflow (c=10) | 256-image batch (ms) |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for label, startup, c1, c10, b in rows:
+        print(
+            f"| {label} | {startup:.1f} | {c1['p50']:.2f} / {c1['p99']:.2f} | {c1['rps']:,.0f} "
+            f"| {c10['p50']:.2f} / {c10['p99']:.2f} | {c10['rps']:,.0f} | {c10['rps'] / base:.1f}x | {b:.0f} |"
+        )
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

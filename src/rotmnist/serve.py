@@ -1,0 +1,33 @@
+"""`rotmnist serve`: the registry's champion (or `--model`) over HTTP, with a page to draw a digit.
+
+Loads the model once before listening (a model that does not load is a one-line error, exit 1), then
+runs the app of `rotmnist.serve_app` with uvicorn. Imports no training code.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from rotmnist import serve_app, tracking
+from rotmnist.config import Config
+from rotmnist.paths import Paths
+
+log = logging.getLogger(__name__)
+
+
+def main(config: Config, paths: Paths, model_uri: str | None = None, host: str | None = None, port: int | None = None):
+    """Serve until interrupted; `host` and `port` override params.yaml's `serve.host` and `serve.port`."""
+    import uvicorn
+
+    settings = config.serve
+    if settings.threads:
+        import torch
+
+        torch.set_num_threads(settings.threads)
+    tracking.configure_mlflow(config, paths)
+    source = serve_app.ModelSource(config.monitor.model_name, model_uri)
+    keeper = serve_app.Keeper(source, source.load_initial())
+    app = serve_app.create_app(keeper, settings)
+    host, port = host or settings.host, port or settings.port
+    log.info("serving %s on http://%s:%d (page: /, API: /score, /invocations)", keeper.describe(), host, port)
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, timeout_graceful_shutdown=10)

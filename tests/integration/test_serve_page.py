@@ -1,0 +1,107 @@
+"""The drawing page in a real browser: Debian's Chromium driven by Playwright (never a downloaded browser)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from rotmnist import serve_app
+from rotmnist.config import ServeConfig
+from tests.serving import STROKES, drawing, ellipse_points, register_champion, serving, template_classifier
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Chromium: apt-get install chromium"),
+]
+
+
+@pytest.fixture(scope="module")
+def url(tmp_path_factory, empty_store):
+    folder = tmp_path_factory.mktemp("page-store")
+    shutil.copy(empty_store, folder / "mlflow.db")
+    old_uri, old_cwd = os.environ.get("MLFLOW_TRACKING_URI"), os.getcwd()
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{folder / 'mlflow.db'}"
+    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    os.chdir(folder)
+    try:
+        register_champion(template_classifier(), "digits")
+        source = serve_app.ModelSource("digits")
+        keeper = serve_app.Keeper(source, source.load_initial())
+        with serving(serve_app.create_app(keeper, ServeConfig(poll_seconds=0))) as base:
+            yield base
+    finally:
+        os.chdir(old_cwd)
+        if old_uri is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = old_uri
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        yield b
+        b.close()
+
+
+def draw(page, lines: list[list[tuple[int, int]]]) -> None:
+    """Mouse strokes through the points of `lines` (coordinates of the 280 px pad, scaled to its size on screen)."""
+    box = page.locator("#pad").bounding_box()
+    sx, sy = box["width"] / 280, box["height"] / 280
+    for line in lines:
+        page.mouse.move(box["x"] + line[0][0] * sx, box["y"] + line[0][1] * sy)
+        page.mouse.down()
+        for x, y in line[1:]:
+            page.mouse.move(box["x"] + x * sx, box["y"] + y * sy, steps=8)
+        page.mouse.up()
+
+
+@pytest.mark.parametrize("width", [1024, 390])  # a desktop window and a phone
+def test_a_digit_drawn_with_the_mouse_is_predicted(browser, url, width):
+    page = browser.new_page(viewport={"width": width, "height": 800})
+    page.goto(url)
+    page.wait_for_function("document.getElementById('model').textContent.includes('version 1')")
+    for digit, lines in [(1, STROKES[1]), (0, [ellipse_points()]), (7, STROKES[7])]:
+        page.click("#clear")
+        draw(page, lines)
+        page.click("#predict")
+        page.wait_for_function(f"document.getElementById('digit').textContent === '{digit}'", timeout=10_000)
+        assert page.locator("#bars .bar").count() == 10
+        assert page.locator("#bars .bar.best").count() == 1
+        assert page.inner_text("#probability").endswith("%")
+    assert page.inner_text("#model") == "model: digits version 1"
+    assert page.inner_text("#error") == ""
+    page.close()
+
+
+def test_an_uploaded_png_is_predicted_and_predict_on_an_empty_pad_asks_for_a_drawing(browser, url, tmp_path):
+    page = browser.new_page()
+    page.goto(url)
+    page.click("#predict")
+    assert page.inner_text("#error") == "Draw a digit first."
+    drawing(4).resize((120, 160)).save(tmp_path / "four.png")
+    page.set_input_files("#upload", str(tmp_path / "four.png"))
+    page.wait_for_function("document.getElementById('digit').textContent === '4'", timeout=10_000)
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    page.set_input_files("#upload", str(tmp_path / "bad.png"))
+    page.wait_for_function("document.getElementById('error').textContent.includes('Could not score')")
+    assert "not an image that can be decoded" in page.inner_text("#error")
+    page.close()
