@@ -17,7 +17,7 @@ from rotmnist import compare_runs, comparison, io, plots, tracking
 from rotmnist.config import Config
 from rotmnist.errors import PipelineError
 from rotmnist.paths import Paths
-from rotmnist.spec import PIPELINE_CONFIGURATION, describe, split_configuration
+from rotmnist.spec import CONFIGURATIONS, PIPELINE_CONFIGURATION, describe, split_configuration
 from rotmnist.training import Hyper, apply_threads, hyper_dict, recipe, resolve_device
 
 log = logging.getLogger(__name__)
@@ -25,34 +25,41 @@ log = logging.getLogger(__name__)
 METRICS_FILE = "compare.json"
 
 
-def _model(name: str, config: Config, paths: Paths, train: io.Dataset, hp: Hyper, device: Any) -> tuple[Any, ...]:
+def _model(name: str, config: Config, train: io.Dataset, hp: Hyper, device: Any, pipeline: Any) -> tuple[Any, ...]:
     """Configuration `name`'s CPU model, a row's description of it, its spec and its training record."""
     if name != PIPELINE_CONFIGURATION:
         family, data = split_configuration(name)
-        model, record = comparison.train_configuration(name, config.compare, train, hp, device)
         spec = getattr(config.compare.specs, family)
-    else:  # `train`'s model: trained on the whole (rotated) train split; its record is in its MLflow run
-        model, reference = comparison.load_pipeline_model(paths.model_file, paths.run_reference)
+        model, record = comparison.train_configuration(name, config.compare, train, hp, device)
+    else:  # `train`'s model, trained on the whole (rotated) train split; its record is in its MLflow run
+        model, reference = pipeline
         spec, data = reference["spec"], "rotated"
         record = compare_runs.training_record(str(reference.get("run_id", "")))
         record = record or {"train_images": 0, "train_seconds": 0.0, "trained_by": "train (run not in this store)"}
     return model, {"model": describe(spec), "training_data": data}, spec, record
 
 
-def _rounded(rows: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    def r(v: Any) -> Any:
-        return round(v, 6) if isinstance(v, float) else {k: r(x) for k, x in v.items()} if isinstance(v, dict) else v
+def _rounded(value: Any) -> Any:
+    """`value` with every float (also inside dicts) rounded to 6 decimals, for a readable metrics file."""
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    return round(value, 6) if isinstance(value, float) else value
 
-    return {name: r(row) for name, row in rows.items()}
+
+def angle_table(rows: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Accuracy per angle, one column per configuration: every possible one, blank if not run (dvc.yaml names them)."""
+    angles = sorted({int(a) for row in rows.values() for a in row["angle_accuracy"]})
+    return [
+        {"angle": a} | {n: rows[n]["angle_accuracy"].get(str(a), "") if n in rows else "" for n in CONFIGURATIONS}
+        for a in angles
+    ]
 
 
 def write_outputs(paths: Paths, config: Config, rows: dict[str, dict[str, Any]], seconds: float) -> list[Path]:
-    """metrics/compare.json, and plots/compare/: CSV for `dvc plots` (one file per configuration's angles), PNGs."""
+    """metrics/compare.json, and plots/compare/: CSV for `dvc plots`, PNGs for people and MLflow."""
     sla, folder = config.compare.sla, paths.plots / "compare"
     with io.atomic_path(folder, is_dir=True) as tmp:
-        for name, row in rows.items():
-            angles = [{"angle": int(a), "accuracy": v} for a, v in row["angle_accuracy"].items()]
-            io.write_csv(tmp / "angle_accuracy" / f"{name}.csv", angles)
+        io.write_csv(tmp / "angle_accuracy.csv", angle_table(rows))
         keys = ("latency_ms_p99", "worst_angle_accuracy", "latency_ms_p50", "sla_met", "pareto")
         io.write_csv(tmp / "pareto.csv", [{"configuration": n} | {k: r[k] for k in keys} for n, r in rows.items()])
         plots.plot_compare_angles(rows, tmp / "angle_accuracy.png", sla.min_worst_angle_accuracy)
@@ -72,6 +79,8 @@ def main(config: Config, paths: Paths) -> None:
     train, test = (io.load_dataset(paths.split(s)) for s in ("train", "test"))
     if len(test) == 0:
         raise PipelineError(f"the test split {paths.split('test')} is empty; check the split stage")
+    listed = PIPELINE_CONFIGURATION in cfg.configurations
+    pipeline = comparison.load_pipeline_model(paths.model_file, paths.run_reference) if listed else None
     hp = recipe(config, cfg.model_dump(include={"lr", "weight_decay", "batch_size"}), epochs=1)
     device = resolve_device(config.train.device)
     tracking.configure_mlflow(config, paths)
@@ -82,7 +91,7 @@ def main(config: Config, paths: Paths) -> None:
     with compare_runs.parent_run("compare", tags, params | {"configurations": ",".join(cfg.configurations)}) as parent:
         for name in cfg.configurations:
             with compare_runs.configuration_run(parent, name, tags, params) as run_ids[name]:
-                model, described, spec, record = _model(name, config, paths, train, hp, device)
+                model, described, spec, record = _model(name, config, train, hp, device, pipeline)
                 rows[name] = described | comparison.score(model, test, cfg) | record
                 compare_runs.log_row(rows[name], spec)
             _announce(name, rows[name])

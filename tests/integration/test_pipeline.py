@@ -11,6 +11,7 @@ from mlflow import MlflowClient
 
 from rotmnist.io import MNIST_TEST, load_dataset
 from rotmnist.paths import SPLITS
+from rotmnist.spec import CONFIGURATIONS
 from tests.integration.conftest import run
 
 pytestmark = pytest.mark.slow
@@ -45,6 +46,20 @@ def test_repro_builds_the_versioned_dataset_and_is_then_a_no_op(tiny_repo):
     assert gate["registry"]["version"] == 1
     assert str(client.get_model_version_by_alias("rotmnist-cnn", "candidate").version) == "1"
 
+    # compare: every configuration in one table, the pipeline's row with the train run's record
+    table = json.loads((tiny_repo / "metrics" / "compare.json").read_text())["configurations"]
+    assert set(table) == set(CONFIGURATIONS)
+    assert (
+        table["pipeline"]["trained_by"]
+        == f"train run {json.loads((tiny_repo / 'models' / 'run.json').read_text())['run_id']}"
+    )
+    assert table["pipeline"]["train_images"] > 0 and table["pipeline"]["train_seconds"] > 0
+    shown = run(["dvc", "metrics", "show", "metrics/compare.json"], tiny_repo).stdout
+    assert "configurations.cnn-rotated.worst_angle_accuracy" in shown
+    plots = json.loads(run(["dvc", "plots", "show", "--json"], tiny_repo).stdout)
+    assert not plots.get("errors"), plots["errors"]
+    assert {"plots/compare/angle_accuracy.csv", "plots/compare/pareto.csv"} <= set(plots["data"])
+
     assert "up to date" in run(["dvc", "status"], tiny_repo).stdout.lower()
     again = run(["dvc", "repro"], tiny_repo).stdout
     assert "didn't change" in again or "up to date" in again.lower()
@@ -62,7 +77,7 @@ def test_repro_builds_the_versioned_dataset_and_is_then_a_no_op(tiny_repo):
 def _children(client: MlflowClient) -> list:
     """The trial runs of the sweep(s) in the `rotmnist` experiment."""
     experiment = client.get_experiment_by_name("rotmnist")
-    return client.search_runs([experiment.experiment_id], "tags.mlflow.parentRunId != ''")
+    return client.search_runs([experiment.experiment_id], "tags.mlflow.parentRunId != '' and tags.stage = 'tune'")
 
 
 def test_exp_run_in_a_temporary_copy_logs_into_the_same_stores(tiny_repo):
