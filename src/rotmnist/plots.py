@@ -10,6 +10,7 @@ import math
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 import numpy as np
 from matplotlib.figure import Figure
 
@@ -132,6 +133,9 @@ def plot_pareto(rows: dict[str, dict], path: str | Path, min_accuracy: float, ma
     ax.axhline(min_accuracy, color="green", ls=":", lw=1, label="SLA: worst-angle accuracy")
     ax.axvline(max_latency_ms, color="red", ls=":", lw=1, label="SLA: p99 latency")
     ax.set_xscale("log")
+    ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set(xlabel="single-image latency p99 (ms, log scale)", ylabel="worst-angle test accuracy")
     ax.set_title("Accuracy at the hardest angle against latency")
     ax.grid(alpha=0.3, which="both")
