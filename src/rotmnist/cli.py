@@ -33,7 +33,7 @@ log = logging.getLogger("rotmnist")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rotmnist",
-        description="Rotation-robust MNIST pipeline: download -> augment -> split -> tune -> train -> monitor.",
+        description="Rotation-robust MNIST: download -> augment -> split -> tune -> train -> monitor; compare.",
     )
     parser.add_argument("--params", default=None, help="params file (default: params.yaml of the workspace)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks")
