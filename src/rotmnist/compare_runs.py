@@ -66,7 +66,7 @@ def log_summary(run_ids: dict[str, str], rows: dict[str, dict[str, Any]], files:
     mlflow.log_dict(rows, "compare.json")
     mlflow.log_metrics({"configurations": len(rows), "sla_met": sum(r["sla_met"] for r in rows.values())})
     for f in files:
-        mlflow.log_artifact(str(f), "plots" if f.parent.name == "compare" else f"plots/{f.parent.name}")
+        mlflow.log_artifact(str(f), "plots")
 
 
 def training_record(run_id: str) -> dict[str, Any] | None:
