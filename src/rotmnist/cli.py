@@ -21,6 +21,7 @@ STAGES = {
     "tune": ("rotmnist.tune", "Optuna sweep, one MLflow run per trial: models/best_params.json"),
     "train": ("rotmnist.train", "train the final model and log it to MLflow: models/"),
     "monitor": ("rotmnist.monitor", "holdout drift check, registration and gated promotion to champion"),
+    "compare": ("rotmnist.compare", "model families x training data side by side: accuracy, latency, SLA"),
 }
 COMMANDS = {
     "predict": ("rotmnist.predict", "score image files or a .npy array with the champion model"),
@@ -33,7 +34,7 @@ log = logging.getLogger("rotmnist")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rotmnist",
-        description="Rotation-robust MNIST pipeline: download -> augment -> split -> tune -> train -> monitor.",
+        description="Rotation-robust MNIST: download -> augment -> split -> tune -> train -> monitor; compare.",
     )
     parser.add_argument("--params", default=None, help="params file (default: params.yaml of the workspace)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks")

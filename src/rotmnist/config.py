@@ -13,6 +13,7 @@ from rotmnist.paths import Paths
 from rotmnist.spec import (
     ALLOWED_ANGLES,
     CNN_CHOICES,
+    CONFIGURATIONS,
     DEVICES,
     FAMILIES,
     MLP_CHOICES,
@@ -20,6 +21,7 @@ from rotmnist.spec import (
     ROTATION_CHUNK,
     SCHEDULES,
     check_optuna_storage,
+    normalize_spec,
 )
 
 __all__ = ["Config", "ConfigError", "config_from_dict", "load_config"]
@@ -30,6 +32,7 @@ Family = Literal[FAMILIES]  # type: ignore[valid-type]
 Schedule = Literal[SCHEDULES]  # type: ignore[valid-type]
 Precision = Literal[PRECISIONS]  # type: ignore[valid-type]
 Device = Literal[DEVICES]  # type: ignore[valid-type]
+Configuration = Literal[CONFIGURATIONS]  # type: ignore[valid-type]
 
 
 class _Section(BaseModel):
@@ -279,6 +282,63 @@ class ServeConfig(_Section):
     threads: int = Field(1, ge=0)  # torch threads for scoring; 0 = torch's default
 
 
+class CompareSpecs(_Section):
+    """The fixed model of each family that `compare` trains (spec keys as in `spec.SPEC_KEYS`, family implied)."""
+
+    logreg: dict[str, Any] = Field({}, validate_default=True)
+    mlp: dict[str, Any] = Field({"layers": 2, "width": 512, "dropout": 0.1}, validate_default=True)
+    cnn: dict[str, Any] = Field(
+        {"blocks": 3, "channels": 16, "kernel": 3, "dense": 128, "dropout": 0.25}, validate_default=True
+    )
+
+    @field_validator("logreg", "mlp", "cnn")
+    @classmethod
+    def _spec(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        if "family" in v:
+            raise ValueError("the family is the key above; remove 'family'")
+        return normalize_spec({"family": info.field_name, **v})
+
+
+class LatencyConfig(_Section):
+    """How `compare` times predictions: the same for every configuration, after a warm-up."""
+
+    num_threads: int = Field(1, ge=1)  # torch CPU threads while timing: one core per serving worker
+    warmup: int = Field(50, ge=1)  # untimed single-image calls first
+    single_calls: int = Field(1000, ge=10)  # timed one-image calls: p50 and p99
+    batch_size: int = Field(256, ge=1)  # images per call for the throughput figure
+    batch_calls: int = Field(20, ge=1)  # timed batch calls: median throughput
+
+
+class SlaConfig(_Section):
+    """What a configuration must deliver to be served: accuracy at every angle and single-image tail latency."""
+
+    min_worst_angle_accuracy: float = Field(0.99, ge=0.0, le=1.0)
+    max_p99_latency_ms: float = Field(5.0, gt=0.0)
+
+
+class CompareConfig(_Section):
+    configurations: tuple[Configuration, ...] = CONFIGURATIONS
+    train_images: int = Field(300_000, ge=1)  # images each trained configuration sees (one pass; same for all)
+    lr: float = Field(3e-3, gt=0.0)
+    weight_decay: float = Field(1e-4, ge=0.0)
+    batch_size: int = Field(256, ge=1)
+    seed: int = Field(0, ge=0)
+    specs: CompareSpecs = CompareSpecs()
+    latency: LatencyConfig = LatencyConfig()
+    sla: SlaConfig = SlaConfig()
+
+    @field_validator("configurations", mode="before")
+    @classmethod
+    def _configurations(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            v = tuple(v)
+        if isinstance(v, tuple) and not v:
+            raise ValueError(f"configurations must name at least one of {list(CONFIGURATIONS)}")
+        if isinstance(v, tuple) and len(set(v)) != len(v):
+            raise ValueError(f"configurations must not repeat, got {list(v)}")
+        return v
+
+
 class MlflowConfig(_Section):
     experiment: str = Field("rotmnist", min_length=1)
     tracking_uri: str = ""
@@ -293,6 +353,7 @@ class Config(_Section):
     monitor: MonitorConfig = MonitorConfig()
     predict: PredictConfig = PredictConfig()
     serve: ServeConfig = ServeConfig()
+    compare: CompareConfig = CompareConfig()
     mlflow: MlflowConfig = MlflowConfig()
 
 

@@ -10,6 +10,7 @@ import math
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import PercentFormatter
@@ -149,4 +150,43 @@ def plot_roc(curves: dict[int, tuple[np.ndarray, np.ndarray]], path: str | Path)
         ax.grid(alpha=0.3)
     linear.legend(title="digit vs rest", loc="lower right", fontsize=7, title_fontsize=8)
     fig.suptitle(f"Holdout ROC curves, one digit against the rest ({len(curves)} classes)", fontsize=11)
+    return save_png(fig, path)
+
+
+def plot_compare_angles(rows: dict[str, dict], path: str | Path, min_accuracy: float) -> Path:
+    """Test accuracy per angle, one line per configuration, with the SLA's worst-angle floor."""
+    fig = Figure(figsize=(8, 4.5))
+    ax = fig.add_subplot()
+    for name, row in rows.items():
+        angles = sorted(row["angle_accuracy"], key=int)
+        style = "--" if name.endswith("-upright") else "-"
+        ax.plot([int(a) for a in angles], [row["angle_accuracy"][a] for a in angles], style, marker="o", label=name)
+    ax.axhline(min_accuracy, color="red", ls=":", lw=1, label="SLA floor")
+    ax.set(xlabel="rotation (degrees)", ylabel="test accuracy", title="Test accuracy per angle, per configuration")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
+    return save_png(fig, path)
+
+
+def plot_pareto(rows: dict[str, dict], path: str | Path, min_accuracy: float, max_latency_ms: float) -> Path:
+    """Worst-angle accuracy against single-image p99 latency; the Pareto front joined, the SLA's limits."""
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.add_subplot()
+    for name, row in rows.items():
+        x, y = row["latency_ms_p99"], row["worst_angle_accuracy"]
+        ax.scatter(x, y, s=40, marker="o" if row["pareto"] else "x", color="C0" if row["pareto"] else "grey")
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    front = sorted((r["latency_ms_p99"], r["worst_angle_accuracy"]) for r in rows.values() if r["pareto"])
+    if front:
+        ax.step(*zip(*front, strict=True), where="post", color="C0", lw=1, label="Pareto front")
+    ax.axhline(min_accuracy, color="green", ls=":", lw=1, label="SLA: worst-angle accuracy")
+    ax.axvline(max_latency_ms, color="red", ls=":", lw=1, label="SLA: p99 latency")
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set(xlabel="single-image latency p99 (ms, log scale)", ylabel="worst-angle test accuracy")
+    ax.set_title("Accuracy at the hardest angle against latency")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(loc="lower right", fontsize=8)
     return save_png(fig, path)

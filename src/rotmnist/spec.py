@@ -1,4 +1,5 @@
-"""The allowed values, spelled once: angles, model families and their specs, schedules, precisions, devices.
+"""The allowed values, spelled once: angles, model families and their specs, schedules, precisions, devices,
+and the configurations the `compare` stage can run.
 
 Torch-free, so `config` validates `params.yaml` with the very checks the model factory applies.
 A model spec is a plain dict, e.g. `{"family": "cnn", "blocks": 2, "channels": 32, "kernel": 3, ...}`:
@@ -54,6 +55,21 @@ CNN_CHOICES: dict[str, tuple[Any, ...] | None] = {
     "dense": None,
 }
 MLP_CHOICES: dict[str, tuple[Any, ...] | None] = {"layers": (1, 2, 3, 4), "width": None}
+
+# `compare`: every family trained on each kind of data, named `<family>-<data>`, plus the pipeline's own model.
+TRAINING_DATA = ("upright", "rotated")  # upright digits only; the whole (rotated) train split
+PIPELINE_CONFIGURATION = "pipeline"  # the model `train` wrote to models/model.pt
+CONFIGURATIONS = (*(f"{f}-{d}" for f in FAMILIES for d in TRAINING_DATA), PIPELINE_CONFIGURATION)
+
+
+def split_configuration(name: str) -> tuple[str, str]:
+    """(family, training data) of a trained configuration such as `cnn-rotated`; ValueError for anything else."""
+    family, _, data = name.partition("-")
+    if name == PIPELINE_CONFIGURATION or family not in FAMILIES or data not in TRAINING_DATA:
+        raise ValueError(
+            f"{name!r} is not a trained configuration; expected <family>-<data> from {list(CONFIGURATIONS)}"
+        )
+    return family, data
 
 
 def normalize_spec(spec: Mapping[str, Any]) -> dict[str, Any]:

@@ -83,6 +83,12 @@ TINY_PARAMS: dict = {
         "space": {"batch_size": [64], "cnn": {"blocks": [1], "channels": [4], "kernel": [3], "dense": [16]}},
     },
     "train": {"epochs": 1, "num_threads": 1},
+    "compare": {
+        "train_images": 2000,
+        "batch_size": 64,
+        "specs": {"cnn": {"blocks": 1, "channels": 4, "dense": 16}, "mlp": {"layers": 1, "width": 32}},
+        "latency": {"warmup": 2, "single_calls": 20, "batch_size": 32, "batch_calls": 2},
+    },
 }
 
 

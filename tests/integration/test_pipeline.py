@@ -11,6 +11,7 @@ from mlflow import MlflowClient
 
 from rotmnist.io import MNIST_TEST, load_dataset
 from rotmnist.paths import SPLITS
+from rotmnist.spec import CONFIGURATIONS
 from tests.integration.conftest import run, set_params
 
 pytestmark = pytest.mark.slow
@@ -46,6 +47,20 @@ def test_repro_builds_the_versioned_dataset_and_is_then_a_no_op(tiny_repo):
     assert gate["gate"]["passed"] is False  # a one-epoch model on 180 digits: refused, and still fully shown
     assert_dvc_shows_every_metric(tiny_repo)
     assert str(client.get_model_version_by_alias("rotmnist-cnn", "candidate").version) == "1"
+
+    # compare: every configuration in one table, the pipeline's row with the train run's record
+    table = json.loads((tiny_repo / "metrics" / "compare.json").read_text())["configurations"]
+    assert set(table) == set(CONFIGURATIONS)
+    assert (
+        table["pipeline"]["trained_by"]
+        == f"train run {json.loads((tiny_repo / 'models' / 'run.json').read_text())['run_id']}"
+    )
+    assert table["pipeline"]["train_images"] > 0 and table["pipeline"]["train_seconds"] > 0
+    shown = run(["dvc", "metrics", "show", "metrics/compare.json"], tiny_repo).stdout
+    assert "configurations.cnn-rotated.worst_angle_accuracy" in shown
+    plots = json.loads(run(["dvc", "plots", "show", "--json"], tiny_repo).stdout)
+    assert not plots.get("errors"), plots["errors"]
+    assert {"plots/compare/angle_accuracy.csv", "plots/compare/pareto.csv"} <= set(plots["data"])
 
     assert "up to date" in run(["dvc", "status"], tiny_repo).stdout.lower()
     again = run(["dvc", "repro"], tiny_repo).stdout
@@ -114,7 +129,7 @@ def test_dvc_shows_every_metric_and_the_roc_curves_after_a_first_and_a_second_pr
 def _children(client: MlflowClient) -> list:
     """The trial runs of the sweep(s) in the `rotmnist` experiment."""
     experiment = client.get_experiment_by_name("rotmnist")
-    return client.search_runs([experiment.experiment_id], "tags.mlflow.parentRunId != ''")
+    return client.search_runs([experiment.experiment_id], "tags.mlflow.parentRunId != '' and tags.stage = 'tune'")
 
 
 def test_exp_run_in_a_temporary_copy_logs_into_the_same_stores(tiny_repo):

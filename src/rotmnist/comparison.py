@@ -1,0 +1,198 @@
+"""Pipeline configurations side by side: one training budget for all, accuracy per angle, latency, SLA, Pareto front.
+
+Torch and numpy only, no MLflow: the stage `compare` logs what these functions return. A trained
+configuration is a model family (`compare.specs`) × training data (`upright` digits only, or the whole
+`rotated` train split); every one sees exactly `compare.train_images` images with the same recipe and seed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io as bytes_io
+import logging
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from rotmnist.errors import PipelineError
+from rotmnist.io import Dataset, read_json
+from rotmnist.metrics import slice_metrics
+from rotmnist.model import RawImageClassifier, classifier_from_spec, predict_labels, predict_proba
+from rotmnist.spec import normalize_spec, split_configuration
+from rotmnist.training import Hyper, fit
+
+if TYPE_CHECKING:
+    from rotmnist.config import CompareConfig, LatencyConfig, SlaConfig
+
+log = logging.getLogger(__name__)
+
+UPRIGHT = 0  # the angle of the original digits
+
+
+def training_pool(train: Dataset, data: str) -> Dataset:
+    """The rows a configuration may train on: `upright` = angle 0 only, `rotated` = the whole train split."""
+    if data not in ("upright", "rotated"):
+        raise ValueError(f"training data must be 'upright' or 'rotated', got {data!r}")
+    pool = train.take(train.angle == UPRIGHT) if data == "upright" else train
+    if len(pool) == 0:
+        raise PipelineError(f"the train split has no {data} images to train on; check the augment and split stages")
+    return pool
+
+
+def budget_rows(n_pool: int, n: int, seed: int) -> np.ndarray:
+    """Exactly `n` row indices into a pool of `n_pool`: whole seeded permutations, then the start of one more.
+
+    So every configuration sees the same number of images whatever the size of its data: a small pool is
+    cycled through (each row used n // n_pool or one more times), a large one is sampled without repeats.
+    """
+    if n_pool < 1 or n < 1:
+        raise ValueError(f"need a non-empty pool and budget, got pool {n_pool}, budget {n}")
+    rng = np.random.default_rng(seed)
+    rounds = -(-n // n_pool)
+    return np.concatenate([rng.permutation(n_pool) for _ in range(rounds)])[:n]
+
+
+def train_configuration(
+    name: str, cfg: CompareConfig, train: Dataset, hp: Hyper, device: torch.device | str
+) -> tuple[RawImageClassifier, dict[str, Any]]:
+    """Train configuration `name` (e.g. `cnn-rotated`) on its budget; the CPU model and its training record."""
+    family, data = split_configuration(name)
+    pool = training_pool(train, data)
+    rows = budget_rows(len(pool), cfg.train_images, cfg.seed)
+    fitted = fit(getattr(cfg.specs, family), pool.take(rows), None, hp, device=device, seed=cfg.seed, desc=name)
+    seconds = float(sum(m["epoch_seconds"] for m in fitted.history))
+    record = {"train_images": len(rows), "train_seconds": seconds, "trained_by": "compare"}
+    return serving_copy(fitted.model), record
+
+
+def serving_copy(model: RawImageClassifier) -> RawImageClassifier:
+    """`model` as it is served: on the CPU, contiguous memory layout, eval mode."""
+    return model.to(memory_format=torch.contiguous_format).cpu().eval()
+
+
+def load_pipeline_model(model_file: Path, run_reference: Path) -> tuple[RawImageClassifier, dict[str, Any]]:
+    """The model `train` wrote (`models/model.pt`, built from the spec in `models/run.json`) and that reference."""
+    reference = read_json(run_reference, made_by="train")
+    if not isinstance(reference, dict) or not isinstance(reference.get("spec"), dict):
+        raise PipelineError(f"{run_reference} lacks the model spec; run `rotmnist train` again")
+    try:
+        model = classifier_from_spec(normalize_spec(reference["spec"]))
+        model.load_state_dict(torch.load(model_file, map_location="cpu", weights_only=True))
+    except FileNotFoundError:
+        raise PipelineError(f"{model_file} does not exist; run `rotmnist train` first") from None
+    except (ValueError, RuntimeError, OSError) as err:
+        first = (str(err).strip().splitlines() or [""])[0][:300]
+        raise PipelineError(
+            f"{model_file} does not load as the model in {run_reference} ({first}); run `rotmnist train` again"
+        ) from None
+    return serving_copy(model), reference
+
+
+def accuracy_report(model: RawImageClassifier, test: Dataset) -> dict[str, Any]:
+    """Test accuracy overall, upright and at each angle, and the worst angle (upright included)."""
+    report = slice_metrics(test.y, predict_labels(model, test.x), test.angle)
+    per_angle = {int(a): m["accuracy"] for a, m in report["per_angle"].items()}
+    if UPRIGHT not in per_angle:
+        raise PipelineError("the test split has no upright images; check the augment and split stages")
+    worst = min(sorted(per_angle), key=per_angle.__getitem__)
+    return {
+        "accuracy": report["accuracy"],
+        "upright_accuracy": per_angle[UPRIGHT],
+        "worst_angle": worst,
+        "worst_angle_accuracy": per_angle[worst],
+        "angle_accuracy": {str(a): per_angle[a] for a in sorted(per_angle)},
+    }
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block with `n` torch CPU threads, then restore the previous number."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def measure_latency(model: RawImageClassifier, x: np.ndarray, cfg: LatencyConfig) -> dict[str, float]:
+    """End-to-end prediction time on the CPU: one image per call (p50, p99 in ms), and batch throughput.
+
+    Each call is what a caller does (a numpy array of 0-255 pixels in, probabilities out), after
+    `cfg.warmup` untimed calls, with `cfg.num_threads` threads; the images cycle through `x`.
+    """
+    if len(x) == 0:
+        raise ValueError("need images to time predictions on")
+    images = np.ascontiguousarray(x[: max(cfg.single_calls, cfg.batch_size)], dtype=np.float32)
+    batch = np.resize(images, (cfg.batch_size, *images.shape[1:]))  # repeats images if there are fewer
+    singles = np.empty(cfg.single_calls)
+    with torch_threads(cfg.num_threads):
+        for i in range(cfg.warmup):
+            predict_proba(model, images[i % len(images)][None])
+        for i in range(cfg.single_calls):
+            one = images[i % len(images)][None]
+            start = time.perf_counter()
+            predict_proba(model, one)
+            singles[i] = time.perf_counter() - start
+        predict_proba(model, batch)
+        batches = np.empty(cfg.batch_calls)
+        for i in range(cfg.batch_calls):
+            start = time.perf_counter()
+            predict_proba(model, batch)
+            batches[i] = time.perf_counter() - start
+    return {
+        "latency_ms_p50": 1000 * float(np.percentile(singles, 50)),
+        "latency_ms_p99": 1000 * float(np.percentile(singles, 99)),
+        "batch_images_per_second": cfg.batch_size / float(np.median(batches)),
+    }
+
+
+def model_size(model: torch.nn.Module) -> dict[str, int]:
+    """Parameter count and the size of the saved state dict (what `models/model.pt` holds), in bytes."""
+    buffer = bytes_io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return {"parameters": sum(p.numel() for p in model.parameters()), "model_bytes": buffer.tell()}
+
+
+def sla_reasons(row: Mapping[str, Any], sla: SlaConfig) -> list[str]:
+    """Why a configuration misses the SLA (empty if it meets it): worst-angle accuracy and single-image p99."""
+    reasons = []
+    if row["worst_angle_accuracy"] < sla.min_worst_angle_accuracy:
+        reasons.append(
+            f"worst-angle accuracy {row['worst_angle_accuracy']:.2%} at {row['worst_angle']:+d}° "
+            f"< {sla.min_worst_angle_accuracy:.2%}"
+        )
+    if row["latency_ms_p99"] > sla.max_p99_latency_ms:
+        reasons.append(f"single-image p99 {row['latency_ms_p99']:.2f} ms > {sla.max_p99_latency_ms:g} ms")
+    return reasons
+
+
+def sla_verdict(row: Mapping[str, Any], sla: SlaConfig) -> dict[str, Any]:
+    """`sla_met` and `sla_reasons` ("none" when met) of one configuration's figures."""
+    reasons = sla_reasons(row, sla)
+    return {"sla_met": not reasons, "sla_reasons": "; ".join(reasons) or "none"}
+
+
+def pareto_front(points: Mapping[str, tuple[float, float]]) -> set[str]:
+    """Names whose (accuracy, latency) no other point beats: at least as accurate and as fast, better in one."""
+
+    def dominated(a: tuple[float, float]) -> bool:
+        return any(b[0] >= a[0] and b[1] <= a[1] and b != a for b in points.values())
+
+    return {name for name, p in points.items() if not dominated(p)}
+
+
+def mark_pareto(rows: Mapping[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """`rows` with `pareto` set: on the front of worst-angle accuracy (higher) against p99 latency (lower)."""
+    front = pareto_front({n: (r["worst_angle_accuracy"], r["latency_ms_p99"]) for n, r in rows.items()})
+    return {n: r | {"pareto": n in front} for n, r in rows.items()}
+
+
+def score(model: RawImageClassifier, test: Dataset, cfg: CompareConfig) -> dict[str, Any]:
+    """Every figure of one configuration but its training record: accuracy, latency, size and SLA verdict."""
+    row = accuracy_report(model, test) | measure_latency(model, test.x, cfg.latency) | model_size(model)
+    return row | sla_verdict(row, cfg.sla)
