@@ -21,6 +21,10 @@ STAGES = {
     "tune": ("rotmnist.tune", "Optuna sweep, one MLflow run per trial: models/best_params.json"),
     "train": ("rotmnist.train", "train the final model and log it to MLflow: models/"),
     "monitor": ("rotmnist.monitor", "holdout drift check, registration and gated promotion to champion"),
+    "curriculum": (
+        "rotmnist.curriculum",
+        "the drift story: rotations arrive, the monitor flags, the model is retrained",
+    ),
 }
 COMMANDS = {
     "predict": ("rotmnist.predict", "score image files or a .npy array with the champion model"),
