@@ -83,4 +83,13 @@ TINY_PARAMS: dict = {
         "space": {"batch_size": [64], "cnn": {"blocks": [1], "channels": [4], "kernel": [3], "dense": [16]}},
     },
     "train": {"epochs": 1, "num_threads": 1},
+    "curriculum": {
+        "initial_sources": 60,
+        "increment": 30,
+        "max_rounds": 1,
+        "monitor_sources": 30,
+        "epochs": 1,
+        "batch_size": 32,
+        "model": {"family": "cnn", "blocks": 1, "channels": 4, "kernel": 3, "dense": 16},
+    },
 }
