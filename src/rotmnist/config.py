@@ -259,12 +259,13 @@ class CurriculumConfig(_Section):
     arrivals: tuple[int, ...] = DATA_ANGLES  # the first angle is the deployed model's own
     initial_sources: int = Field(6000, ge=1)  # training digits of round 0, at the first angle
     increment: int = Field(6000, ge=1)  # per retraining, the next training digits added at each arrived angle
-    max_rounds: int = Field(4, ge=1)  # retrainings per phase before it is reported unsatisfied
+    max_rounds: int = Field(6, ge=1)  # retrainings per phase before it is reported unsatisfied
     threshold: float = Field(0.01, ge=0.0, le=1.0)  # the monitor's error threshold on the mix
+    angle_threshold: float = Field(0.01, ge=0.0, le=1.0)  # and on each arrived angle's part of the mix
     monitor_sources: int = Field(1000, ge=1)  # holdout digits in the monitor's sample, each at every arrived angle
     warm_start: bool = True  # retrain from the deployed model (false: from scratch)
     replay: bool = True  # keep earlier data in the pool (false: train on the newest increment only)
-    epochs: int = Field(2, ge=1)  # per (re)training
+    epochs: int = Field(1, ge=1)  # per (re)training
     lr: float = Field(3e-3, gt=0.0)
     weight_decay: float = Field(1e-4, ge=0.0)
     batch_size: int = Field(256, ge=1)

@@ -33,6 +33,7 @@ def plan_of(config: Config) -> tuple[drift_sim.Plan, Hyper]:
         increment=c.increment,
         max_rounds=c.max_rounds,
         threshold=c.threshold,
+        angle_threshold=c.angle_threshold,
         monitor_sources=c.monitor_sources,
         warm_start=c.warm_start,
         replay=c.replay,

@@ -2,9 +2,10 @@
 
 Pure compute (no MLflow): phases follow the arrival order of the angles; in each phase the deployed model
 is checked with `monitor_perf` on a fixed sample of holdout digits at every angle arrived so far (the
-"mix"); on drift the next increment of training digits at each arrived angle joins the pool (or replaces
-it with replay off) and the model is retrained (warm from the deployed one, or from scratch), until the
-monitor is satisfied or the phase's round budget is spent. Callers observe each round through `on_round`.
+"mix"), and with the same rule on each arrived angle's part of it. On drift the next increment of training
+digits at each arrived angle joins the pool (or replaces it with replay off) and the model is retrained
+(warm from the deployed one, or from scratch), until the monitor is satisfied or the phase's round budget
+is spent. Callers observe each round through `on_round`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 
 from rotmnist.errors import PipelineError
-from rotmnist.gate import monitor_perf
+from rotmnist.gate import is_drift, monitor_perf
 from rotmnist.io import Dataset
 from rotmnist.metrics import error_rate, slice_metrics
 from rotmnist.model import RawImageClassifier, predict_labels
@@ -37,6 +38,7 @@ class Plan:
     increment: int  # per retraining, the next digits added to the pool at each arrived angle
     max_rounds: int  # retrainings a phase may use before it is reported unsatisfied
     threshold: float  # the monitor's error threshold on the mix
+    angle_threshold: float  # and on each arrived angle's part of the mix
     monitor_sources: int  # holdout digits in the monitor's sample, each at every arrived angle
     warm_start: bool = True  # retrain from the deployed model (else from scratch)
     replay: bool = True  # keep earlier increments in the pool (else train on the newest only)
@@ -58,7 +60,9 @@ class Round:
     monitor_n: int
     monitor_error: float
     threshold: float
-    drift: bool
+    angle_errors: dict[int, float]  # the monitor's error on each arrived angle's part of the mix
+    angle_threshold: float
+    drift: bool  # the mix's error above `threshold`, or an arrived angle's above `angle_threshold`
     holdout_accuracy: dict[int, float]  # every angle of the holdout, arrived or not
     train_seconds: float
 
@@ -75,6 +79,7 @@ class Phase:
     rounds: int
     new_images: int
     monitor_error: float
+    worst_angle_error: float
     satisfied: bool
     note: str = ""
 
@@ -223,7 +228,9 @@ def _run_phase(
             seconds = _retrain(state, spec, hp, plan, device, plan.seed + len(sim.rounds), desc)
             retrains, new_images = retrains + (rnd > 0), new_images + added
         recorder = _Recorder(state.model)
-        drift = bool(monitor_perf(recorder, mix, plan.threshold))
+        mix_drift = bool(monitor_perf(recorder, mix, plan.threshold))
+        angle_errors = {a: error_rate(mix.y[mix.angle == a], recorder.yhat[mix.angle == a]) for a in arrived}
+        drift = mix_drift or any(is_drift(e, plan.angle_threshold) for e in angle_errors.values())
         record = Round(
             step=len(sim.rounds),
             phase=phase,
@@ -236,28 +243,35 @@ def _run_phase(
             monitor_n=len(mix),
             monitor_error=error_rate(mix.y, recorder.yhat),
             threshold=plan.threshold,
+            angle_errors=angle_errors,
+            angle_threshold=plan.angle_threshold,
             drift=drift,
             holdout_accuracy=holdout_accuracy(state.model, holdout),
             train_seconds=seconds,
         )
         sim.rounds.append(record)
         log.info(
-            "phase %d (%+d deg) round %d: %d training images, monitor error %.2f%% (threshold %.2f%%)%s",
+            "phase %d (%+d deg) round %d: %d training images, monitor error %.2f%% (threshold %.2f%%), "
+            "worst angle %.2f%% (threshold %.2f%%)%s",
             phase,
             angle,
             rnd,
             record.train_images,
             100 * record.monitor_error,
             100 * plan.threshold,
+            100 * max(angle_errors.values()),
+            100 * plan.angle_threshold,
             ": drift" if drift else "",
         )
         if on_round is not None:
             on_round(record)
         if not drift:
-            return Phase(angle, retrains, new_images, record.monitor_error, satisfied=True)
+            return Phase(angle, retrains, new_images, record.monitor_error, max(angle_errors.values()), satisfied=True)
     note = note or f"the round budget (curriculum.max_rounds = {plan.max_rounds}) is spent"
     log.warning("phase %d (%+d deg) ends with the monitor unsatisfied: %s", phase, angle, note)
-    return Phase(angle, retrains, new_images, sim.rounds[-1].monitor_error, satisfied=False, note=note)
+    last = sim.rounds[-1]
+    worst = max(last.angle_errors.values())
+    return Phase(angle, retrains, new_images, last.monitor_error, worst, satisfied=False, note=note)
 
 
 def simulate(
@@ -318,11 +332,14 @@ def round_metrics(r: Round) -> dict[str, float]:
         "added_images": float(r.added_images),
         "monitor_error": r.monitor_error,
         "threshold": r.threshold,
+        "worst_angle_error": max(r.angle_errors.values()),
+        "angle_threshold": r.angle_threshold,
         "drift": float(r.drift),
         "train_seconds": r.train_seconds,
     }
     metrics |= {f"train_images_{_angle_key(a)}": float(r.train_per_angle.get(a, 0)) for a in r.holdout_accuracy}
     metrics |= {f"holdout_accuracy_{_angle_key(a)}": acc for a, acc in r.holdout_accuracy.items()}
+    metrics |= {f"monitor_error_{_angle_key(a)}": e for a, e in r.angle_errors.items()}
     return metrics
 
 
@@ -332,6 +349,7 @@ def round_rows(sim: Simulation) -> list[dict[str, Any]]:
     for r in sim.rounds:
         row = {"step": r.step, "phase": r.phase, "angle": r.angle, "round": r.round, "trained": int(r.trained)}
         row |= {"train_images": r.train_images, "monitor_error": round(r.monitor_error, 6), "threshold": r.threshold}
+        row |= {"worst_angle_error": round(max(r.angle_errors.values()), 6), "angle_threshold": r.angle_threshold}
         row |= {"drift": int(r.drift), "train_seconds": round(r.train_seconds, 2)}
         row |= {f"train_{a}": r.train_per_angle.get(a, 0) for a in sorted(r.holdout_accuracy)}
         row |= {f"accuracy_{a}": round(acc, 6) for a, acc in sorted(r.holdout_accuracy.items())}
@@ -352,6 +370,7 @@ def report(sim: Simulation, plan: Plan) -> dict[str, Any]:
             "new_images": p.new_images,
             "train_images": ends[i].train_images,
             "monitor_error": round(p.monitor_error, 6),
+            "worst_angle_error": round(p.worst_angle_error, 6),
             "satisfied": p.satisfied,
             "note": p.note or "satisfied",
         }

@@ -33,7 +33,13 @@ def splits() -> tuple[Dataset, Dataset]:
 
 def plan(**kw) -> drift_sim.Plan:
     settings = dict(
-        arrivals=(0, -30, 30), initial_sources=200, increment=100, max_rounds=2, threshold=0.1, monitor_sources=100
+        arrivals=(0, -30, 30),
+        initial_sources=200,
+        increment=100,
+        max_rounds=2,
+        threshold=0.1,
+        angle_threshold=0.2,
+        monitor_sources=100,
     )
     return drift_sim.Plan(**(settings | kw))
 
@@ -139,7 +145,7 @@ def test_an_upright_model_is_flagged_when_a_rotated_angle_arrives(splits):
 
 @pytest.mark.slow
 def test_an_unsatisfiable_phase_is_reported_and_the_story_goes_on(splits):
-    p = plan(threshold=0.0, max_rounds=1, arrivals=(0, 10))
+    p = plan(threshold=0.0, angle_threshold=0.0, max_rounds=1, arrivals=(0, 10))
     sim = drift_sim.simulate(SPEC, Hyper(lr=0.01, batch_size=32, epochs=1), p, *splits)
     assert [ph.satisfied for ph in sim.phases] == [False, False]
     assert [ph.rounds for ph in sim.phases] == [1, 1]
