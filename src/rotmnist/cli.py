@@ -22,6 +22,10 @@ STAGES = {
     "train": ("rotmnist.train", "train the final model and log it to MLflow: models/"),
     "monitor": ("rotmnist.monitor", "holdout drift check, registration and gated promotion to champion"),
     "compare": ("rotmnist.compare", "model families x training data side by side: accuracy, latency, SLA"),
+    "curriculum": (
+        "rotmnist.curriculum",
+        "the drift story: rotations arrive, the monitor flags, the model is retrained",
+    ),
 }
 COMMANDS = {
     "predict": ("rotmnist.predict", "score image files or a .npy array with the champion model"),

@@ -14,6 +14,7 @@ from rotmnist.spec import (
     ALLOWED_ANGLES,
     CNN_CHOICES,
     CONFIGURATIONS,
+    DATA_ANGLES,
     DEVICES,
     FAMILIES,
     MLP_CHOICES,
@@ -339,6 +340,48 @@ class CompareConfig(_Section):
         return v
 
 
+
+class CurriculumConfig(_Section):
+    """The drift story (stage `curriculum`): arrival order, data per round, the monitor, the retraining policy."""
+
+    arrivals: tuple[int, ...] = DATA_ANGLES  # the first angle is the deployed model's own
+    initial_sources: int = Field(6000, ge=1)  # training digits of round 0, at the first angle
+    increment: int = Field(6000, ge=1)  # per retraining, the next training digits added at each arrived angle
+    max_rounds: int = Field(6, ge=1)  # retrainings per phase before it is reported unsatisfied
+    threshold: float = Field(0.01, ge=0.0, le=1.0)  # the monitor's error threshold on the mix
+    angle_threshold: float = Field(0.01, ge=0.0, le=1.0)  # and on each arrived angle's part of the mix
+    monitor_sources: int = Field(1000, ge=1)  # holdout digits in the monitor's sample, each at every arrived angle
+    warm_start: bool = True  # retrain from the deployed model (false: from scratch)
+    replay: bool = True  # keep earlier data in the pool (false: train on the newest increment only)
+    epochs: int = Field(1, ge=1)  # per (re)training
+    lr: float = Field(3e-3, gt=0.0)
+    weight_decay: float = Field(1e-4, ge=0.0)
+    batch_size: int = Field(256, ge=1)
+    model: dict[str, Any] = {"family": "cnn", "blocks": 3, "channels": 16, "kernel": 3, "dense": 128, "dropout": 0.1}
+    seed: int = Field(0, ge=0)
+
+    @field_validator("arrivals", mode="before")
+    @classmethod
+    def _arrivals(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            v = tuple(v)
+        if isinstance(v, tuple):
+            bad = [a for a in v if a not in DATA_ANGLES or isinstance(a, bool)]
+            if bad or not v:
+                raise ValueError(f"arrivals must be a non-empty list of angles from {list(DATA_ANGLES)}, got {list(v)}")
+            if len(set(v)) != len(v):
+                raise ValueError(f"arrivals must not repeat, got {list(v)}")
+        return v
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, v: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return normalize_spec(v)
+        except (TypeError, ValueError) as err:
+            raise ValueError(str(err)) from None
+
+
 class MlflowConfig(_Section):
     experiment: str = Field("rotmnist", min_length=1)
     tracking_uri: str = ""
@@ -354,6 +397,7 @@ class Config(_Section):
     predict: PredictConfig = PredictConfig()
     serve: ServeConfig = ServeConfig()
     compare: CompareConfig = CompareConfig()
+    curriculum: CurriculumConfig = CurriculumConfig()
     mlflow: MlflowConfig = MlflowConfig()
 
 

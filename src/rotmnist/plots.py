@@ -14,6 +14,7 @@ import matplotlib.ticker
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import PercentFormatter
+from matplotlib.patches import Rectangle
 
 from rotmnist.io import IMAGE_SHAPE, N_CLASSES, Dataset, atomic_path
 from rotmnist.metrics import ROC_LOG_FLOOR, auc, confusion_matrix, sample_curve
@@ -189,4 +190,73 @@ def plot_pareto(rows: dict[str, dict], path: str | Path, min_accuracy: float, ma
     ax.set_title("Accuracy at the hardest angle against latency")
     ax.grid(alpha=0.3, which="both")
     ax.legend(loc="lower right", fontsize=8)
+    return save_png(fig, path)
+
+
+# ---- the drift story (stage `curriculum`) --------------------------------------------------------------
+
+
+def _phase_boundaries(ax, phases: list[int], labels: list[str]) -> None:
+    """Dotted lines between phases and each phase's label on top (x = the round's position)."""
+    starts = [i for i, p in enumerate(phases) if i == 0 or p != phases[i - 1]]
+    for s in starts[1:]:
+        ax.axvline(s - 0.5, color="grey", ls=":", lw=1)
+    ends = [*starts[1:], len(phases)]
+    for s, e, label in zip(starts, ends, labels, strict=True):
+        ax.text((s + e - 1) / 2, 1.01, label, transform=ax.get_xaxis_transform(), ha="center", va="bottom", fontsize=7)
+
+
+def plot_accuracy_matrix(
+    matrix: np.ndarray, round_labels: list[str], angles: list[int], path: str | Path, arrived: np.ndarray
+) -> Path:
+    """Heatmap of holdout accuracy, rounds x angles, values written in; cells of angles not arrived yet hatched."""
+    fig = Figure(figsize=(1.2 + 0.75 * len(angles), 1.0 + 0.32 * len(round_labels)))
+    ax = fig.add_subplot()
+    image = ax.imshow(matrix, cmap="RdYlGn", vmin=max(0.0, min(0.9, float(matrix.min()))), vmax=1.0, aspect="auto")
+    for (i, j), v in np.ndenumerate(matrix):
+        ax.text(j, i, f"{100 * v:.1f}", ha="center", va="center", fontsize=6.5)
+        if not arrived[i, j]:
+            ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///", lw=0))
+    ax.set_xticks(range(len(angles)), [f"{a}°" for a in angles])
+    ax.set_yticks(range(len(round_labels)), round_labels, fontsize=7)
+    ax.set(xlabel="holdout angle (hatched: not arrived yet)", ylabel="round")
+    ax.set_title("Holdout accuracy (%) after each round", fontsize=10)
+    fig.colorbar(image, ax=ax, fraction=0.04)
+    return save_png(fig, path)
+
+
+def plot_monitor_rounds(rows: list[dict], phase_labels: list[str], path: str | Path) -> Path:
+    """The monitor's error on the mix per round against its threshold; drift flags marked, phases separated."""
+    fig = Figure(figsize=(max(6.0, 0.35 * len(rows) + 2), 4))
+    ax = fig.add_subplot()
+    x = np.arange(len(rows))
+    error = np.array([r["monitor_error"] for r in rows])
+    drift = np.array([bool(r["drift"]) for r in rows])
+    ax.plot(x, error, color="tab:blue", lw=1, label="monitor error on the mix")
+    ax.scatter(x[drift], error[drift], color="tab:red", marker="x", zorder=3, label="drift flagged")
+    ax.scatter(x[~drift], error[~drift], color="tab:green", marker="o", zorder=3, label="satisfied")
+    ax.step(x, [r["threshold"] for r in rows], where="mid", color="black", ls="--", lw=1, label="threshold")
+    ax.set_yscale("log")
+    ax.set_xticks(x, [str(r["step"]) for r in rows], fontsize=7)
+    ax.set(xlabel="round", ylabel="error (log scale)")
+    _phase_boundaries(ax, [r["phase"] for r in rows], phase_labels)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=4, fontsize=8)
+    return save_png(fig, path)
+
+
+def plot_train_sizes(rows: list[dict], angles: list[int], phase_labels: list[str], path: str | Path) -> Path:
+    """Stacked bars: the images per angle of the set each round's model was trained on."""
+    fig = Figure(figsize=(max(6.0, 0.35 * len(rows) + 2), 4))
+    ax = fig.add_subplot()
+    x = np.arange(len(rows))
+    bottom = np.zeros(len(rows))
+    colours = matplotlib.colormaps["coolwarm"](np.linspace(0, 1, len(angles)))
+    for angle, colour in zip(sorted(angles), colours, strict=True):
+        counts = np.array([r[f"train_{angle}"] for r in rows], dtype=float)
+        ax.bar(x, counts, bottom=bottom, color=colour, label=f"{angle}°")
+        bottom += counts
+    ax.set_xticks(x, [str(r["step"]) for r in rows], fontsize=7)
+    ax.set(xlabel="round", ylabel="training images")
+    _phase_boundaries(ax, [r["phase"] for r in rows], phase_labels)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=len(angles), fontsize=8)
     return save_png(fig, path)

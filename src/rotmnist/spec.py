@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 ALLOWED_ANGLES = (-30, -20, -10, 10, 20, 30)  # degrees, counter-clockwise as displayed
+DATA_ANGLES = (0, *ALLOWED_ANGLES)  # the angles a dataset row may have: upright and the rotations
 SCHEDULES = ("onecycle", "cosine", "constant")
 PRECISIONS = ("auto", "fp32", "bf16")  # of the training step; auto = bf16 where the hardware runs it natively
 DEVICES = ("auto", "cpu", "cuda")

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from rotmnist.errors import PipelineError
 from rotmnist.io import Dataset, read_json
 from rotmnist.model import RawImageClassifier, classifier_from_spec, predict_proba
-from rotmnist.spec import DEVICES, EVAL_BATCH, PRECISIONS, SCHEDULES, normalize_spec
+from rotmnist.spec import DEVICES, EVAL_BATCH, PRECISIONS, SCHEDULES, describe, normalize_spec
 
 if TYPE_CHECKING:
     from rotmnist.config import Config
@@ -248,9 +248,12 @@ def fit(
     seed: int = 0,
     on_epoch: EpochCallback | None = None,
     desc: str = "train",
+    init: RawImageClassifier | Mapping[str, torch.Tensor] | None = None,
 ) -> Fitted:
-    """Train a fresh model of `spec` on `train`; after each epoch score `val` and call `on_epoch(metrics)`.
+    """Train a model of `spec` on `train`; after each epoch score `val` and call `on_epoch(metrics)`.
 
+    The model starts fresh, or from `init` (a model of the same spec, or its state dict: a warm start that
+    keeps its weights and pixel normalisation; `init` itself is not modified).
     `on_epoch` may raise (e.g. optuna.TrialPruned) to stop early. Seeded: same inputs, same model.
     A loss that turns NaN or infinite stops training with a PipelineError.
     """
@@ -259,7 +262,10 @@ def fit(
         raise ValueError("the training set is empty")
     device = torch.device(device)
     torch.manual_seed(seed)
-    model = classifier_from_spec(spec, *pixel_stats(train.x)).to(device)
+    model = classifier_from_spec(spec, *pixel_stats(train.x))
+    if init is not None:
+        _warm_start(model, init, spec)
+    model = model.to(device)
     if device.type == "cpu":
         model = model.to(memory_format=torch.channels_last)
     x, y = _tensors(train, device)
@@ -291,6 +297,18 @@ def fit(
             on_epoch(metrics)
     model.eval()
     return Fitted(model=model, history=history)
+
+
+def _warm_start(
+    model: RawImageClassifier, init: RawImageClassifier | Mapping[str, torch.Tensor], spec: Mapping[str, Any]
+) -> None:
+    """Copy the weights and normalisation of `init` into `model`; a PipelineError if the layouts differ."""
+    state = init.state_dict() if isinstance(init, torch.nn.Module) else init
+    try:
+        model.load_state_dict({k: v.detach().cpu() for k, v in state.items()})
+    except (RuntimeError, AttributeError) as err:
+        first = (str(err).strip().splitlines() or [""])[0]
+        raise PipelineError(f"cannot warm-start a {describe(spec)} model from the given one: {first}") from None
 
 
 def _fmt(metrics: Mapping[str, float]) -> str:

@@ -89,6 +89,15 @@ TINY_PARAMS: dict = {
         "specs": {"cnn": {"blocks": 1, "channels": 4, "dense": 16}, "mlp": {"layers": 1, "width": 32}},
         "latency": {"warmup": 2, "single_calls": 20, "batch_size": 32, "batch_calls": 2},
     },
+    "curriculum": {
+        "initial_sources": 60,
+        "increment": 30,
+        "max_rounds": 1,
+        "monitor_sources": 30,
+        "epochs": 1,
+        "batch_size": 32,
+        "model": {"family": "cnn", "blocks": 1, "channels": 4, "kernel": 3, "dense": 16},
+    },
 }
 
 

@@ -62,6 +62,18 @@ def test_repro_builds_the_versioned_dataset_and_is_then_a_no_op(tiny_repo):
     assert not plots.get("errors"), plots["errors"]
     assert {"plots/compare/angle_accuracy.csv", "plots/compare/pareto.csv"} <= set(plots["data"])
 
+    # the drift story: one phase per arriving angle, one nested run per round under one curriculum run
+    story = json.loads((tiny_repo / "metrics" / "curriculum.json").read_text())
+    assert list(story["phases"]) == [f"{i}_angle_{a}" for i, a in enumerate((0, -30, -20, -10, 10, 20, 30))]
+    assert set(story["final"]["accuracy"]) == {f"angle_{a}" for a in (-30, -20, -10, 0, 10, 20, 30)}
+    experiment_id = client.get_experiment_by_name("rotmnist").experiment_id
+    parents = client.search_runs([experiment_id], "tags.curriculum_role = 'curriculum'")
+    rounds = client.search_runs([experiment_id], "tags.curriculum_role = 'round'")
+    assert len(parents) == 1 and len(rounds) == story["rounds"] >= 7
+    assert {r.data.tags["mlflow.parentRunId"] for r in rounds} == {parents[0].info.run_id}
+    assert "curriculum" in run(["dvc", "metrics", "show", "metrics/curriculum.json"], tiny_repo).stdout
+    assert (tiny_repo / "plots" / "curriculum" / "accuracy_matrix.png").is_file()
+
     assert "up to date" in run(["dvc", "status"], tiny_repo).stdout.lower()
     again = run(["dvc", "repro"], tiny_repo).stdout
     assert "didn't change" in again or "up to date" in again.lower()

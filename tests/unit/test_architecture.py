@@ -57,7 +57,7 @@ def imported_modules(stage: str) -> set[str]:
     return {m.removeprefix("rotmnist.") for m in found if m != "rotmnist"}
 
 
-@pytest.mark.parametrize("stage", ["download", "augment", "split", "tune", "train", "monitor", "compare"])
+@pytest.mark.parametrize("stage", ["download", "augment", "split", "tune", "train", "monitor", "compare", "curriculum"])
 def test_dvc_yaml_lists_exactly_the_modules_each_stage_imports(stage):
     deps = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"][stage]["deps"]
     listed = {Path(d).stem for d in deps if d.startswith("src/rotmnist/")}

@@ -21,7 +21,7 @@ from rotmnist.mnist_sources import MnistArrays, to_dataset
 from tests.helpers import tiny_mnist
 
 REPO = Path(__file__).resolve().parents[2]
-STAGES = ("download", "augment", "split", "tune", "train", "monitor", "compare")
+STAGES = ("download", "augment", "split", "tune", "train", "monitor", "compare", "curriculum")
 
 
 def test_every_dvc_stage_is_one_hop_from_dvc_yaml():
