@@ -340,7 +340,6 @@ class CompareConfig(_Section):
         return v
 
 
-
 class CurriculumConfig(_Section):
     """The drift story (stage `curriculum`): arrival order, data per round, the monitor, the retraining policy."""
 

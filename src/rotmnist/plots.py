@@ -13,8 +13,8 @@ import matplotlib
 import matplotlib.ticker
 import numpy as np
 from matplotlib.figure import Figure
-from matplotlib.ticker import PercentFormatter
 from matplotlib.patches import Rectangle
+from matplotlib.ticker import PercentFormatter
 
 from rotmnist.io import IMAGE_SHAPE, N_CLASSES, Dataset, atomic_path
 from rotmnist.metrics import ROC_LOG_FLOOR, auc, confusion_matrix, sample_curve
