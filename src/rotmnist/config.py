@@ -352,6 +352,7 @@ class CurriculumConfig(_Section):
     monitor_sources: int = Field(1000, ge=1)  # holdout digits in the monitor's sample, each at every arrived angle
     warm_start: bool = True  # retrain from the deployed model (false: from scratch)
     replay: bool = True  # keep earlier data in the pool (false: train on the newest increment only)
+    round_images: int = Field(0, ge=0)  # most images one (re)training sees, the newest increment first; 0 = all
     epochs: int = Field(1, ge=1)  # per (re)training
     lr: float = Field(3e-3, gt=0.0)
     weight_decay: float = Field(1e-4, ge=0.0)

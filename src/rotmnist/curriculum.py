@@ -37,6 +37,7 @@ def plan_of(config: Config) -> tuple[drift_sim.Plan, Hyper]:
         monitor_sources=c.monitor_sources,
         warm_start=c.warm_start,
         replay=c.replay,
+        round_images=c.round_images,
         seed=c.seed,
     )
     hp = recipe(config, {"lr": c.lr, "weight_decay": c.weight_decay, "batch_size": c.batch_size}, c.epochs)

@@ -42,6 +42,7 @@ class Plan:
     monitor_sources: int  # holdout digits in the monitor's sample, each at every arrived angle
     warm_start: bool = True  # retrain from the deployed model (else from scratch)
     replay: bool = True  # keep earlier increments in the pool (else train on the newest only)
+    round_images: int = 0  # most images one retraining sees (the newest increment first); 0 = all of them
     seed: int = 0
 
 
@@ -150,10 +151,24 @@ class Pool:
                 self.newest[a], self.taken[a] = (lo, hi), hi
         return int(self._mask(self.newest).sum())
 
-    def rows(self, replay: bool) -> Dataset:
-        """The training set: the whole pool (replay) or the newest increment only."""
-        ranges = {a: (0, hi) for a, hi in self.taken.items()} if replay else self.newest
-        return self.train.take(self._mask(ranges))
+    def rows(self, replay: bool, limit: int = 0, seed: int = 0) -> Dataset:
+        """The training set: the whole pool (replay) or the newest increment only, at most `limit` images.
+
+        Over the limit, the newest increment is kept whole (it is what the monitor flagged) and the rest is a
+        seeded sample of the older pool; if the newest increment alone is over it, a sample of that.
+        """
+        newest = self._mask(self.newest)
+        pool = self._mask({a: (0, hi) for a, hi in self.taken.items()}) if replay else newest
+        if 0 < limit < pool.sum():
+            rng = np.random.default_rng(seed)
+            new_rows, old_rows = np.flatnonzero(newest), np.flatnonzero(pool & ~newest)
+            if len(new_rows) >= limit:
+                keep = rng.choice(new_rows, size=limit, replace=False)
+            else:
+                keep = np.concatenate([new_rows, rng.choice(old_rows, size=limit - len(new_rows), replace=False)])
+            pool = np.zeros_like(pool)
+            pool[keep] = True
+        return self.train.take(pool)
 
 
 def monitor_sample(holdout: Dataset, n_sources: int, seed: int) -> Dataset:
@@ -191,7 +206,7 @@ class _State:
 
 def _retrain(state: _State, spec: Mapping[str, Any], hp: Hyper, plan: Plan, device, seed: int, desc: str) -> float:
     """Train on the pool (from the deployed model when warm-starting); deploy the result; return the seconds."""
-    data = state.pool.rows(plan.replay)
+    data = state.pool.rows(plan.replay, plan.round_images, seed)
     if len(data) == 0:
         raise PipelineError(f"{desc}: the training digits have no images at the arrived angles; check augment")
     start = time.perf_counter()

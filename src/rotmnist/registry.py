@@ -104,6 +104,8 @@ def check_pickle_free(model_dir: Path, uri: str) -> None:
     if pyfunc.get("loader_module") != PYFUNC_LOADER or not torch_flavor:
         problems.append(f"its loader is {pyfunc.get('loader_module')!r}, not the PyTorch flavor's")
     pt2 = data / "model.pt2"
+    if not pt2.exists() and not (data / "model.pth").exists():
+        raise RegistryError(f"cannot load model {uri}: its weights {pt2.relative_to(model_dir)} are missing")
     if not pt2.is_file() or not zipfile.is_zipfile(pt2) or (data / "model.pth").exists():
         problems.append("it is not a torch.export (pt2) model")
     if problems:

@@ -98,7 +98,10 @@ def assert_dvc_shows_every_metric(repo) -> None:
     assert (
         set(shown)
         == set(files)
-        == {f"metrics/{n}.json" for n in ("data_profile", "split_manifest", "tune", "train", "monitor")}
+        == {
+            f"metrics/{n}.json"
+            for n in ("data_profile", "split_manifest", "tune", "train", "monitor", "compare", "curriculum")
+        }
     )
     for path, content in files.items():
         assert "error" not in shown[path], (path, shown[path])

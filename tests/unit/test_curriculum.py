@@ -76,6 +76,21 @@ def test_a_new_angle_starts_with_the_digits_the_pool_already_holds_upright(split
     assert len(upright_ids) == 40 and len(rotated_ids) == 10 and rotated_ids < upright_ids
 
 
+def test_a_capped_retraining_keeps_the_newest_increment_whole_and_samples_the_rest(splits):
+    pool = drift_sim.Pool(splits[0], seed=0)
+    pool.add(100, (0,))
+    pool.add(30, (0, -30))
+    whole, newest = pool.rows(replay=True), pool.rows(replay=False)
+    pairs = lambda ds: {(int(s), int(a)) for s, a in zip(ds.source_id, ds.angle, strict=True)}  # noqa: E731
+    capped = pool.rows(replay=True, limit=100, seed=1)
+    assert len(capped) == 100 and pairs(newest) < pairs(capped) < pairs(whole)
+    assert pairs(capped) == pairs(pool.rows(replay=True, limit=100, seed=1))  # seeded
+    assert pairs(capped) != pairs(pool.rows(replay=True, limit=100, seed=2))
+    assert len(pool.rows(replay=True, limit=len(whole))) == len(whole)  # at or under the cap: the pool itself
+    over = pool.rows(replay=False, limit=20, seed=0)  # the newest increment alone is over the cap: a sample of it
+    assert len(over) == 20 and pairs(over) < pairs(newest)
+
+
 def test_the_pool_runs_out_at_the_number_of_training_digits(splits):
     pool = drift_sim.Pool(splits[0], seed=0)
     assert pool.add(10_000, (0, 10)) == 2 * 400
