@@ -348,16 +348,16 @@ class CurriculumConfig(_Section):
     increment: int = Field(6000, ge=1)  # per retraining, the next training digits added at each arrived angle
     max_rounds: int = Field(6, ge=1)  # retrainings per phase before it is reported unsatisfied
     threshold: float = Field(0.01, ge=0.0, le=1.0)  # the monitor's error threshold on the mix
-    angle_threshold: float = Field(0.01, ge=0.0, le=1.0)  # and on each arrived angle's part of the mix
-    monitor_sources: int = Field(1000, ge=1)  # holdout digits in the monitor's sample, each at every arrived angle
+    angle_threshold: float = Field(0.015, ge=0.0, le=1.0)  # and on each arrived angle's part of the mix
+    monitor_sources: int = Field(2000, ge=1)  # holdout digits in the monitor's sample, each at every arrived angle
     warm_start: bool = True  # retrain from the deployed model (false: from scratch)
     replay: bool = True  # keep earlier data in the pool (false: train on the newest increment only)
-    round_images: int = Field(0, ge=0)  # most images one (re)training sees, the newest increment first; 0 = all
+    round_images: int = Field(60_000, ge=0)  # most images one (re)training sees, the newest increment first; 0 = all
     epochs: int = Field(1, ge=1)  # per (re)training
     lr: float = Field(3e-3, gt=0.0)
     weight_decay: float = Field(1e-4, ge=0.0)
     batch_size: int = Field(256, ge=1)
-    model: dict[str, Any] = {"family": "cnn", "blocks": 3, "channels": 16, "kernel": 3, "dense": 128, "dropout": 0.1}
+    model: dict[str, Any] = {"family": "cnn", "blocks": 3, "channels": 16, "kernel": 5, "dense": 256, "dropout": 0.2}
     seed: int = Field(0, ge=0)
 
     @field_validator("arrivals", mode="before")

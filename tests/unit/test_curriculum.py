@@ -205,6 +205,7 @@ def _leaves(obj):
         ({"increment": 0}, "curriculum.increment", "greater than or equal to 1"),
         ({"threshold": 1.5}, "curriculum.threshold", "less than or equal to 1"),
         ({"replay": "no"}, "curriculum.replay", "valid boolean"),
+        ({"round_images": -1}, "curriculum.round_images", "greater than or equal to 0"),
         ({"model": {"family": "cnn", "kernel": 4}}, "curriculum.model", "cnn.kernel must be 3 or 5"),
         ({"model": {"family": "rnn"}}, "curriculum.model", "unknown family"),
         ({"warm_startt": True}, "curriculum.warm_startt", "unknown key"),
