@@ -1,10 +1,16 @@
-"""Training throughput of the default model: in-memory batching (what `fit` does) vs a plain Dataset/DataLoader loop.
+"""Training throughput of the default model: float32 vs bf16, how close to the CPU's peak, and the loop's overhead.
 
 Usage: python benchmarks/train.py [--images 20000] [--batch-size 256] [--repeats 2] [--spec '{"family": "cnn", ...}']
        python benchmarks/train.py --time-to 0.99   # also: wall time until val accuracy >= 99 % (meant for a GPU)
 Uses data/splits/train (and val) if they exist, else synthetic digits; the model is models/best_params.json's,
-else the CNN below. Both loops run the same model, optimiser, batch size and images; the best of `--repeats`
+else the CNN below. Every loop runs the same model, optimiser, batch size and images; the best of `--repeats`
 one-epoch timings is reported (the machine may be shared: the minimum is the signal).
+
+The second table puts the pipeline's training step (±2 px shift, label smoothing) in float32 and in bf16
+autocast side by side, with the achieved GFLOP/s (the step's floating-point operations per image, counted
+by torch's FlopCounterMode for one forward and backward pass, times images/s) against this CPU's measured
+peak: a large square matmul in the same process, same threads and dtype. bf16 autocast runs everywhere,
+but only CPUs with AVX512-BF16 or AMX run it natively; elsewhere it is emulated and slower than float32.
 """
 
 from __future__ import annotations
@@ -26,7 +32,21 @@ from rotmnist.io import Dataset, load_dataset
 from rotmnist.model import classifier_from_spec
 from rotmnist.paths import Paths
 from rotmnist.spec import describe
-from rotmnist.training import Hyper, fit, pixel_stats, recipe, resolve_device, resolve_precision
+from rotmnist.training import Hyper, cpu_has_bf16, fit, pixel_stats, recipe, resolve_device, resolve_precision
+
+PEAK_NOTE = "a 4096 x 4096 matmul in the same dtype, best of 5"
+
+
+def cpu_name() -> str:
+    """The CPU's model name from /proc/cpuinfo (or the platform's processor string)."""
+    import platform
+    from pathlib import Path
+
+    info = Path("/proc/cpuinfo")
+    lines = info.read_text().splitlines() if info.is_file() else []
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    return f"{names[0]} ({len(names)} threads)" if names else platform.processor() or "unknown"
+
 
 DEFAULT_SPEC = {"family": "cnn", "blocks": 3, "channels": 16, "kernel": 3, "dense": 128, "dropout": 0.2}
 
@@ -67,6 +87,39 @@ def pipeline_epoch(spec: dict, ds: Dataset, batch_size: int, device: torch.devic
     t = load_config().train
     hp = Hyper(batch_size=batch_size, epochs=1, shift=t.shift, precision=t.precision)
     return fit(spec, ds, None, hp, device=device, desc="pipeline").history[0]["images_per_second"]
+
+
+def precision_epoch(spec: dict, ds: Dataset, batch_size: int, device: torch.device, precision: str) -> float:
+    """Images/s of one epoch of the pipeline's step (shift, label smoothing) in `precision` (fp32 or bf16)."""
+    t = load_config().train
+    hp = Hyper(batch_size=batch_size, epochs=1, shift=t.shift, label_smoothing=t.label_smoothing, precision=precision)
+    return fit(spec, ds, None, hp, device=device, desc=precision).history[0]["images_per_second"]
+
+
+def step_flops_per_image(spec: dict, batch_size: int) -> float:
+    """Floating-point operations of one training step (forward and backward) per image, counted by torch."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = classifier_from_spec(spec, 33.0, 78.0)
+    x = torch.rand(batch_size, 28, 28) * 255
+    y = torch.randint(0, 10, (batch_size,))
+    with FlopCounterMode(display=False) as counter:
+        F.cross_entropy(model.logits(x), y).backward()
+    return counter.get_total_flops() / batch_size
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 4096, repeats: int = 5) -> float:
+    """GFLOP/s of the fastest of `repeats` n x n matmuls in `dtype`: the CPU's practical peak for that dtype."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    a @ b  # warm-up
+    best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    return 2 * n**3 / best / 1e9
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
 
 
 def dataloader_epoch(spec: dict, ds: Dataset, batch_size: int, device: torch.device) -> float:
@@ -154,6 +207,17 @@ def main() -> None:
     print("|---|---:|---:|")
     for name, rate in rows:
         print(f"| {name} | {rate:,.0f} | {rate / rows[0][1]:.2f}x |")
+
+    flops = step_flops_per_image(spec, batch_size)
+    print(f"\ntraining step: {flops / 1e6:.1f} MFLOP per image (forward and backward); peak = {PEAK_NOTE}\n")
+    print("| precision | images/s | achieved GFLOP/s | matmul peak GFLOP/s | share of peak |")
+    print("|---|---:|---:|---:|---:|")
+    for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        rate = max(precision_epoch(spec, ds, batch_size, device, precision) for _ in range(args.repeats))
+        peak = matmul_peak(dtype)
+        achieved = rate * flops / 1e9
+        print(f"| {precision} | {rate:,.0f} | {achieved:,.1f} | {peak:,.1f} | {achieved / peak:.0%} |")
+    print(f"\nCPU: {cpu_name()}; native bf16: {cpu_has_bf16()}")
 
     if args.time_to is not None:
         if not (have_splits and paths.split("val").is_dir()):
