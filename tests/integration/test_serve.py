@@ -13,7 +13,6 @@ import subprocess
 import sys
 import threading
 
-import mlflow
 import numpy as np
 import pytest
 from mlflow import MlflowClient
@@ -23,6 +22,7 @@ from rotmnist import serve_app
 from rotmnist.config import ServeConfig
 from tests.serving import (
     call,
+    champion_store,
     drawing,
     free_socket,
     get_json,
@@ -30,9 +30,7 @@ from tests.serving import (
     png_bytes,
     post_json,
     prepared,
-    register_champion,
     serving,
-    template_classifier,
     wait_for,
 )
 
@@ -47,20 +45,8 @@ SECRET = "SECRET-PAYLOAD-7f3a"  # put in bad requests: no answer may echo it
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, empty_store):
     """A SQLite store in a temp folder whose `digits@champion` is the template model (version 1)."""
-    folder = tmp_path_factory.mktemp("serve-store")
-    shutil.copy(empty_store, folder / "mlflow.db")
-    uri = f"sqlite:///{folder / 'mlflow.db'}"
-    old, old_cwd = os.environ.get("MLFLOW_TRACKING_URI"), os.getcwd()
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    mlflow.set_tracking_uri(uri)
-    os.chdir(folder)  # MLflow puts a new experiment's artifacts under the working directory
-    register_champion(template_classifier(), NAME)
-    yield folder
-    os.chdir(old_cwd)
-    if old is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = old
+    with champion_store(tmp_path_factory.mktemp("serve-store"), empty_store, NAME) as folder:
+        yield folder
 
 
 @pytest.fixture(scope="module")

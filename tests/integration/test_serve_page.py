@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
-import mlflow
 import pytest
 
 from rotmnist import serve_app
 from rotmnist.config import ServeConfig
-from tests.serving import STROKES, drawing, ellipse_points, register_champion, serving, template_classifier
+from tests.serving import STROKES, champion_store, drawing, ellipse_points, serving
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = [
@@ -32,24 +29,11 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def url(tmp_path_factory, empty_store):
-    folder = tmp_path_factory.mktemp("page-store")
-    shutil.copy(empty_store, folder / "mlflow.db")
-    old_uri, old_cwd = os.environ.get("MLFLOW_TRACKING_URI"), os.getcwd()
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{folder / 'mlflow.db'}"
-    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
-    os.chdir(folder)
-    try:
-        register_champion(template_classifier(), "digits")
+    with champion_store(tmp_path_factory.mktemp("page-store"), empty_store, "digits"):
         source = serve_app.ModelSource("digits")
         keeper = serve_app.Keeper(source, source.load_initial())
         with serving(serve_app.create_app(keeper, ServeConfig(poll_seconds=0))) as base:
             yield base
-    finally:
-        os.chdir(old_cwd)
-        if old_uri is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = old_uri
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ import pytest
 from rotmnist import gate, io, metrics, monitor, plots
 from rotmnist.config import MonitorConfig
 from rotmnist.errors import PipelineError
+from tests.helpers import MONITOR_PLOTS
 
 
 class LabelModel:
@@ -265,15 +266,7 @@ def test_write_plots_writes_csv_for_dvc_and_png(tmp_path):
     monitor.write_plots(tmp_path / "p", ds, probs, report, 1 - CFG.angle_threshold)
     files = sorted((tmp_path / "p").iterdir())
     names = [f.name for f in files]
-    assert names == [
-        "angle_accuracy.csv",
-        "angle_accuracy.png",
-        "confusion.csv",
-        "confusion.png",
-        "misclassified.png",
-        "roc.csv",
-        "roc.png",
-    ]
+    assert names == MONITOR_PLOTS
     for f in files:
         if f.suffix == ".png":
             assert f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
