@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from rotmnist.errors import PipelineError
+from rotmnist.errors import PipelineError, first_line
 from rotmnist.io import Dataset, read_json
 from rotmnist.metrics import slice_metrics
 from rotmnist.model import RawImageClassifier, classifier_from_spec, predict_labels, predict_proba
@@ -85,7 +85,7 @@ def load_pipeline_model(model_file: Path, run_reference: Path) -> tuple[RawImage
     except FileNotFoundError:
         raise PipelineError(f"{model_file} does not exist; run `rotmnist train` first") from None
     except (ValueError, RuntimeError, OSError) as err:
-        first = (str(err).strip().splitlines() or [""])[0][:300]
+        first = first_line(err)
         raise PipelineError(
             f"{model_file} does not load as the model in {run_reference} ({first}); run `rotmnist train` again"
         ) from None

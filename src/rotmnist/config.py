@@ -90,15 +90,7 @@ class AugmentConfig(_Section):
     @field_validator("angles", mode="before")
     @classmethod
     def _angles(cls, v: Any) -> Any:
-        if isinstance(v, list):
-            v = tuple(v)
-        if isinstance(v, tuple):
-            bad = [a for a in v if a not in ALLOWED_ANGLES or isinstance(a, bool)]
-            if bad or not v:
-                raise ValueError(f"angles must be a non-empty subset of {list(ALLOWED_ANGLES)}, got {list(v)}")
-            if len(set(v)) != len(v):
-                raise ValueError(f"angles must not repeat, got {list(v)}")
-        return v
+        return _distinct(v, "angles", ALLOWED_ANGLES, "angles must be a non-empty subset of {allowed}, got {got}")
 
 
 class SplitConfig(_Section):
@@ -111,6 +103,21 @@ class SplitConfig(_Section):
         if self.val_fraction + self.holdout_fraction >= 1.0:
             raise ValueError("split.val_fraction + split.holdout_fraction must be < 1")
         return self
+
+
+def _distinct(v: Any, name: str, allowed: tuple[Any, ...], refused: str, *, check_values: bool = True) -> Any:
+    """A list from params.yaml as a tuple: refused (`refused`, formatted with {allowed} and {got}) when empty or,
+    with `check_values`, holding a value outside `allowed`; refused when it repeats a value."""
+    if isinstance(v, list):
+        v = tuple(v)
+    if not isinstance(v, tuple):
+        return v  # pydantic names the wrong type
+    bad = [a for a in v if a not in allowed or isinstance(a, bool)] if check_values else []
+    if bad or not v:
+        raise ValueError(refused.format(allowed=list(allowed), got=list(v)))
+    if len(set(v)) != len(v):
+        raise ValueError(f"{name} must not repeat, got {list(v)}")
+    return v
 
 
 def _log_range(v: tuple[float, float], name: str) -> tuple[float, float]:
@@ -226,14 +233,8 @@ class TuneConfig(_Section):
 
     @field_validator("families", mode="before")
     @classmethod
-    def _families(cls, v: Any) -> Any:
-        if isinstance(v, list):
-            v = tuple(v)
-        if isinstance(v, tuple) and not v:
-            raise ValueError(f"families must name at least one of {list(FAMILIES)}")
-        if isinstance(v, tuple) and len(set(v)) != len(v):
-            raise ValueError(f"families must not repeat, got {list(v)}")
-        return v
+    def _families(cls, v: Any) -> Any:  # the values themselves are checked by their Literal type
+        return _distinct(v, "families", FAMILIES, "families must name at least one of {allowed}", check_values=False)
 
     @field_validator("storage")
     @classmethod
@@ -330,14 +331,9 @@ class CompareConfig(_Section):
 
     @field_validator("configurations", mode="before")
     @classmethod
-    def _configurations(cls, v: Any) -> Any:
-        if isinstance(v, list):
-            v = tuple(v)
-        if isinstance(v, tuple) and not v:
-            raise ValueError(f"configurations must name at least one of {list(CONFIGURATIONS)}")
-        if isinstance(v, tuple) and len(set(v)) != len(v):
-            raise ValueError(f"configurations must not repeat, got {list(v)}")
-        return v
+    def _configurations(cls, v: Any) -> Any:  # the values themselves are checked by their Literal type
+        message = "configurations must name at least one of {allowed}"
+        return _distinct(v, "configurations", CONFIGURATIONS, message, check_values=False)
 
 
 class CurriculumConfig(_Section):
@@ -363,15 +359,8 @@ class CurriculumConfig(_Section):
     @field_validator("arrivals", mode="before")
     @classmethod
     def _arrivals(cls, v: Any) -> Any:
-        if isinstance(v, list):
-            v = tuple(v)
-        if isinstance(v, tuple):
-            bad = [a for a in v if a not in DATA_ANGLES or isinstance(a, bool)]
-            if bad or not v:
-                raise ValueError(f"arrivals must be a non-empty list of angles from {list(DATA_ANGLES)}, got {list(v)}")
-            if len(set(v)) != len(v):
-                raise ValueError(f"arrivals must not repeat, got {list(v)}")
-        return v
+        message = "arrivals must be a non-empty list of angles from {allowed}, got {got}"
+        return _distinct(v, "arrivals", DATA_ANGLES, message)
 
     @field_validator("model")
     @classmethod

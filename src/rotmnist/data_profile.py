@@ -6,8 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from rotmnist.io import MNIST_TEST, N_CLASSES, Dataset
-from rotmnist.mnist_sources import IMAGE_CHUNK
+from rotmnist.io import IMAGE_CHUNK, MNIST_TEST, N_CLASSES, Dataset
 
 
 def duplicate_stats(x: np.ndarray, y: np.ndarray, is_test: np.ndarray) -> dict[str, int]:

@@ -12,3 +12,8 @@ class PipelineError(Exception):
 
 class ConfigError(PipelineError, ValueError):
     """`params.yaml` is missing, unreadable, or holds an invalid value."""
+
+
+def first_line(err: BaseException, limit: int | None = 300) -> str:
+    """The first line of an exception's message (at most `limit` characters): enough to name the cause on one line."""
+    return (str(err).strip().splitlines() or [""])[0][:limit]

@@ -30,6 +30,7 @@ import numpy as np
 from rotmnist.errors import PipelineError
 
 IMAGE_SHAPE = (28, 28)
+IMAGE_CHUNK = 8192  # images per vectorised step over a whole dataset, to bound temporary memory on the full 70k
 N_CLASSES = 10  # digits 0-9
 MNIST_TRAIN, MNIST_TEST = 0, 1
 

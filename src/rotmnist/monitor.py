@@ -184,8 +184,15 @@ def roc_rows(curves: dict[int, tuple[np.ndarray, np.ndarray]], points: int = ROC
     ]
 
 
-def write_plots(folder: Path, holdout: Dataset, probs: np.ndarray, report: dict[str, Any], gate_line: float) -> None:
-    """The monitor's plots: CSV for `dvc plots`, PNG for people and MLflow."""
+def write_plots(
+    folder: Path,
+    holdout: Dataset,
+    probs: np.ndarray,
+    report: dict[str, Any],
+    gate_line: float,
+    curves: dict[int, tuple[np.ndarray, np.ndarray]] | None = None,
+) -> None:
+    """The monitor's plots: CSV for `dvc plots`, PNG for people and MLflow (`curves`: the ROC curves, if known)."""
     r = report["registry"]
     rows = angle_rows(report["holdout"], report.get("champion_holdout"))
     io.write_csv(folder / "angle_accuracy.csv", rows)
@@ -200,7 +207,7 @@ def write_plots(folder: Path, holdout: Dataset, probs: np.ndarray, report: dict[
     io.write_csv(folder / "confusion.csv", [{"actual": a, "predicted": p} for a, p in pairs])
     plots.plot_confusion(holdout.y, yhat, folder / "confusion.png")
     plots.plot_misclassified(holdout, probs, folder / "misclassified.png")
-    curves = one_vs_rest_roc(holdout.y, probs)
+    curves = curves if curves is not None else one_vs_rest_roc(holdout.y, probs)
     io.write_csv(folder / "roc.csv", roc_rows(curves))
     plots.plot_roc(curves, folder / "roc.png")
 
@@ -230,9 +237,9 @@ def main(config: Config, paths: Paths) -> None:
     champion_v = champion.version if champion else None
     gate = decide(metrics, champion_metrics, cfg, champion_label=f"champion v{champion_v}")
     distribution = class_distribution(holdout.y, probs.argmax(axis=1))
-    roc = roc_auc(one_vs_rest_roc(holdout.y, probs))
+    curves = one_vs_rest_roc(holdout.y, probs)
     report = build_report(
-        cfg, gate, v, previous, champion_v, run["run_id"], metrics, champion_metrics, distribution, roc
+        cfg, gate, v, previous, champion_v, run["run_id"], metrics, champion_metrics, distribution, roc_auc(curves)
     )
 
     # The report first, the registry's decision last (champion alias the very last write): a crash in
@@ -240,7 +247,7 @@ def main(config: Config, paths: Paths) -> None:
     # same champion and reaches the same decision and report.
     io.write_metrics(paths.metrics / "monitor.json", report)
     plot_dir = paths.plots / "monitor"
-    write_plots(plot_dir, holdout, probs, report, 1 - cfg.angle_threshold)
+    write_plots(plot_dir, holdout, probs, report, 1 - cfg.angle_threshold, curves)
     registry.record_on_training_run(client, run["run_id"], report, flat_metrics(report), plot_dir)
     tags = version_tags(report, tracking.git_commit(paths), tracking.data_digest(paths, paths.splits))
     registry.record_decision(client, name, v, tags, promoted=gate.promoted)

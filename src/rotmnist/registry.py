@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from rotmnist.errors import PipelineError
+from rotmnist.errors import PipelineError, first_line
 from rotmnist.gate import GATE_PASSED, GATE_TAG
 from rotmnist.io import IMAGE_SHAPE, N_CLASSES
 from rotmnist.spec import EVAL_BATCH
@@ -240,8 +240,7 @@ def load_champion(name: str, *, client: MlflowClient | None = None) -> Classifie
 
 
 def _short(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0] if text else ''}"[:300]
+    return f"{type(err).__name__}: {first_line(err, limit=None)}"[:300]
 
 
 def _quote(value: str) -> str:

@@ -30,7 +30,7 @@ import numpy as np
 from starlette.requests import ClientDisconnect, Request  # at run time: FastAPI reads the endpoints' annotations
 
 from rotmnist import registry
-from rotmnist.errors import PipelineError
+from rotmnist.errors import PipelineError, first_line
 from rotmnist.images import ImageTooLarge, read_image
 from rotmnist.io import IMAGE_SHAPE, pixel_problem
 
@@ -163,7 +163,7 @@ class Keeper:
                     return False
                 new = await asyncio.to_thread(self.source.load, version)
             except Exception as err:  # any failure keeps the old model serving
-                message = f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:300]}"
+                message = f"{type(err).__name__}: {first_line(err)}"
                 if message != self.reload_error:
                     log.warning("could not load the new model (%s); still serving %s", message, self.describe())
                 self.reload_error, self.failed_version = message, (version if self.source.follows_champion else None)

@@ -31,7 +31,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from rotmnist import tracking
-from rotmnist.errors import PipelineError
+from rotmnist.errors import PipelineError, first_line
 from rotmnist.io import Dataset, pid_alive
 from rotmnist.spec import check_optuna_storage, describe
 from rotmnist.training import (
@@ -134,7 +134,7 @@ def _open_rdb(url: str, heartbeat_interval: int | None, grace_period: int | None
         except ImportError as err:  # no driver
             raise PipelineError(f"cannot open {tracking.redact(url)}: {err}; install psycopg[binary]") from None
         except Exception as err:  # sqlalchemy's OperationalError and friends: server down, bad password
-            first = (str(err).strip().splitlines() or [""])[0][:300]
+            first = first_line(err)
             raise PipelineError(
                 f"cannot open the Optuna storage {tracking.redact(url)} ({type(err).__name__}: {first}); "
                 "check tune.storage or ROTMNIST_OPTUNA_STORAGE and that the database is running"

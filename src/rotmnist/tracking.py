@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from rotmnist.errors import PipelineError
+from rotmnist.errors import PipelineError, first_line
 
 if TYPE_CHECKING:
     from rotmnist.config import Config
@@ -58,7 +58,7 @@ def configure_mlflow(config: Config, paths: Paths) -> str:
         mlflow.set_tracking_uri(uri)
         experiment_id = _experiment_id(config.mlflow.experiment, uri, paths)
     except (MlflowException, OSError) as err:
-        first = (str(err).strip().splitlines() or [""])[0][:300]
+        first = first_line(err)
         raise PipelineError(
             f"cannot use the MLflow store {redact(uri)} ({type(err).__name__}: {first}); check mlflow.tracking_uri "
             "or MLFLOW_TRACKING_URI, and that the tracking server or database is running"

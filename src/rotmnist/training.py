@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from rotmnist.errors import PipelineError
+from rotmnist.errors import PipelineError, first_line
 from rotmnist.io import Dataset, read_json
 from rotmnist.model import RawImageClassifier, classifier_from_spec, predict_proba
 from rotmnist.spec import DEVICES, EVAL_BATCH, PRECISIONS, SCHEDULES, describe, normalize_spec
@@ -262,8 +262,10 @@ def fit(
         raise ValueError("the training set is empty")
     device = torch.device(device)
     torch.manual_seed(seed)
-    model = classifier_from_spec(spec, *pixel_stats(train.x))
-    if init is not None:
+    if init is None:
+        model = classifier_from_spec(spec, *pixel_stats(train.x))
+    else:  # the normalisation comes with init's weights
+        model = classifier_from_spec(spec)
         _warm_start(model, init, spec)
     model = model.to(device)
     if device.type == "cpu":
@@ -307,7 +309,7 @@ def _warm_start(
     try:
         model.load_state_dict({k: v.detach().cpu() for k, v in state.items()})
     except (RuntimeError, AttributeError) as err:
-        first = (str(err).strip().splitlines() or [""])[0]
+        first = first_line(err, limit=None)
         raise PipelineError(f"cannot warm-start a {describe(spec)} model from the given one: {first}") from None
 
 
