@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PAGE = Path(__file__).with_name("static") / "index.html"
+INLINE_BYTES = 64 * 1024  # JSON bodies up to this size are parsed on the event loop; larger ones in a thread
 
 
 class HTTPProblem(Exception):
@@ -359,17 +360,27 @@ async def uploaded_images(request: Request, settings: ServeConfig) -> tuple[list
         raise HTTPProblem(422, "no image file in the upload: send PNG or JPEG files in a multipart form")
     if len(files) > settings.max_images:
         raise HTTPProblem(413, f"{len(files)} files, over serve.max_images ({settings.max_images})")
+    return await asyncio.to_thread(decode_files, files, settings.max_image_pixels)  # off the event loop
+
+
+def decode_files(files: list[tuple[str, bytes]], max_pixels: int) -> tuple[list[str], np.ndarray]:
+    """Names and MNIST-prepared images of uploaded files; HTTPProblem 413/400 for one too large or undecodable."""
     names, x = [], np.zeros((len(files), *IMAGE_SHAPE), np.float32)
     for i, (name, data) in enumerate(files):
         label = f"file {i + 1}"
         try:
-            x[i] = read_image(io.BytesIO(data), name=label, max_pixels=settings.max_image_pixels)
+            x[i] = read_image(io.BytesIO(data), name=label, max_pixels=max_pixels)
         except ImageTooLarge as err:
             raise HTTPProblem(413, str(err)) from None
         except PipelineError:
             raise HTTPProblem(400, f"{label} is not an image that can be decoded (PNG, JPEG, ...)") from None
         names.append(name)
     return names, x
+
+
+async def off_loop(parse: Callable[[], Any], size: int) -> Any:
+    """`parse()`, in a worker thread when the body is over INLINE_BYTES (a thread hop costs more on small ones)."""
+    return parse() if size <= INLINE_BYTES else await asyncio.to_thread(parse)
 
 
 def score_answer(probs: np.ndarray, served: Served, names: list[str] | None = None) -> dict[str, Any]:
@@ -431,10 +442,15 @@ def create_app(keeper: Keeper, settings: ServeConfig) -> FastAPI:
         kind = media_type(request)
         names = None
         if kind == "application/json":
-            data = parse_json(await request.body())
-            if not isinstance(data, dict) or "images" not in data:
-                raise HTTPProblem(422, 'expected a JSON object {"images": [...]} of 28x28 images')
-            x = image_batch(data["images"], "images", settings.max_images)
+            body = await request.body()
+
+            def parse() -> np.ndarray:
+                data = parse_json(body)
+                if not isinstance(data, dict) or "images" not in data:
+                    raise HTTPProblem(422, 'expected a JSON object {"images": [...]} of 28x28 images')
+                return image_batch(data["images"], "images", settings.max_images)
+
+            x = await off_loop(parse, len(body))
         elif kind == "multipart/form-data" or kind.startswith("image/"):
             names, x = await uploaded_images(request, settings)
         else:
@@ -446,11 +462,16 @@ def create_app(keeper: Keeper, settings: ServeConfig) -> FastAPI:
     async def invocations(request: Request) -> Response:
         if media_type(request) != "application/json":
             raise HTTPProblem(415, 'send application/json: {"inputs": [...]} (MLflow\'s tensor input)')
-        data = parse_json(await request.body())
-        if not isinstance(data, dict) or not ({"inputs", "instances"} & set(data)):
-            raise HTTPProblem(422, 'expected {"inputs": [...]} or {"instances": [...]} of 28x28 images')
-        key = "inputs" if "inputs" in data else "instances"
-        probs, _ = await scored(image_batch(data[key], key, settings.max_images))
+        body = await request.body()
+
+        def parse() -> np.ndarray:
+            data = parse_json(body)
+            if not isinstance(data, dict) or not ({"inputs", "instances"} & set(data)):
+                raise HTTPProblem(422, 'expected {"inputs": [...]} or {"instances": [...]} of 28x28 images')
+            key = "inputs" if "inputs" in data else "instances"
+            return image_batch(data[key], key, settings.max_images)
+
+        probs, _ = await scored(await off_loop(parse, len(body)))
         return JSONResponse({"predictions": probs.astype(float).tolist()})
 
     @app.get("/health")
@@ -472,9 +493,11 @@ def create_app(keeper: Keeper, settings: ServeConfig) -> FastAPI:
             {"reloaded": swapped, "version": keeper.served.version, "error": keeper.reload_error}, status_code=status
         )
 
+    page_html = PAGE.read_text()
+
     @app.get("/", response_class=HTMLResponse)
     async def page() -> Response:
-        return HTMLResponse(PAGE.read_text())
+        return HTMLResponse(page_html)
 
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     return app

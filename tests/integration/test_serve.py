@@ -74,6 +74,22 @@ def test_a_json_batch_is_scored_with_the_models_name_and_version(url):
         assert p["probability"] == max(p["probabilities"])
 
 
+def test_large_json_bodies_are_parsed_off_the_event_loop_with_the_same_answers(url):
+    batch = images(*range(10), 3, 1, 4)
+    small = json.dumps({"images": batch}, separators=(",", ":")).encode()
+    large = json.dumps({"images": batch}, indent=4).encode()
+    assert len(small) <= serve_app.INLINE_BYTES < len(large)
+    answers = {}
+    for name, body in (("small", small), ("large", large)):
+        status, raw = call(f"{url}/score", "POST", body, JSON)
+        assert status == 200, raw
+        answers[name] = json.loads(raw)["predictions"]
+    assert answers["small"] == answers["large"] and [p["digit"] for p in answers["large"]] == [*range(10), 3, 1, 4]
+    wrong = json.dumps({"inputs": [[[300] * 28] * 28]}, indent=4).encode() + b" " * serve_app.INLINE_BYTES
+    status, raw = call(f"{url}/invocations", "POST", wrong, JSON)
+    assert status == 422 and "pixels must be in 0..255" in json.loads(raw)["error"]
+
+
 def test_uploaded_files_of_any_size_are_prepared_like_mnist(url):
     photo = drawing(4).resize((600, 450))  # dark ink on light paper, not square
     small = Image.fromarray(255 - np.asarray(drawing(9).resize((28, 28))))  # white on black, 28x28
