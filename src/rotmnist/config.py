@@ -177,10 +177,10 @@ class MlpSpace(_Section):
 class SearchSpace(_Section):
     """What the sweep samples: [low, high] ranges (lr and weight decay log-uniform) and lists of choices."""
 
-    lr: tuple[float, float] = (1e-3, 1e-2)
+    lr: tuple[float, float] = (2e-3, 1e-2)
     weight_decay: tuple[float, float] = (1e-5, 1e-2)
     batch_size: tuple[int, ...] = (128, 256)
-    dropout: tuple[float, float] = (0.0, 0.4)  # cnn and mlp
+    dropout: tuple[float, float] = (0.1, 0.3)  # cnn and mlp
     cnn: CnnSpace = CnnSpace()
     mlp: MlpSpace = MlpSpace()
 
@@ -215,9 +215,9 @@ class SearchSpace(_Section):
 class TuneConfig(_Section):
     n_trials: int = Field(8, ge=1)
     families: tuple[Family, ...] = ("cnn",)
-    train_fraction: float = Field(0.1, gt=0.0, le=1.0)
+    train_fraction: float = Field(0.25, gt=0.0, le=1.0)
     val_fraction: float = Field(0.25, gt=0.0, le=1.0)
-    epochs: int = Field(2, ge=1)
+    epochs: int = Field(4, ge=1)
     cv_folds: int = Field(1, ge=1, le=10)
     seed: int = Field(0, ge=0)
     pruner: Literal["median", "threshold", "none"] = "median"
@@ -249,7 +249,7 @@ class TuneConfig(_Section):
 
 
 class TrainConfig(_Section):
-    epochs: int = Field(16, ge=1)
+    epochs: int = Field(50, ge=1)
     seed: int = Field(0, ge=0)
     device: Device = "auto"
     num_threads: int = Field(0, ge=0)
@@ -257,6 +257,9 @@ class TrainConfig(_Section):
     label_smoothing: float = Field(0.05, ge=0.0, lt=1.0)
     schedule: Schedule = "onecycle"
     precision: Precision = "auto"  # bf16 autocast of the training step where native
+    rotations_per_epoch: int = Field(1, ge=0)  # rows of each source image per epoch, drawn afresh; 0 = all
+    ema: float = Field(0.999, ge=0.0, lt=1.0)  # decay of the weight average the model is; 0 = the last weights
+    val_every: int = Field(5, ge=1)  # epochs between scorings of the val split (and after the last)
 
 
 class MonitorConfig(_Section):

@@ -15,7 +15,7 @@ from rotmnist.config import Config, load_config
 from rotmnist.io import IMAGE_SHAPE, N_CLASSES, Dataset, pixel_problem
 from rotmnist.model import RawImageClassifier
 from rotmnist.paths import Paths
-from rotmnist.training import apply_threads, fit, holdout_sources, recipe, resolve_device
+from rotmnist.training import PIPELINE_RECIPE_KEYS, apply_threads, fit, holdout_sources, recipe, resolve_device
 
 
 def as_dataset(dataset: Any) -> Dataset:
@@ -78,7 +78,7 @@ def learn_model(dataset: Any, *, config: Config | None = None, paths: Paths | No
         "stage": "learn_model",
     }
     result = sweep.run_sweep(sweep_train, sweep_val, config, paths, data_hash=tags["data_hash"], tags=tags)
-    hp = recipe(config, result.hyper, config.train.epochs)
+    hp = recipe(config, result.hyper, config.train.epochs, PIPELINE_RECIPE_KEYS)
     device = resolve_device(config.train.device)
     fitted = fit(result.spec, fit_part, val_part, hp, device=device, seed=config.train.seed, desc="learn_model")
     return fitted.model.cpu()

@@ -36,7 +36,7 @@ from rotmnist.io import Dataset, pid_alive
 from rotmnist.spec import check_optuna_storage, describe
 from rotmnist.training import (
     HYPER_KEYS,
-    RECIPE_KEYS,
+    PIPELINE_RECIPE_KEYS,
     Hyper,
     fit,
     hyper_dict,
@@ -148,7 +148,7 @@ def study_name(config: Config, data_hash: str) -> str:
     key = {
         "data": data_hash,
         "tune": t.model_dump(mode="json", exclude={"n_trials", "storage", "study_name", *HEARTBEAT_KEYS}),
-        "recipe": config.train.model_dump(mode="json", include=set(RECIPE_KEYS)),
+        "recipe": config.train.model_dump(mode="json", include=set(PIPELINE_RECIPE_KEYS)),
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
     return f"{t.study_name}-{digest}"
@@ -391,7 +391,7 @@ def _objective(
         import mlflow
 
         spec, hyper = suggest(trial, cfg)
-        hp = recipe(config, hyper, cfg.epochs)
+        hp = recipe(config, hyper, cfg.epochs, PIPELINE_RECIPE_KEYS)
         name = run_name(trial.number, spec, hyper)
         run_tags = tags | {"trial_number": str(trial.number), "family": spec["family"]}
         pruned: optuna.TrialPruned | None = None

@@ -23,6 +23,7 @@ from rotmnist.model import RawImageClassifier, predict_labels
 from rotmnist.paths import Paths
 from rotmnist.spec import describe
 from rotmnist.training import (
+    PIPELINE_RECIPE_KEYS,
     apply_threads,
     evaluate,
     fit,
@@ -70,9 +71,13 @@ def _round(obj: Any) -> Any:
 
 
 def write_plots(paths: Paths, history: list[dict[str, float]], report: dict[str, Any]) -> list[Path]:
-    """DVC plots data: the training curves per epoch and the test accuracy per angle and per class (CSV)."""
+    """DVC plots data: the training curves and the test accuracy per angle and per class (CSV).
+
+    The curves have one row per epoch that scored the val split (`train.val_every`; the last always does).
+    """
+    keys = [k for k in ("epoch", *CURVE_KEYS) if history and k in history[-1]]
     curves = [
-        {k: round(m[k], 6) if k != "epoch" else int(m[k]) for k in ("epoch", *CURVE_KEYS) if k in m} for m in history
+        {k: round(m[k], 6) if k != "epoch" else int(m[k]) for k in keys} for m in history if set(keys) <= m.keys()
     ]
     angles = [{"angle": int(a), "accuracy": round(m["accuracy"], 6)} for a, m in report["per_angle"].items()]
     classes = [{"digit": int(c), "accuracy": round(m["accuracy"], 6)} for c, m in report["per_class"].items()]
@@ -112,7 +117,7 @@ def main(config: Config, paths: Paths) -> None:
     train, val, test = splits["train"], splits["val"], splits["test"]
     if len(train) == 0 or len(test) == 0:
         raise PipelineError("the train and test splits must not be empty; check the split stage")
-    hp = recipe(config, hyper, config.train.epochs)
+    hp = recipe(config, hyper, config.train.epochs, PIPELINE_RECIPE_KEYS)
     device = resolve_device(config.train.device)
     experiment_id = tracking.configure_mlflow(config, paths)
     tags = tracking.standard_tags(paths, "data/splits") | {"stage": "train", "family": spec["family"]}
@@ -122,7 +127,15 @@ def main(config: Config, paths: Paths) -> None:
     with training_run.start_run(name, tags, params) as run_id:
         training_run.log_split_inputs(splits, paths, tags["data_hash"])
         fitted = fit(
-            spec, train, val, hp, device=device, seed=config.train.seed, on_epoch=training_run.log_epoch, desc=name
+            spec,
+            train,
+            val,
+            hp,
+            device=device,
+            seed=config.train.seed,
+            on_epoch=training_run.log_epoch,
+            desc=name,
+            score_every=config.train.val_every,
         )
         model = fitted.model.to(memory_format=torch.contiguous_format).cpu().eval()
         report = test_report(model, test)

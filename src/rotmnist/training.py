@@ -1,13 +1,16 @@
 """The training loop every model shares (sweep trials, the final model, `learn_model`): no MLflow, no Optuna.
 
-The split stays a uint8 tensor in memory (on the GPU when there is one); each epoch draws a seeded
-permutation and forms batches by indexing, shifts them by a few pixels at random (vectorised), and
-the model normalises them inside (`RawImageClassifier.logits`), so training and serving share one path.
+The split stays a uint8 tensor in memory (on the GPU when there is one); each epoch draws its rows in a
+seeded order (every row, or a few rotations of each source digit: `EpochRows`) and forms batches by
+indexing, shifts them by a few pixels at random (vectorised), and the model normalises them inside
+(`RawImageClassifier.logits`), so training and serving share one path. With `Hyper.ema` the model returned
+is a moving average of the weights (`WeightAverage`).
 Callers observe progress through `fit(on_epoch=...)`: the sweep reports to Optuna, the train stage to MLflow.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import logging
 import math
@@ -48,6 +51,8 @@ class Hyper:
     shift: int = 0  # random translation of each training image by up to this many pixels
     schedule: str = "onecycle"
     precision: str = "fp32"  # of the training step's matmuls and convolutions; see resolve_precision
+    rotations_per_epoch: int = 0  # rows of each source image an epoch trains on, drawn afresh per epoch; 0 = all
+    ema: float = 0.0  # decay of the weights' exponential moving average that fit returns; 0 = the last weights
 
     def __post_init__(self) -> None:
         checks = {
@@ -59,6 +64,8 @@ class Hyper:
             "shift": isinstance(self.shift, int) and 0 <= self.shift <= 8,
             "schedule": self.schedule in SCHEDULES,
             "precision": self.precision in PRECISIONS,
+            "rotations_per_epoch": isinstance(self.rotations_per_epoch, int) and self.rotations_per_epoch >= 0,
+            "ema": 0 <= self.ema < 1,
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
@@ -204,6 +211,60 @@ def _tensors(ds: Dataset, device: torch.device) -> tuple[torch.Tensor, torch.Ten
     return torch.from_numpy(np.ascontiguousarray(ds.x)).to(device), torch.from_numpy(ds.y.astype(np.int64)).to(device)
 
 
+class EpochRows:
+    """Which rows of a training set each epoch visits, in a seeded random order.
+
+    With `per_source` = 0 every row, once. Otherwise up to `per_source` rows of each source image (its
+    rotations), drawn afresh every epoch: an epoch of the rotated split then costs one image per source
+    instead of seven, and over many epochs every source is still seen at every angle.
+    """
+
+    def __init__(self, source_id: np.ndarray, per_source: int):
+        self.n, self.per_source = len(source_id), per_source
+        if per_source:
+            _, group = np.unique(source_id, return_inverse=True)
+            counts = np.bincount(group)
+            self.group = torch.from_numpy(group.astype(np.float64))
+            self.taken = int(np.minimum(counts, per_source).sum())
+        else:
+            self.taken = self.n
+
+    def __len__(self) -> int:
+        return self.taken
+
+    def draw(self, gen: torch.Generator) -> torch.Tensor:
+        """This epoch's row indices (int64), shuffled."""
+        if not self.per_source:
+            return torch.randperm(self.n, generator=gen)
+        # Sort by source, in random order within each source; keep the first `per_source` of each.
+        by_source = torch.argsort(self.group + torch.rand(self.n, generator=gen, dtype=torch.float64))
+        sorted_group = self.group[by_source]
+        first = torch.searchsorted(sorted_group, sorted_group, side="left")
+        keep = by_source[torch.arange(self.n) - first < self.per_source]
+        return keep[torch.randperm(len(keep), generator=gen)]
+
+
+class WeightAverage:
+    """An exponential moving average of a model's weights and batch-norm statistics, updated after each step.
+
+    The decay warms up as min(decay, (1 + t) / (10 + t)) so short runs are not dominated by the initial
+    weights. The averaged copy is the model `fit` returns: it generalises better than the last step's weights.
+    """
+
+    def __init__(self, model: RawImageClassifier, decay: float):
+        self.model, self.decay, self.updates = copy.deepcopy(model), decay, 0
+        floats = [(k, v) for k, v in model.state_dict().items() if v.dtype.is_floating_point]
+        own = self.model.state_dict()
+        self._src = [v for _, v in floats]
+        self._dst = [own[k] for k, _ in floats]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        self.updates += 1
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        torch._foreach_lerp_(self._dst, self._src, 1 - decay)
+
+
 @dataclass
 class _Step:
     """What one optimisation step needs besides the batch: the model, its optimiser and the recipe."""
@@ -213,16 +274,19 @@ class _Step:
     sched: torch.optim.lr_scheduler.LRScheduler
     hp: Hyper
     bf16: bool
+    average: WeightAverage | None = None
 
 
-def _train_epoch(step: _Step, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator, desc: str) -> tuple[float, int]:
-    """One pass over (x, y) in a seeded random order; return the summed loss and the number right."""
+def _train_epoch(
+    step: _Step, x: torch.Tensor, y: torch.Tensor, order: torch.Tensor, gen: torch.Generator, desc: str
+) -> tuple[float, int]:
+    """One pass over the rows `order` of (x, y); return the summed loss and the number right."""
     hp, device = step.hp, x.device
     step.model.train()
     # Running sums stay on the device: no host sync per step (it stalls a GPU).
     total_loss, correct = torch.zeros((), device=device), torch.zeros((), device=device, dtype=torch.long)
-    order = torch.randperm(len(x), generator=gen).to(device)
-    steps = math.ceil(len(x) / hp.batch_size)
+    order = order.to(device)
+    steps = math.ceil(len(order) / hp.batch_size)
     for i in tqdm(range(steps), desc=desc, leave=False, mininterval=2, disable=None):
         idx = order[i * hp.batch_size : (i + 1) * hp.batch_size]
         xb, yb = random_shift(x[idx], hp.shift, gen), y[idx]
@@ -233,6 +297,8 @@ def _train_epoch(step: _Step, x: torch.Tensor, y: torch.Tensor, gen: torch.Gener
         loss.backward()
         step.opt.step()
         step.sched.step()
+        if step.average is not None:
+            step.average.update()
         total_loss += loss.detach() * len(idx)
         correct += (logits.detach().argmax(1) == yb).sum()
     return float(total_loss), int(correct)
@@ -249,8 +315,12 @@ def fit(
     on_epoch: EpochCallback | None = None,
     desc: str = "train",
     init: RawImageClassifier | Mapping[str, torch.Tensor] | None = None,
+    score_every: int = 1,
 ) -> Fitted:
-    """Train a model of `spec` on `train`; after each epoch score `val` and call `on_epoch(metrics)`.
+    """Train a model of `spec` on `train`; after each epoch call `on_epoch(metrics)`.
+
+    `val` is scored every `score_every` epochs and after the last (its metrics then join that epoch's).
+    With `hp.ema` the model scored and returned is the weights' moving average (`WeightAverage`).
 
     The model starts fresh, or from `init` (a model of the same spec, or its state dict: a warm start that
     keeps its weights and pixel normalisation; `init` itself is not modified).
@@ -272,33 +342,37 @@ def fit(
         model = model.to(memory_format=torch.channels_last)
     x, y = _tensors(train, device)
     xv, yv = _tensors(val, device) if val is not None and len(val) else (None, None)
-    opt, sched = _optimizer(model, hp, hp.epochs * math.ceil(len(x) / hp.batch_size))
-    step = _Step(model, opt, sched, hp, bf16=resolve_precision(hp.precision, device) == "bf16")
+    rows = EpochRows(train.source_id, hp.rotations_per_epoch)
+    opt, sched = _optimizer(model, hp, hp.epochs * math.ceil(len(rows) / hp.batch_size))
+    average = WeightAverage(model, hp.ema) if hp.ema else None
+    step = _Step(model, opt, sched, hp, bf16=resolve_precision(hp.precision, device) == "bf16", average=average)
+    result = average.model if average else model  # what is scored and returned
     gen = torch.Generator().manual_seed(seed)
     history: list[dict[str, float]] = []
     for epoch in range(1, hp.epochs + 1):
         start = time.perf_counter()
-        total_loss, correct = _train_epoch(step, x, y, gen, f"{desc} epoch {epoch}/{hp.epochs}")
+        order = rows.draw(gen)
+        total_loss, correct = _train_epoch(step, x, y, order, gen, f"{desc} epoch {epoch}/{hp.epochs}")
         if not math.isfinite(total_loss):
             raise PipelineError(f"training diverged (loss {total_loss}) at epoch {epoch}; lower the learning rate")
         seconds = time.perf_counter() - start
         metrics = {
             "epoch": epoch,
-            "train_loss": total_loss / len(x),
-            "train_accuracy": correct / len(x),
+            "train_loss": total_loss / len(order),
+            "train_accuracy": correct / len(order),
             "lr": sched.get_last_lr()[0],
             "epoch_seconds": seconds,
-            "images_per_second": len(x) / seconds,
+            "images_per_second": len(order) / seconds,
         }
-        if xv is not None:
-            scores = evaluate(model, xv, yv)
+        if xv is not None and (epoch % score_every == 0 or epoch == hp.epochs):
+            scores = evaluate(result, xv, yv)
             metrics |= {"val_loss": scores["loss"], "val_accuracy": scores["accuracy"]}
         log.info("%s epoch %d/%d: %s", desc, epoch, hp.epochs, _fmt(metrics))
         history.append(metrics)
         if on_epoch is not None:
             on_epoch(metrics)
-    model.eval()
-    return Fitted(model=model, history=history)
+    result.eval()
+    return Fitted(model=result, history=history)
 
 
 def _warm_start(
@@ -337,13 +411,16 @@ def holdout_sources(ds: Dataset, fraction: float, seed: int) -> tuple[Dataset, D
 
 # The `train` keys every trial and the final model share (dvc.yaml lists them as the tune stage's params).
 RECIPE_KEYS = ("shift", "label_smoothing", "schedule", "precision")
+# The pipeline's own model (sweep trials, the final model, learn_model) also draws its epochs and averages its
+# weights the `train` way; `compare` and `curriculum` plan their own passes over their data and keep RECIPE_KEYS.
+PIPELINE_RECIPE_KEYS = (*RECIPE_KEYS, "rotations_per_epoch", "ema")
 HYPER_KEYS = ("lr", "weight_decay", "batch_size")  # what the sweep tunes
 LATENCY_IMAGES = 1024
 
 
-def recipe(config: Config, hyper: dict[str, Any], epochs: int) -> Hyper:
-    """The training settings of a run: the tuned optimiser params + the shared recipe in `train`."""
-    return Hyper(**hyper, epochs=epochs, **config.train.model_dump(include=set(RECIPE_KEYS)))
+def recipe(config: Config, hyper: dict[str, Any], epochs: int, keys: tuple[str, ...] = RECIPE_KEYS) -> Hyper:
+    """The training settings of a run: the tuned optimiser params + the recipe `keys` of `train`."""
+    return Hyper(**hyper, epochs=epochs, **config.train.model_dump(include=set(keys)))
 
 
 def read_best_params(path: str | Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:

@@ -46,7 +46,7 @@ TINY = {
             "cnn": {"blocks": [1, 2], "channels": [4, 8], "dense": [32]},
         },
     },
-    "train": {"epochs": 2, "shift": 0, "num_threads": 1},
+    "train": {"epochs": 2, "shift": 0, "num_threads": 1, "val_every": 1},
     "mlflow": {"experiment": EXPERIMENT},
 }
 

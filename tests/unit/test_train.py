@@ -54,6 +54,8 @@ def dataset(n: int, seed: int = 0, copies: int = 1) -> Dataset:
         ({"label_smoothing": 1.0}, "label_smoothing"),
         ({"shift": 9}, "shift"),
         ({"schedule": "step"}, "schedule"),
+        ({"rotations_per_epoch": -1}, "rotations_per_epoch"),
+        ({"ema": 1.0}, "ema"),
     ],
 )
 def test_hyper_rejects_bad_settings(kwargs, bad):
@@ -118,6 +120,69 @@ def test_fit_beats_chance_by_far_and_is_seeded():
     again = fit(SMALL_CNN, train_ds, val_ds, hp, seed=3)
     for a, b in zip(result.model.state_dict().values(), again.model.state_dict().values(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_epoch_rows_draw_up_to_k_rotations_of_every_source_afresh_each_epoch():
+    source_id = np.repeat(np.arange(30, dtype=np.int32), 7)[np.random.default_rng(0).permutation(210)]
+    source_id = np.concatenate([source_id, [99]])  # a source with a single row
+    gen = torch.Generator().manual_seed(0)
+    for k in (1, 3, 7, 9):
+        rows = training.EpochRows(source_id, k)
+        drawn = rows.draw(gen).numpy()
+        assert len(drawn) == len(rows) == 30 * min(k, 7) + 1 and len(set(drawn)) == len(drawn)
+        ids, counts = np.unique(source_id[drawn], return_counts=True)
+        assert len(ids) == 31 and set(counts[:-1]) == {min(k, 7)} and counts[-1] == 1
+    rows = training.EpochRows(source_id, 1)
+    epochs = [rows.draw(gen).numpy() for _ in range(20)]
+    assert len({tuple(np.sort(e)) for e in epochs}) == 20  # another rotation of the sources each epoch
+    assert len(np.unique(np.concatenate(epochs))) > 0.9 * len(source_id)  # and over epochs nearly every row
+    assert not np.array_equal(epochs[0], np.sort(epochs[0]))  # shuffled, not grouped by source
+    every = training.EpochRows(source_id, 0)
+    assert len(every) == len(source_id) and sorted(every.draw(gen).tolist()) == list(range(len(source_id)))
+
+
+def test_an_epoch_of_one_rotation_per_source_trains_on_that_many_images():
+    ds = dataset(100, copies=7)
+    hp = Hyper(lr=1e-2, batch_size=32, epochs=8, rotations_per_epoch=1)
+    steps = []
+    result = fit(SMALL_CNN, ds, None, hp, on_epoch=steps.append)
+    n = len(np.unique(ds.source_id))
+    assert n < len(ds) // 6
+    assert all(m["images_per_second"] * m["epoch_seconds"] == pytest.approx(n) for m in steps)
+    assert result.history[-1]["lr"] < hp.lr / 100  # the one-cycle schedule ends on the epochs' real step count
+
+
+def test_the_weight_average_lags_the_trained_weights_and_is_what_fit_returns():
+    torch.manual_seed(0)
+    model = training.classifier_from_spec(SMALL_CNN)
+    average = training.WeightAverage(model, decay=0.9)
+    start = {k: v.clone() for k, v in average.model.state_dict().items()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    average.update()  # warm-up: decay min(0.9, 2/11) moves it 9/11 of the way
+    for k, v in average.model.state_dict().items():
+        if v.dtype.is_floating_point and k.startswith("net.0.weight"):
+            assert torch.allclose(v, start[k] + 9 / 11, atol=1e-6)
+    hp = Hyper(lr=1e-2, batch_size=16, epochs=3, shift=1, ema=0.99)
+    seen = []
+    result = fit(SMALL_CNN, dataset(400, seed=0), dataset(100, seed=1), hp, seed=3, on_epoch=seen.append)
+    plain = fit(
+        SMALL_CNN, dataset(400, seed=0), dataset(100, seed=1), hp.__class__(**{**hp.__dict__, "ema": 0.0}), seed=3
+    )
+    assert result.history[-1]["val_accuracy"] >= 0.8 and not result.model.training
+    assert not torch.equal(result.model.net[0].weight, plain.model.net[0].weight)
+    assert seen[-1]["val_accuracy"] == training.evaluate(result.model, *_xy(dataset(100, seed=1)))["accuracy"]
+
+
+def _xy(ds: Dataset) -> tuple[np.ndarray, np.ndarray]:
+    return ds.x, ds.y
+
+
+def test_val_is_scored_every_few_epochs_and_after_the_last():
+    seen = []
+    fit({"family": "logreg"}, dataset(50), dataset(20, seed=1), Hyper(epochs=5), on_epoch=seen.append, score_every=2)
+    assert [("val_accuracy" in m) for m in seen] == [False, True, False, True, True]
 
 
 def test_fit_in_bf16_learns_and_keeps_float32_weights():
