@@ -1,0 +1,75 @@
+"""Training recipes side by side: images processed, minutes, and test/holdout accuracy per angle of each.
+
+Usage: python benchmarks/train_variants.py [--only one-rotation-ema-50 ...] [--precision bf16] [--threads 2]
+Needs data/splits (run `dvc repro split` first). Each variant trains the default CNN on the whole train split
+(from scratch, seed 0) and is scored on the test and holdout splits; a variant takes 5-20 minutes on 2 CPU
+cores, so pick some with --only. Prints a markdown table (the README's "Training recipes" table comes from it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from rotmnist import io
+from rotmnist.metrics import slice_metrics
+from rotmnist.model import predict_labels
+from rotmnist.paths import Paths
+from rotmnist.training import Hyper, fit
+
+SPEC = {"family": "cnn", "blocks": 3, "channels": 16, "kernel": 5, "dense": 256, "dropout": 0.19}
+BASE = {"lr": 0.0063, "weight_decay": 1.2e-5, "batch_size": 256, "label_smoothing": 0.05, "shift": 2}
+
+# name: (spec changes, Hyper settings). "all-rotations-16" is the recipe before one rotation per epoch.
+VARIANTS: dict[str, tuple[dict, dict]] = {
+    "all-rotations-16": ({}, {"epochs": 16, "rotations_per_epoch": 0, "ema": 0.0}),
+    "one-rotation-ema-50": ({}, {"epochs": 50, "rotations_per_epoch": 1, "ema": 0.999}),
+    "one-rotation-ema-65": ({}, {"epochs": 65, "rotations_per_epoch": 1, "ema": 0.999}),
+    "one-rotation-ema-50-lr3e-3-wd1e-4": (
+        {},
+        {"epochs": 50, "rotations_per_epoch": 1, "ema": 0.999, "lr": 0.003, "weight_decay": 1e-4},
+    ),
+    "3x3-kernels-one-rotation-ema-70": ({"kernel": 3}, {"epochs": 70, "rotations_per_epoch": 1, "ema": 0.999}),
+}
+
+
+def per_angle(model: torch.nn.Module, ds: io.Dataset) -> dict[str, float]:
+    report = slice_metrics(ds.y, predict_labels(model, ds.x), ds.angle)
+    return {a: m["accuracy"] for a, m in report["per_angle"].items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="*", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    paths = Paths.here()
+    train, test, holdout = (io.load_dataset(paths.split(s)) for s in ("train", "test", "holdout"))
+    print("| recipe | images | minutes | test upright | test worst angle | holdout worst angle |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name in args.only:
+        spec_changes, settings = VARIANTS[name]
+        hp = Hyper(**(BASE | settings), precision=args.precision)
+        start = time.perf_counter()
+        fitted = fit(SPEC | spec_changes, train, None, hp, seed=args.seed, desc=name)
+        minutes = (time.perf_counter() - start) / 60
+        images = sum(m["images_per_second"] * m["epoch_seconds"] for m in fitted.history)
+        on_test, on_holdout = per_angle(fitted.model, test), per_angle(fitted.model, holdout)
+        worst = min(on_test, key=on_test.get)
+        worst_h = min(on_holdout, key=on_holdout.get)
+        print(
+            f"| {name} | {images / 1e6:.2f} M | {minutes:.1f} | {on_test['0']:.2%} | "
+            f"{on_test[worst]:.2%} ({worst}°) | {on_holdout[worst_h]:.2%} ({worst_h}°) |",
+            flush=True,
+        )
+    print(f"\n{args.precision}, {torch.get_num_threads()} threads, seed {args.seed}")
+
+
+if __name__ == "__main__":
+    main()
