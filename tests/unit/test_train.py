@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import types
@@ -166,17 +167,12 @@ def test_the_weight_average_lags_the_trained_weights_and_is_what_fit_returns():
             assert torch.allclose(v, start[k] + 9 / 11, atol=1e-6)
     hp = Hyper(lr=1e-2, batch_size=16, epochs=3, shift=1, ema=0.99)
     seen = []
-    result = fit(SMALL_CNN, dataset(400, seed=0), dataset(100, seed=1), hp, seed=3, on_epoch=seen.append)
-    plain = fit(
-        SMALL_CNN, dataset(400, seed=0), dataset(100, seed=1), hp.__class__(**{**hp.__dict__, "ema": 0.0}), seed=3
-    )
+    train_ds, val_ds = dataset(400, seed=0), dataset(100, seed=1)
+    result = fit(SMALL_CNN, train_ds, val_ds, hp, seed=3, on_epoch=seen.append)
+    plain = fit(SMALL_CNN, train_ds, val_ds, dataclasses.replace(hp, ema=0.0), seed=3)
     assert result.history[-1]["val_accuracy"] >= 0.8 and not result.model.training
     assert not torch.equal(result.model.net[0].weight, plain.model.net[0].weight)
-    assert seen[-1]["val_accuracy"] == training.evaluate(result.model, *_xy(dataset(100, seed=1)))["accuracy"]
-
-
-def _xy(ds: Dataset) -> tuple[np.ndarray, np.ndarray]:
-    return ds.x, ds.y
+    assert seen[-1]["val_accuracy"] == training.evaluate(result.model, val_ds.x, val_ds.y)["accuracy"]
 
 
 def test_val_is_scored_every_few_epochs_and_after_the_last():
