@@ -126,8 +126,6 @@ def load_model(uri: str, version: str | None = None) -> Classifier:
             local = Path(mlflow.artifacts.download_artifacts(artifact_uri=check_uri(uri), dst_path=tmp))
             check_pickle_free(local, uri)
             model = mlflow.pyfunc.load_model(str(local))
-    except RegistryError:
-        raise
     except (MlflowException, OSError, RuntimeError, ValueError, zipfile.BadZipFile) as err:  # torch's too
         raise RegistryError(f"cannot load model {uri}: {_short(err)}") from err
     clf = Classifier(model, uri, version)

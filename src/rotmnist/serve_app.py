@@ -153,14 +153,20 @@ class Keeper:
     failed_version: str | None = None
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
-    async def reload(self) -> bool:
-        """Load the champion's current version if it changed (the fixed URI: always); True if swapped."""
+    async def reload(self, retry_failed: bool = True) -> bool:
+        """Load the champion's current version if it changed (the fixed URI: always); True if swapped.
+
+        With `retry_failed` False (the poll) a champion version that already failed to load is not tried
+        again until the alias moves; `POST /reload` retries it, e.g. after its artifacts were repaired.
+        """
         async with self._lock:
             try:
                 version = await asyncio.to_thread(self.source.champion) if self.source.follows_champion else None
                 if self.source.follows_champion and version in (None, self.served.version):
                     self.reload_error = None if version else f"{self.source.model_name} has no champion now"
                     self.failed_version = None
+                    return False
+                if not retry_failed and version is not None and version == self.failed_version:
                     return False
                 new = await asyncio.to_thread(self.source.load, version)
             except Exception as err:  # any failure keeps the old model serving
@@ -178,7 +184,7 @@ class Keeper:
         """Check the champion alias every `seconds` for as long as the app runs."""
         while True:
             await asyncio.sleep(seconds)
-            await self.reload()
+            await self.reload(retry_failed=False)
 
     def describe(self) -> str:
         i = self.served.info

@@ -1,0 +1,59 @@
+"""The server's model keeper: which champion versions a poll and a reload try, without MLflow."""
+
+import asyncio
+
+from rotmnist import serve_app
+
+
+class FlakySource:
+    """A champion alias at `version`; loading fails while `broken` holds the version, and every try is counted."""
+
+    model_name = "digits"
+    follows_champion = True
+
+    def __init__(self, version: str):
+        self.version, self.broken, self.tries = version, set(), []
+
+    def champion(self) -> str:
+        return self.version
+
+    def load(self, version: str) -> serve_app.Served:
+        self.tries.append(version)
+        if version in self.broken:
+            raise OSError(f"weights of version {version} are missing")
+        return served(version)
+
+
+def served(version: str) -> serve_app.Served:
+    return serve_app.Served(lambda x: x, {"name": "digits", "version": version, "uri": f"models:/digits/{version}"})
+
+
+def test_the_poll_tries_a_broken_champion_once_and_a_reload_retries_it():
+    source = FlakySource("1")
+    keeper = serve_app.Keeper(source, served("1"))
+    source.version, source.broken = "2", {"2"}
+
+    async def scenario() -> list[bool]:
+        polls = [await keeper.reload(retry_failed=False) for _ in range(3)]
+        assert source.tries == ["2"]  # a poll does not download the same broken version again and again
+        assert keeper.failed_version == "2" and "weights of version 2 are missing" in keeper.reload_error
+        assert keeper.served.version == "1"  # the old model keeps serving
+        source.broken = set()  # repaired: an explicit reload takes it
+        return [*polls, await keeper.reload()]
+
+    assert asyncio.run(scenario()) == [False, False, False, True]
+    assert source.tries == ["2", "2"] and keeper.served.version == "2" and keeper.failed_version is None
+
+
+def test_the_poll_tries_a_new_champion_after_a_broken_one():
+    source = FlakySource("1")
+    keeper = serve_app.Keeper(source, served("1"))
+    source.version, source.broken = "2", {"2"}
+
+    async def scenario() -> tuple[bool, bool]:
+        first = await keeper.reload(retry_failed=False)
+        source.version = "3"  # the alias moved on
+        return first, await keeper.reload(retry_failed=False)
+
+    assert asyncio.run(scenario()) == (False, True)
+    assert source.tries == ["2", "3"] and keeper.served.version == "3"
