@@ -33,7 +33,7 @@ from optuna.trial import FrozenTrial, TrialState
 from rotmnist import tracking
 from rotmnist.errors import PipelineError, first_line
 from rotmnist.io import Dataset, pid_alive
-from rotmnist.spec import check_optuna_storage, describe
+from rotmnist.spec import CNN_CHOICES, check_optuna_storage, describe
 from rotmnist.training import (
     HYPER_KEYS,
     PIPELINE_RECIPE_KEYS,
@@ -274,7 +274,7 @@ def suggest(trial: optuna.Trial, cfg: TuneConfig) -> tuple[dict[str, Any], dict[
     family = trial.suggest_categorical("family", list(cfg.families))
     spec: dict[str, Any] = {"family": family}
     if family == "cnn":
-        for key in ("blocks", "channels", "kernel", "convs_per_block", "batch_norm", "dense"):
+        for key in CNN_CHOICES:
             spec[key] = trial.suggest_categorical(key, list(getattr(space.cnn, key)))
         spec["dropout"] = trial.suggest_float("dropout", *space.dropout)
     elif family == "mlp":
