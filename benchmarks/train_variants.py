@@ -32,6 +32,15 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
         {"epochs": 50, "rotations_per_epoch": 1, "ema": 0.999, "lr": 0.003, "weight_decay": 1e-4},
     ),
     "3x3-kernels-one-rotation-ema-70": ({"kernel": 3}, {"epochs": 70, "rotations_per_epoch": 1, "ema": 0.999}),
+    "3x3-c32-one-rotation-ema-40": (
+        {"kernel": 3, "channels": 32},
+        {"epochs": 40, "rotations_per_epoch": 1, "ema": 0.999},
+    ),
+    # The default since: two 3x3 convolutions per block instead of one 5x5.
+    "3x3-pairs-one-rotation-ema-40": (
+        {"kernel": 3, "convs_per_block": 2},
+        {"epochs": 40, "rotations_per_epoch": 1, "ema": 0.999},
+    ),
 }
 
 
