@@ -141,8 +141,8 @@ class CnnSpace(_Section):
 
     blocks: tuple[int, ...] = (3,)
     channels: tuple[int, ...] = (16,)  # of the first block, doubled per block
-    kernel: tuple[int, ...] = (3,)
-    convs_per_block: tuple[int, ...] = (2,)
+    kernel: tuple[int, ...] = (5,)
+    convs_per_block: tuple[int, ...] = (1,)
     batch_norm: tuple[bool, ...] = (True,)
     dense: tuple[int, ...] = (64, 128, 256)
 
@@ -249,7 +249,7 @@ class TuneConfig(_Section):
 
 
 class TrainConfig(_Section):
-    epochs: int = Field(40, ge=1)
+    epochs: int = Field(50, ge=1)
     seed: int = Field(0, ge=0)
     device: Device = "auto"
     num_threads: int = Field(0, ge=0)
