@@ -28,10 +28,16 @@ def served(version: str) -> serve_app.Served:
     return serve_app.Served(lambda x: x, {"name": "digits", "version": version, "uri": f"models:/digits/{version}"})
 
 
-def test_the_poll_tries_a_broken_champion_once_and_a_reload_retries_it():
+def broken_champion() -> tuple[FlakySource, serve_app.Keeper]:
+    """A keeper serving version 1 after the alias moved to version 2, whose weights do not load."""
     source = FlakySource("1")
     keeper = serve_app.Keeper(source, served("1"))
     source.version, source.broken = "2", {"2"}
+    return source, keeper
+
+
+def test_the_poll_tries_a_broken_champion_once_and_a_reload_retries_it():
+    source, keeper = broken_champion()
 
     async def scenario() -> list[bool]:
         polls = [await keeper.reload(retry_failed=False) for _ in range(3)]
@@ -46,9 +52,7 @@ def test_the_poll_tries_a_broken_champion_once_and_a_reload_retries_it():
 
 
 def test_the_poll_tries_a_new_champion_after_a_broken_one():
-    source = FlakySource("1")
-    keeper = serve_app.Keeper(source, served("1"))
-    source.version, source.broken = "2", {"2"}
+    source, keeper = broken_champion()
 
     async def scenario() -> tuple[bool, bool]:
         first = await keeper.reload(retry_failed=False)
