@@ -1,9 +1,12 @@
 """Training recipes side by side: images processed, minutes, and test/holdout accuracy per angle of each.
 
 Usage: python benchmarks/train_variants.py [--only one-rotation-ema-50 ...] [--precision bf16] [--threads 2]
+                                           [--ensemble]
 Needs data/splits (run `dvc repro split` first). Each variant trains the default CNN on the whole train split
 (from scratch, seed 0) and is scored on the test and holdout splits; a variant takes 5-20 minutes on 2 CPU
 cores, so pick some with --only. Prints a markdown table (the README's "Training recipes" table comes from it).
+With --ensemble a last row scores the average of the variants' probabilities: what the variants' whole
+training time buys together.
 """
 
 from __future__ import annotations
@@ -11,11 +14,12 @@ from __future__ import annotations
 import argparse
 import time
 
+import numpy as np
 import torch
 
 from rotmnist import io
 from rotmnist.metrics import slice_metrics
-from rotmnist.model import predict_labels
+from rotmnist.model import predict_proba
 from rotmnist.paths import Paths
 from rotmnist.training import Hyper, fit
 
@@ -36,9 +40,19 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
 }
 
 
-def per_angle(model: torch.nn.Module, ds: io.Dataset) -> dict[str, float]:
-    report = slice_metrics(ds.y, predict_labels(model, ds.x), ds.angle)
-    return {a: m["accuracy"] for a, m in report["per_angle"].items()}
+def row(name: str, images: str, minutes: str, probs: dict[str, np.ndarray], splits: dict[str, io.Dataset]) -> str:
+    """One table row: test upright and worst angle, holdout worst angle, of the predicted probabilities."""
+    accuracy = {}
+    for split in ("test", "holdout"):
+        ds = splits[split]
+        report = slice_metrics(ds.y, probs[split].argmax(axis=1), ds.angle)
+        accuracy[split] = {a: m["accuracy"] for a, m in report["per_angle"].items()}
+    on_test, on_holdout = accuracy["test"], accuracy["holdout"]
+    worst, worst_h = min(on_test, key=on_test.get), min(on_holdout, key=on_holdout.get)
+    return (
+        f"| {name} | {images} | {minutes} | {on_test['0']:.2%} | "
+        f"{on_test[worst]:.2%} ({worst}°) | {on_holdout[worst_h]:.2%} ({worst_h}°) |"
+    )
 
 
 def main() -> None:
@@ -47,11 +61,15 @@ def main() -> None:
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--ensemble", action="store_true", help="add a row for the average of the variants")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     paths = Paths.here()
-    train, test, holdout = (io.load_dataset(paths.split(s)) for s in ("train", "test", "holdout"))
+    train = io.load_dataset(paths.split("train"))
+    splits = {s: io.load_dataset(paths.split(s)) for s in ("test", "holdout")}
+    summed = {s: 0.0 for s in splits}
+    total_minutes = 0.0
     print("| recipe | images | minutes | test upright | test worst angle | holdout worst angle |")
     print("|---|---:|---:|---:|---:|---:|")
     for name in args.only:
@@ -61,14 +79,12 @@ def main() -> None:
         fitted = fit(SPEC | spec_changes, train, None, hp, seed=args.seed, desc=name)
         minutes = (time.perf_counter() - start) / 60
         images = sum(m["images_per_second"] * m["epoch_seconds"] for m in fitted.history)
-        on_test, on_holdout = per_angle(fitted.model, test), per_angle(fitted.model, holdout)
-        worst = min(on_test, key=on_test.get)
-        worst_h = min(on_holdout, key=on_holdout.get)
-        print(
-            f"| {name} | {images / 1e6:.2f} M | {minutes:.1f} | {on_test['0']:.2%} | "
-            f"{on_test[worst]:.2%} ({worst}°) | {on_holdout[worst_h]:.2%} ({worst_h}°) |",
-            flush=True,
-        )
+        probs = {split: predict_proba(fitted.model, ds.x) for split, ds in splits.items()}
+        summed = {split: summed[split] + p for split, p in probs.items()}
+        total_minutes += minutes
+        print(row(name, f"{images / 1e6:.2f} M", f"{minutes:.1f}", probs, splits), flush=True)
+    if args.ensemble and len(args.only) > 1:
+        print(row(f"ensemble of the {len(args.only)} above", "—", f"{total_minutes:.1f}", summed, splits))
     print(f"\n{args.precision}, {torch.get_num_threads()} threads, seed {args.seed}")
 
 

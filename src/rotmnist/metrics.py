@@ -24,14 +24,42 @@ def _slice(y: np.ndarray, yhat: np.ndarray) -> dict[str, float | int]:
     return {"n": len(y), "accuracy": 1.0 - err, "error_rate": err}
 
 
-def slice_metrics(y: np.ndarray, yhat: np.ndarray, angle: np.ndarray) -> dict[str, Any]:
-    """Accuracy and error overall, per rotation angle and per true class (keys are str for JSON)."""
+def slice_metrics(
+    y: np.ndarray, yhat: np.ndarray, angle: np.ndarray, source_id: np.ndarray | None = None
+) -> dict[str, Any]:
+    """Accuracy and error overall, per rotation angle and per true class (keys are str for JSON).
+
+    With `source_id`, also `every_angle_errors` (see `every_angle_errors`).
+    """
     y, yhat, angle = np.asarray(y), np.asarray(yhat), np.asarray(angle)
     if not (len(y) == len(yhat) == len(angle)) or len(y) == 0:
         raise ValueError(f"need equal, non-zero lengths; got y {len(y)}, yhat {len(yhat)}, angle {len(angle)}")
     per_angle = {str(int(a)): _slice(y[angle == a], yhat[angle == a]) for a in np.unique(angle)}
     per_class = {str(int(c)): _slice(y[y == c], yhat[y == c]) for c in np.unique(y)}
-    return {**_slice(y, yhat), "per_angle": per_angle, "per_class": per_class}
+    report = {**_slice(y, yhat), "per_angle": per_angle, "per_class": per_class}
+    return report | ({"every_angle_errors": every_angle_errors(y, yhat, source_id)} if source_id is not None else {})
+
+
+def every_angle_errors(y: np.ndarray, yhat: np.ndarray, source_id: np.ndarray) -> dict[str, float | int]:
+    """The source digits misread at every one of their rotations, and the share of all errors they make.
+
+    Rotation robustness cannot fix these: they are label noise, or digits that read as another class
+    upright too. On MNIST they are a fixed floor under every angle's error (see the README). Only sources
+    with at least two rotations count.
+    """
+    y, yhat, source_id = np.asarray(y), np.asarray(yhat), np.asarray(source_id)
+    if not len(y) == len(yhat) == len(source_id):
+        raise ValueError(f"need equal lengths; got y {len(y)}, yhat {len(yhat)}, source_id {len(source_id)}")
+    wrong = y != yhat
+    _, group = np.unique(source_id, return_inverse=True)
+    rows, wrong_rows = np.bincount(group), np.bincount(group, weights=wrong)
+    always = (rows >= 2) & (wrong_rows == rows)
+    n_wrong = int(wrong.sum())
+    return {
+        "sources": len(rows),
+        "sources_wrong_at_every_angle": int(always.sum()),
+        "share_of_errors": float(wrong_rows[always].sum() / n_wrong) if n_wrong else 0.0,
+    }
 
 
 def confusion_matrix(y: np.ndarray, yhat: np.ndarray, n_classes: int = N_CLASSES) -> np.ndarray:

@@ -51,6 +51,8 @@ def flat_metrics(report: dict[str, Any], prefix: str = "holdout") -> dict[str, f
     out = {f"{prefix}_accuracy": h["accuracy"], f"{prefix}_error": h["error_rate"]}
     out |= {f"{prefix}_accuracy_angle_{a}": m["accuracy"] for a, m in h["per_angle"].items()}
     out |= {f"{prefix}_accuracy_class_{c}": m["accuracy"] for c, m in h["per_class"].items()}
+    every = h.get("every_angle_errors", {})
+    out |= {f"{prefix}_sources_wrong_at_every_angle": every["sources_wrong_at_every_angle"]} if every else {}
     roc = report.get("roc_auc", {})
     out |= {f"{prefix}_auc_macro": roc["macro"]} if roc else {}
     out |= {f"{prefix}_auc_class_{c}": v for c, v in roc.get("per_class", {}).items()}
@@ -229,7 +231,7 @@ def main(config: Config, paths: Paths) -> None:
     candidate = load_candidate(client, name, v, run["model_uri"])
     log.info("scoring %s version %s on %d holdout images", name, v, len(holdout))
     probs = candidate.predict_proba(holdout.x, progress=f"candidate v{v}")
-    metrics = slice_metrics(holdout.y, probs.argmax(axis=1), holdout.angle)
+    metrics = slice_metrics(holdout.y, probs.argmax(axis=1), holdout.angle, holdout.source_id)
 
     champion, champion_metrics = None, None
     if previous is not None and str(previous.version) != v:  # re-running on the champion itself: nothing to compare

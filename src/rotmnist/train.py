@@ -43,8 +43,10 @@ def test_report(model: RawImageClassifier, test: io.Dataset) -> dict[str, Any]:
     """Accuracy on the test split: overall, per angle (upright and each rotation) and per class.
 
     `worst_rotated_accuracy` is there only when the split has rotated images (no null in a DVC metrics file).
+    `every_angle_errors` counts the digits misread at all their angles: the part of the error that no
+    rotation robustness removes.
     """
-    report = slice_metrics(test.y, predict_labels(model, test.x), test.angle)
+    report = slice_metrics(test.y, predict_labels(model, test.x), test.angle, test.source_id)
     rotated = [m["accuracy"] for a, m in report["per_angle"].items() if a != "0"]
     return report | ({"worst_rotated_accuracy": min(rotated)} if rotated else {})
 
@@ -54,6 +56,7 @@ def run_metrics(report: dict[str, Any], val_scores: dict[str, float], lat: dict[
     metrics = {
         "test_accuracy": report["accuracy"],
         "test_worst_rotated_accuracy": report.get("worst_rotated_accuracy"),
+        "test_sources_wrong_at_every_angle": report.get("every_angle_errors", {}).get("sources_wrong_at_every_angle"),
         **{f"test_accuracy_angle_{a}": m["accuracy"] for a, m in report["per_angle"].items()},
         **{f"test_accuracy_class_{c}": m["accuracy"] for c, m in report["per_class"].items()},
         **({"final_val_accuracy": val_scores["accuracy"]} if val_scores else {}),
@@ -98,7 +101,15 @@ def summary(
 
     Keys without a value (no val split, no rotated test image) are left out: DVC cannot show a null.
     """
-    test_keys = ("accuracy", "error_rate", "n", "worst_rotated_accuracy", "per_angle", "per_class")
+    test_keys = (
+        "accuracy",
+        "error_rate",
+        "n",
+        "worst_rotated_accuracy",
+        "every_angle_errors",
+        "per_angle",
+        "per_class",
+    )
     return {
         **({"val_accuracy": val_scores["accuracy"]} if "accuracy" in val_scores else {}),
         "test": {k: report[k] for k in test_keys if k in report},

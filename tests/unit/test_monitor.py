@@ -106,6 +106,22 @@ def test_slice_metrics_overall_per_angle_and_per_class():
         metrics.slice_metrics(y, yhat[:-1], angle)
 
 
+def test_every_angle_errors_counts_the_digits_misread_at_all_their_rotations():
+    # source 7: wrong at both angles (one floor error each angle); source 8: wrong once; source 9: right;
+    # source 5: one row only, wrong (never counts: a single view says nothing about rotations).
+    source = np.array([7, 7, 8, 8, 9, 9, 5])
+    y = np.array([3, 3, 1, 1, 4, 4, 2])
+    yhat = np.array([5, 5, 1, 7, 4, 4, 0])
+    angle = np.array([0, 30, 0, 30, 0, 30, 0])
+    every = metrics.every_angle_errors(y, yhat, source)
+    assert every == {"sources": 4, "sources_wrong_at_every_angle": 1, "share_of_errors": pytest.approx(2 / 4)}
+    assert metrics.slice_metrics(y, yhat, angle, source)["every_angle_errors"] == every
+    assert "every_angle_errors" not in metrics.slice_metrics(y, yhat, angle)
+    assert metrics.every_angle_errors(y, y, source)["share_of_errors"] == 0.0  # no error: no division by zero
+    with pytest.raises(ValueError, match="equal lengths"):
+        metrics.every_angle_errors(y, yhat, source[:-1])
+
+
 def metrics_with(overall: float, per_angle: dict[str, float]) -> dict:
     def s(acc):
         return {"n": 100, "accuracy": acc, "error_rate": 1 - acc}
@@ -307,11 +323,12 @@ def test_flat_metrics_and_version_tags_carry_the_decision():
         },
         "registry": {"compared_with": 2},
         "training_run_id": "r1",
-        "holdout": metrics.slice_metrics(y, np.array([0, 1, 2, 0]), np.array([0, 0, -10, -10])),
+        "holdout": metrics.slice_metrics(y, np.array([0, 1, 2, 0]), np.array([0, 0, -10, -10]), np.array([0, 1, 0, 1])),
         "class_distribution": gate.class_distribution(y, y),
     }
     flat = monitor.flat_metrics(report)
     assert flat["holdout_accuracy"] == 0.75 and flat["holdout_accuracy_angle_-10"] == 0.5
+    assert flat["holdout_sources_wrong_at_every_angle"] == 0
     assert flat["gate_passed"] == 0.0 and flat["gate_drift"] == 1.0 and "holdout_pred_chi2_pvalue" in flat
     tags = monitor.version_tags(report, "abc123", "md5:ff")
     assert tags["gate"] == "failed" and tags["gate_reasons"] == "a; b" and tags["compared_with"] == "v2"

@@ -369,3 +369,9 @@ def test_train_metrics_leave_out_what_has_no_value(monkeypatch):
     rotated = upright.take(np.arange(4))
     rotated = Dataset(**{**rotated.__dict__, "angle": np.array([0, 0, 10, 10], np.int8)})
     assert train.test_report(None, rotated)["worst_rotated_accuracy"] == 0.5
+    # Source 3's two rotations are both misread: a floor no rotation robustness lifts.
+    rotated = Dataset(**{**rotated.__dict__, "source_id": np.array([0, 1, 3, 3], np.int32)})
+    monkeypatch.setattr(train, "predict_labels", lambda model, x: np.array([0, 1, 0, 0]))
+    report = train.test_report(None, rotated)
+    assert report["every_angle_errors"] == {"sources": 3, "sources_wrong_at_every_angle": 1, "share_of_errors": 1.0}
+    assert train.run_metrics(report, {}, {})["test_sources_wrong_at_every_angle"] == 1
