@@ -19,11 +19,7 @@ def main(config: Config, paths: Paths, model_uri: str | None = None, host: str |
     """Serve until interrupted; `host` and `port` override params.yaml's `serve.host` and `serve.port`."""
     import uvicorn
 
-    settings = config.serve
-    if settings.threads:
-        import torch
-
-        torch.set_num_threads(settings.threads)
+    settings = config.serve  # settings.threads applies in the scoring thread (serve_app.Batcher)
     tracking.configure_mlflow(config, paths)
     source = serve_app.ModelSource(config.monitor.model_name, model_uri)
     keeper = serve_app.Keeper(source, source.load_initial())

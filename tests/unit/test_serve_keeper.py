@@ -61,3 +61,33 @@ def test_the_poll_tries_a_new_champion_after_a_broken_one():
 
     assert asyncio.run(scenario()) == (False, True)
     assert source.tries == ["2", "3"] and keeper.served.version == "3"
+
+
+def test_the_batcher_scores_with_the_configured_torch_threads():
+    """`serve.threads` holds where the model runs: on the batcher's scoring thread."""
+    import numpy as np
+    import torch
+
+    seen = []
+
+    def proba(x):
+        seen.append(torch.get_num_threads())
+        return x
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # what the batcher must change, whatever ran before
+    keeper = serve_app.Keeper(FlakySource("1"), serve_app.Served(proba, {"name": "digits", "version": "1"}))
+
+    async def scenario():
+        batcher = serve_app.Batcher(keeper, max_images=8, threads=1)
+        batcher.start()
+        try:
+            return await batcher.score(np.zeros((2, 28, 28), np.float32))
+        finally:
+            await batcher.stop()
+
+    try:
+        probs, used = asyncio.run(scenario())
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [1] and probs.shape == (2, 28, 28) and used.version == "1"
