@@ -78,7 +78,7 @@ def main() -> None:
         start = time.perf_counter()
         fitted = fit(SPEC | spec_changes, train, None, hp, seed=args.seed, desc=name)
         minutes = (time.perf_counter() - start) / 60
-        images = sum(m["images_per_second"] * m["epoch_seconds"] for m in fitted.history)
+        images = sum(m["epoch_images"] for m in fitted.history)
         probs = {split: predict_proba(fitted.model, ds.x) for split, ds in splits.items()}
         summed = {split: summed[split] + p for split, p in probs.items()}
         total_minutes += minutes

@@ -77,11 +77,12 @@ def training_record(run_id: str) -> dict[str, Any] | None:
     client = mlflow.MlflowClient()
     try:
         client.get_run(run_id)  # raises if the run is not in this store
-        seconds = {m.step: m.value for m in client.get_metric_history(run_id, "epoch_seconds")}
-        rates = {m.step: m.value for m in client.get_metric_history(run_id, "images_per_second")}
-        # An epoch may visit only some rows of the split (train.rotations_per_epoch): count what each one did.
-        images = sum(round(rates[step] * s) for step, s in seconds.items())
+        seconds = [m.value for m in client.get_metric_history(run_id, "epoch_seconds")]
+        # An epoch may visit only some rows of the split (train.rotations_per_epoch): what each one did.
+        images = round(sum(m.value for m in client.get_metric_history(run_id, "epoch_images")))
+        if not seconds or not images:
+            raise ValueError("the run has no epoch_seconds or epoch_images metrics")
     except (MlflowException, KeyError, ValueError) as err:
         log.warning("cannot read the training record of run %s (%s)", run_id, err)
         return None
-    return {"train_images": images, "train_seconds": float(sum(seconds.values())), "trained_by": f"train run {run_id}"}
+    return {"train_images": images, "train_seconds": float(sum(seconds)), "trained_by": f"train run {run_id}"}

@@ -58,7 +58,16 @@ log = logging.getLogger(__name__)
 STORAGE_ENV = "ROTMNIST_OPTUNA_STORAGE"
 PARENT_ATTR = "mlflow_parent_run_id"
 STATE_TAG = "state"  # complete | pruned | failed, on every trial's MLflow run
-EPOCH_METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "epoch_seconds", "images_per_second")
+EPOCH_METRICS = (
+    "train_loss",
+    "train_accuracy",
+    "val_loss",
+    "val_accuracy",
+    "lr",
+    "epoch_seconds",
+    "epoch_images",
+    "images_per_second",
+)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 PARENT_SETTLE_SECONDS = 0.5
 ROLE_TAG = "role"  # "sweep" on a study's parent run

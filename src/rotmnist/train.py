@@ -99,6 +99,8 @@ def summary(
 ) -> dict[str, Any]:
     """The content of metrics/train.json without timings: val and test accuracy (per angle, class), throughput.
 
+    `train_images` is the size of the train split, `images_trained` what all epochs together trained on.
+
     Keys without a value (no val split, no rotated test image) are left out: DVC cannot show a null.
     """
     test_keys = (
@@ -115,6 +117,7 @@ def summary(
         "test": {k: report[k] for k in test_keys if k in report},
         "epochs": hp_epochs,
         "train_images": n_train,
+        "images_trained": int(sum(m["epoch_images"] for m in history)),
         "images_per_second": float(np.mean([m["images_per_second"] for m in history])),
     }
 

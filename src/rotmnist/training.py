@@ -261,8 +261,9 @@ class WeightAverage:
     @torch.no_grad()
     def update(self) -> None:
         self.updates += 1
-        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        torch._foreach_lerp_(self._dst, self._src, 1 - decay)
+        weight = 1 - min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for dst, src in zip(self._dst, self._src, strict=True):
+            dst.lerp_(src, weight)
 
 
 @dataclass
@@ -362,6 +363,7 @@ def fit(
             "train_accuracy": correct / len(order),
             "lr": sched.get_last_lr()[0],
             "epoch_seconds": seconds,
+            "epoch_images": len(order),
             "images_per_second": len(order) / seconds,
         }
         if xv is not None and (epoch % score_every == 0 or epoch == hp.epochs):

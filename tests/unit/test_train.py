@@ -149,6 +149,7 @@ def test_an_epoch_of_one_rotation_per_source_trains_on_that_many_images():
     result = fit(SMALL_CNN, ds, None, hp, on_epoch=steps.append)
     n = len(np.unique(ds.source_id))
     assert n < len(ds) // 6
+    assert all(m["epoch_images"] == n for m in steps)
     assert all(m["images_per_second"] * m["epoch_seconds"] == pytest.approx(n) for m in steps)
     assert result.history[-1]["lr"] < hp.lr / 100  # the one-cycle schedule ends on the epochs' real step count
 
@@ -362,7 +363,8 @@ def test_train_metrics_leave_out_what_has_no_value(monkeypatch):
     monkeypatch.setattr(train, "predict_labels", lambda model, x: np.array([0, 1, 2, 0]))
     report = train.test_report(None, upright)
     assert report["accuracy"] == 0.75 and "worst_rotated_accuracy" not in report
-    summary = train.summary(report, {}, [{"images_per_second": 100.0}], 1, 4)
+    summary = train.summary(report, {}, [{"images_per_second": 100.0, "epoch_images": 4}], 1, 4)
+    assert summary["images_trained"] == 4
     assert "val_accuracy" not in summary and "worst_rotated_accuracy" not in summary["test"]
     assert metrics_problems(summary) == []
     assert "test_worst_rotated_accuracy" not in train.run_metrics(report, {}, {"latency_ms_single_image": 1.0})
