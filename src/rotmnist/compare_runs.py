@@ -82,7 +82,7 @@ def training_record(run_id: str) -> dict[str, Any] | None:
         images = round(sum(m.value for m in client.get_metric_history(run_id, "epoch_images")))
         if not seconds or not images:
             raise ValueError("the run has no epoch_seconds or epoch_images metrics")
-    except (MlflowException, KeyError, ValueError) as err:
+    except (MlflowException, ValueError) as err:
         log.warning("cannot read the training record of run %s (%s)", run_id, err)
         return None
     return {"train_images": images, "train_seconds": float(sum(seconds)), "trained_by": f"train run {run_id}"}
