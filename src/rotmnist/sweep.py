@@ -31,7 +31,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from rotmnist import tracking
-from rotmnist.errors import PipelineError, first_line
+from rotmnist.errors import PipelineError, first_line, retry
 from rotmnist.io import Dataset, pid_alive
 from rotmnist.spec import CNN_CHOICES, check_optuna_storage, describe
 from rotmnist.training import (
@@ -129,26 +129,24 @@ def _open_rdb(url: str, heartbeat_interval: int | None, grace_period: int | None
             "grace_period": grace_period,
             "heartbeat_stale_trial_callback": fail_and_retry,
         }
-    for attempt in range(RDB_OPEN_ATTEMPTS):
-        try:
-            with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 5
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return RDBStorage(url, **beats)
-        except IntegrityError:
-            # Workers started together on a fresh database race to create Optuna's tables; the loser's
-            # CREATE TABLE hits a unique key. A moment later the tables exist and opening succeeds.
-            if attempt == RDB_OPEN_ATTEMPTS - 1:
-                raise
-            time.sleep(0.5 * (attempt + 1))
-        except ImportError as err:  # no driver
-            raise PipelineError(f"cannot open {tracking.redact(url)}: {err}; install psycopg[binary]") from None
-        except Exception as err:  # sqlalchemy's OperationalError and friends: server down, bad password
-            first = first_line(err)
-            raise PipelineError(
-                f"cannot open the Optuna storage {tracking.redact(url)} ({type(err).__name__}: {first}); "
-                "check tune.storage or ROTMNIST_OPTUNA_STORAGE and that the database is running"
-            ) from None
-    raise AssertionError("unreachable")
+
+    def open_once() -> optuna.storages.RDBStorage:
+        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 5
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return RDBStorage(url, **beats)
+
+    try:
+        # Workers started together on a fresh database race to create Optuna's tables; the loser's
+        # CREATE TABLE hits a unique key. A moment later the tables exist and opening succeeds.
+        return retry(open_once, IntegrityError, RDB_OPEN_ATTEMPTS, 0.5)
+    except ImportError as err:  # no driver
+        raise PipelineError(f"cannot open {tracking.redact(url)}: {err}; install psycopg[binary]") from None
+    except Exception as err:  # sqlalchemy's OperationalError and friends: server down, bad password
+        first = first_line(err)
+        raise PipelineError(
+            f"cannot open the Optuna storage {tracking.redact(url)} ({type(err).__name__}: {first}); "
+            "check tune.storage or ROTMNIST_OPTUNA_STORAGE and that the database is running"
+        ) from None
 
 
 def study_name(config: Config, data_hash: str) -> str:

@@ -10,14 +10,13 @@ import json
 import logging
 import os
 import subprocess
-import time
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from rotmnist.errors import PipelineError, first_line
+from rotmnist.errors import PipelineError, first_line, retry
 
 if TYPE_CHECKING:
     from rotmnist.config import Config
@@ -185,14 +184,7 @@ def log_dataset(ds: Dataset, name: str, context: str, source: str | Path, digest
         dataset = mlflow.data.from_numpy(ds.x, targets=ds.y, source=str(source), name=name, digest=digest[:36])
     # Parallel sweep workers log the same dataset at once; the store's insert of a dataset that another
     # process has just added fails on its unique key. The retry finds the row and only links it.
-    for attempt in range(DATASET_RETRIES):
-        try:
-            mlflow.log_input(dataset, context=context)
-            return
-        except MlflowException:
-            if attempt == DATASET_RETRIES - 1:
-                raise
-            time.sleep(0.2 * (attempt + 1))
+    retry(lambda: mlflow.log_input(dataset, context=context), MlflowException, DATASET_RETRIES, 0.2)
 
 
 def array_digest(*parts: np.ndarray | bytes) -> str:
