@@ -12,6 +12,7 @@ from pathlib import Path
 import matplotlib
 import matplotlib.ticker
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import PercentFormatter
@@ -225,11 +226,23 @@ def plot_accuracy_matrix(
     return save_png(fig, path)
 
 
+def _rounds_figure(rows: list[dict]) -> tuple[Figure, Axes, np.ndarray]:
+    """A figure wide enough for one position per round, its axes, and the rounds' x positions."""
+    fig = Figure(figsize=(max(6.0, 0.35 * len(rows) + 2), 4))
+    return fig, fig.add_subplot(), np.arange(len(rows))
+
+
+def _label_rounds(ax: Axes, rows: list[dict], phase_labels: list[str], ylabel: str, legend_columns: int) -> None:
+    """Round numbers on x, the phases marked on top, the legend below."""
+    ax.set_xticks(range(len(rows)), [str(r["step"]) for r in rows], fontsize=7)
+    ax.set(xlabel="round", ylabel=ylabel)
+    _phase_boundaries(ax, [r["phase"] for r in rows], phase_labels)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=legend_columns, fontsize=8)
+
+
 def plot_monitor_rounds(rows: list[dict], phase_labels: list[str], path: str | Path) -> Path:
     """The monitor's error on the mix per round against its threshold; drift flags marked, phases separated."""
-    fig = Figure(figsize=(max(6.0, 0.35 * len(rows) + 2), 4))
-    ax = fig.add_subplot()
-    x = np.arange(len(rows))
+    fig, ax, x = _rounds_figure(rows)
     error = np.array([r["monitor_error"] for r in rows])
     drift = np.array([bool(r["drift"]) for r in rows])
     ax.plot(x, error, color="tab:blue", lw=1, label="monitor error on the mix")
@@ -237,26 +250,18 @@ def plot_monitor_rounds(rows: list[dict], phase_labels: list[str], path: str | P
     ax.scatter(x[~drift], error[~drift], color="tab:green", marker="o", zorder=3, label="satisfied")
     ax.step(x, [r["threshold"] for r in rows], where="mid", color="black", ls="--", lw=1, label="threshold")
     ax.set_yscale("log")
-    ax.set_xticks(x, [str(r["step"]) for r in rows], fontsize=7)
-    ax.set(xlabel="round", ylabel="error (log scale)")
-    _phase_boundaries(ax, [r["phase"] for r in rows], phase_labels)
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=4, fontsize=8)
+    _label_rounds(ax, rows, phase_labels, "error (log scale)", legend_columns=4)
     return save_png(fig, path)
 
 
 def plot_train_sizes(rows: list[dict], angles: list[int], phase_labels: list[str], path: str | Path) -> Path:
     """Stacked bars: the images per angle of the set each round's model was trained on."""
-    fig = Figure(figsize=(max(6.0, 0.35 * len(rows) + 2), 4))
-    ax = fig.add_subplot()
-    x = np.arange(len(rows))
+    fig, ax, x = _rounds_figure(rows)
     bottom = np.zeros(len(rows))
     colours = matplotlib.colormaps["coolwarm"](np.linspace(0, 1, len(angles)))
     for angle, colour in zip(sorted(angles), colours, strict=True):
         counts = np.array([r[f"train_{angle}"] for r in rows], dtype=float)
         ax.bar(x, counts, bottom=bottom, color=colour, label=f"{angle}°")
         bottom += counts
-    ax.set_xticks(x, [str(r["step"]) for r in rows], fontsize=7)
-    ax.set(xlabel="round", ylabel="training images")
-    _phase_boundaries(ax, [r["phase"] for r in rows], phase_labels)
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=len(angles), fontsize=8)
+    _label_rounds(ax, rows, phase_labels, "training images", legend_columns=len(angles))
     return save_png(fig, path)
