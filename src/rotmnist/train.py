@@ -56,7 +56,7 @@ def run_metrics(report: dict[str, Any], val_scores: dict[str, float], lat: dict[
     metrics = {
         "test_accuracy": report["accuracy"],
         "test_worst_rotated_accuracy": report.get("worst_rotated_accuracy"),
-        "test_sources_wrong_at_every_angle": report.get("every_angle_errors", {}).get("sources_wrong_at_every_angle"),
+        "test_sources_wrong_at_every_angle": report["every_angle_errors"]["sources_wrong_at_every_angle"],
         **{f"test_accuracy_angle_{a}": m["accuracy"] for a, m in report["per_angle"].items()},
         **{f"test_accuracy_class_{c}": m["accuracy"] for c, m in report["per_class"].items()},
         **({"final_val_accuracy": val_scores["accuracy"]} if val_scores else {}),
@@ -103,18 +103,9 @@ def summary(
 
     Keys without a value (no val split, no rotated test image) are left out: DVC cannot show a null.
     """
-    test_keys = (
-        "accuracy",
-        "error_rate",
-        "n",
-        "worst_rotated_accuracy",
-        "every_angle_errors",
-        "per_angle",
-        "per_class",
-    )
     return {
         **({"val_accuracy": val_scores["accuracy"]} if "accuracy" in val_scores else {}),
-        "test": {k: report[k] for k in test_keys if k in report},
+        "test": report,
         "epochs": hp_epochs,
         "train_images": n_train,
         "images_trained": int(sum(m["epoch_images"] for m in history)),

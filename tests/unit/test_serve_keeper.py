@@ -2,6 +2,9 @@
 
 import asyncio
 
+import numpy as np
+import torch
+
 from rotmnist import serve_app
 
 
@@ -65,9 +68,6 @@ def test_the_poll_tries_a_new_champion_after_a_broken_one():
 
 def test_the_batcher_scores_with_the_configured_torch_threads():
     """`serve.threads` holds where the model runs: on the batcher's scoring thread."""
-    import numpy as np
-    import torch
-
     seen = []
 
     def proba(x):
