@@ -20,11 +20,12 @@ from pathlib import Path
 import numpy as np
 import scipy.ndimage
 
-from rotmnist import augment, rotation
 from rotmnist.config import Config
+from rotmnist.data import rotation
 from rotmnist.io import MNIST_TEST, MNIST_TRAIN, Dataset, load_dataset, save_dataset
 from rotmnist.paths import Paths
 from rotmnist.spec import ALLOWED_ANGLES
+from rotmnist.stages import augment
 
 GOAL_SECONDS, GOAL_SPEEDUP, GOAL_RSS_MIB = 3.0, 10.0, 2048
 

@@ -28,8 +28,9 @@ import optuna
 import yaml
 from optuna.trial import TrialState
 
-from rotmnist import io, sweep
+from rotmnist import io
 from rotmnist.paths import Paths
+from rotmnist.tracking import tune as sweep
 
 ROTMNIST = str(Path(sys.executable).parent / "rotmnist")
 

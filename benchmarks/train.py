@@ -29,10 +29,10 @@ from torch.utils.data import Dataset as TorchDataset
 
 from rotmnist.config import load_config
 from rotmnist.io import Dataset, load_dataset
-from rotmnist.model import classifier_from_spec
+from rotmnist.learning.model import classifier_from_spec
+from rotmnist.learning.training import Hyper, cpu_has_bf16, fit, pixel_stats, recipe, resolve_device, resolve_precision
 from rotmnist.paths import Paths
 from rotmnist.spec import describe
-from rotmnist.training import Hyper, cpu_has_bf16, fit, pixel_stats, recipe, resolve_device, resolve_precision
 
 PEAK_NOTE = "a 4096 x 4096 matmul in the same dtype, best of 5"
 
@@ -77,7 +77,7 @@ def synthetic(n: int, seed: int = 0) -> Dataset:
 
 
 def in_memory_epoch(spec: dict, ds: Dataset, batch_size: int, device: torch.device, shift: int = 0) -> float:
-    """Images/s of one epoch of `rotmnist.train.fit` (uint8 tensor, randperm, batches by indexing)."""
+    """Images/s of one epoch of `rotmnist.stages.train.fit` (uint8 tensor, randperm, batches by indexing)."""
     hp = Hyper(batch_size=batch_size, epochs=1, shift=shift)
     return fit(spec, ds, None, hp, device=device, desc="in-memory").history[0]["images_per_second"]
 
@@ -192,7 +192,7 @@ def main() -> None:
 
     loops = {
         "DataLoader, per-sample": dataloader_epoch,
-        "in-memory (rotmnist.train.fit)": in_memory_epoch,
+        "in-memory (rotmnist.stages.train.fit)": in_memory_epoch,
         "in-memory + shift + train.precision (the pipeline)": pipeline_epoch,
     }
     in_memory_epoch(spec, ds.take(np.arange(min(len(ds), 2048))), batch_size, device)  # warm-up, not timed

@@ -18,10 +18,10 @@ import numpy as np
 import torch
 
 from rotmnist import io
-from rotmnist.metrics import slice_metrics
-from rotmnist.model import predict_proba
+from rotmnist.learning.metrics import slice_metrics
+from rotmnist.learning.model import predict_proba
+from rotmnist.learning.training import Hyper, fit
 from rotmnist.paths import Paths
-from rotmnist.training import Hyper, fit
 
 SPEC = {"family": "cnn", "blocks": 3, "channels": 16, "kernel": 5, "dense": 256, "dropout": 0.19}
 BASE = {"lr": 0.0063, "weight_decay": 1.2e-5, "batch_size": 256, "label_smoothing": 0.05, "shift": 2}

@@ -54,7 +54,7 @@ def drawing(digit: int) -> Image.Image:
 
 def prepared(digit: int) -> np.ndarray:
     """The drawing of `digit` prepared as MNIST digits are (28x28 uint8, white on black)."""
-    from rotmnist.images import to_mnist_image
+    from rotmnist.data.images import to_mnist_image
 
     return to_mnist_image(np.asarray(drawing(digit)))
 
@@ -70,7 +70,7 @@ def template_classifier():
     import torch
     from torch import nn
 
-    from rotmnist.model import RawImageClassifier
+    from rotmnist.learning.model import RawImageClassifier
 
     t = np.stack(
         [np.asarray(Image.fromarray(prepared(d)).filter(ImageFilter.GaussianBlur(1.5)), np.float32) for d in range(10)]
@@ -88,7 +88,7 @@ def register_champion(module, name: str, experiment: str = "serve-test") -> str:
     import mlflow
     from mlflow import MlflowClient
 
-    from rotmnist import training_run
+    from rotmnist.tracking import train as training_run
 
     mlflow.set_experiment(experiment)
     with mlflow.start_run() as run:

@@ -15,21 +15,24 @@ from collections.abc import Sequence
 # command -> (module, help); a stage's module has `main(config, paths) -> None`.
 # Modules are imported only when their command runs, so `--help` stays instant.
 STAGES = {
-    "download": ("rotmnist.download", "fetch MNIST (70,000 images) into data/raw and profile it"),
-    "augment": ("rotmnist.augment", "rotate every image by every angle: data/augmented (490,000 images)"),
-    "split": ("rotmnist.split", "split by source image into train/val/holdout/test: data/splits"),
-    "tune": ("rotmnist.tune", "Optuna sweep, one MLflow run per trial: models/best_params.json"),
-    "train": ("rotmnist.train", "train the final model and log it to MLflow: models/"),
-    "monitor": ("rotmnist.monitor", "holdout drift check, registration and gated promotion to champion"),
-    "compare": ("rotmnist.compare", "model families x training data side by side: accuracy, latency, SLA"),
+    "download": ("rotmnist.stages.download", "fetch MNIST (70,000 images) into data/raw and profile it"),
+    "augment": ("rotmnist.stages.augment", "rotate every image by every angle: data/augmented (490,000 images)"),
+    "split": ("rotmnist.stages.split", "split by source image into train/val/holdout/test: data/splits"),
+    "tune": ("rotmnist.stages.tune", "Optuna sweep, one MLflow run per trial: models/best_params.json"),
+    "train": ("rotmnist.stages.train", "train the final model and log it to MLflow: models/"),
+    "monitor": ("rotmnist.stages.monitor", "holdout drift check, registration and gated promotion to champion"),
+    "compare": ("rotmnist.stages.compare", "model families x training data side by side: accuracy, latency, SLA"),
     "curriculum": (
-        "rotmnist.curriculum",
+        "rotmnist.stages.curriculum",
         "the drift story: rotations arrive, the monitor flags, the model is retrained",
     ),
 }
 COMMANDS = {
-    "predict": ("rotmnist.predict", "score image files or a .npy array with the champion model"),
-    "serve": ("rotmnist.serve", "serve the champion over HTTP (/score, /invocations) with a page to draw a digit"),
+    "predict": ("rotmnist.serving.predict", "score image files or a .npy array with the champion model"),
+    "serve": (
+        "rotmnist.serving.serve",
+        "serve the champion over HTTP (/score, /invocations) with a page to draw a digit",
+    ),
 }
 
 log = logging.getLogger("rotmnist")

@@ -10,12 +10,13 @@ from typing import Any
 
 import numpy as np
 
-from rotmnist import sweep, tracking
 from rotmnist.config import Config, load_config
 from rotmnist.io import IMAGE_SHAPE, N_CLASSES, Dataset, pixel_problem
-from rotmnist.model import RawImageClassifier
+from rotmnist.learning.model import RawImageClassifier
+from rotmnist.learning.training import PIPELINE_RECIPE_KEYS, apply_threads, fit, holdout_sources, recipe, resolve_device
 from rotmnist.paths import Paths
-from rotmnist.training import PIPELINE_RECIPE_KEYS, apply_threads, fit, holdout_sources, recipe, resolve_device
+from rotmnist.tracking import store
+from rotmnist.tracking import tune as sweep
 
 
 def as_dataset(dataset: Any) -> Dataset:
@@ -71,10 +72,10 @@ def learn_model(dataset: Any, *, config: Config | None = None, paths: Paths | No
     else:
         fit_part, val_part = ds, None
     sweep_train, sweep_val = sweep.sweep_subsets(fit_part, val_part, cfg)
-    tracking.configure_mlflow(config, paths)
+    store.configure_mlflow(config, paths)
     tags = {
-        "git_commit": tracking.git_commit(paths),
-        "data_hash": tracking.array_digest(ds.x, ds.y),
+        "git_commit": store.git_commit(paths),
+        "data_hash": store.array_digest(ds.x, ds.y),
         "stage": "learn_model",
     }
     result = sweep.run_sweep(sweep_train, sweep_val, config, paths, data_hash=tags["data_hash"], tags=tags)

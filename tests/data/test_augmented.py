@@ -5,13 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rotmnist import augment, rotation
 from rotmnist.config import AugmentConfig, Config
+from rotmnist.data import rotation
+from rotmnist.data.mnist import MnistArrays, to_dataset
 from rotmnist.errors import PipelineError
 from rotmnist.io import MNIST_TEST, MNIST_TRAIN, load_dataset, save_dataset
-from rotmnist.mnist_sources import MnistArrays, to_dataset
 from rotmnist.paths import Paths
 from rotmnist.spec import ALLOWED_ANGLES
+from rotmnist.stages import augment
 from tests.helpers import tiny_mnist
 
 N_TRAIN, N_TEST = 30, 12

@@ -12,11 +12,11 @@ import sys
 import numpy as np
 import pytest
 
-from rotmnist import download
 from rotmnist.config import Config, DownloadConfig, UrlSource, WheelSource
 from rotmnist.errors import PipelineError
 from rotmnist.io import MNIST_TEST, MNIST_TRAIN, load_dataset
 from rotmnist.paths import Paths
+from rotmnist.stages import download
 from tests.helpers import (
     FAKE_WHEEL_NAME,
     IDX_NAMES,

@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rotmnist import split
 from rotmnist.config import Config, SplitConfig
+from rotmnist.data.mnist import MnistArrays, to_dataset
 from rotmnist.errors import PipelineError
 from rotmnist.io import MNIST_TEST, MNIST_TRAIN, Dataset, load_dataset, save_dataset
-from rotmnist.mnist_sources import MnistArrays, to_dataset
 from rotmnist.paths import SPLITS, Paths
+from rotmnist.stages import split
 from tests.helpers import tiny_mnist
 
 N_TRAIN, N_TEST = 120, 40
@@ -136,7 +136,7 @@ def test_a_split_lacking_an_angle_is_written_with_a_warning(paths, caplog):
     # as the `random` augmentation strategy can produce: only source 0 was rotated by +30
     ds = tiny_augmented()
     save_dataset(ds.take((ds.angle != 30) | (ds.source_id == 0)), paths.augmented)
-    with caplog.at_level("WARNING", logger="rotmnist.split"):
+    with caplog.at_level("WARNING", logger="rotmnist.stages.split"):
         split.main(config(), paths)
     warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     owner = next(name for name in SPLITS if 0 in load_dataset(paths.split(name)).source_id)

@@ -10,13 +10,14 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from rotmnist import compare, io
+from rotmnist import io
 from rotmnist.config import config_from_dict
+from rotmnist.data.rotation import exhaustive_dataset
 from rotmnist.errors import PipelineError
-from rotmnist.model import classifier_from_spec
+from rotmnist.learning.model import classifier_from_spec
 from rotmnist.paths import Paths
-from rotmnist.rotation import exhaustive_dataset
 from rotmnist.spec import ALLOWED_ANGLES, CONFIGURATIONS
+from rotmnist.stages import compare
 from tests.helpers import tiny_mnist
 
 pytestmark = pytest.mark.slow  # trains six small models

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rotmnist.tracking import folder_md5
+from rotmnist.tracking.store import folder_md5
 from tests.integration.conftest import BIN, run
 
 pytestmark = pytest.mark.slow  # dvc repro of the tiny pipeline

@@ -20,9 +20,14 @@ from mlflow import MlflowClient
 from scipy import ndimage
 from torch import nn
 
-from rotmnist import io, model, monitor, predict, registry, tracking, training_run
+from rotmnist import io
 from rotmnist.config import Config, MlflowConfig, MonitorConfig
+from rotmnist.learning import model
 from rotmnist.paths import Paths
+from rotmnist.serving import predict
+from rotmnist.stages import monitor
+from rotmnist.tracking import registry, store
+from rotmnist.tracking import train as training_run
 from tests.helpers import MONITOR_PLOTS, tiny_mnist
 
 pytestmark = pytest.mark.slow  # a real MLflow store and torch.export: seconds per test
@@ -81,7 +86,7 @@ def ws(tmp_path, monkeypatch, empty_store) -> Paths:
 
 def train_run(paths: Paths, module: nn.Module, config: Config | None = None) -> dict:
     """What `train` leaves behind for `monitor`: a run with the logged model, and models/run.json."""
-    tracking.configure_mlflow(config or make_config(), paths)
+    store.configure_mlflow(config or make_config(), paths)
     with mlflow.start_run(run_name="train") as run:
         uri = training_run.log_classifier(module.eval(), name="model")
     ref = {"run_id": run.info.run_id, "model_uri": uri}
@@ -149,7 +154,7 @@ def test_a_good_model_is_registered_and_promoted(ws):
 
 def test_a_drifting_candidate_is_registered_but_the_champion_stays(ws, caplog):
     run_monitor(ws, Oracle())
-    with caplog.at_level(logging.INFO, logger="rotmnist.monitor"):
+    with caplog.at_level(logging.INFO, logger="rotmnist.stages.monitor"):
         report = run_monitor(ws, Oracle({-30: 20, 30: 10}))  # fine upright, poor when rotated
     assert report["gate"]["decision"] == "failed" and report["gate"]["drift"] is True
     assert report["gate"]["reasons"].split("; ") == [
@@ -209,7 +214,7 @@ def test_load_champion_falls_back_to_the_previous_passed_version(ws, caplog):
         else:
             weights.unlink()
         caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="rotmnist.registry"):
+        with caplog.at_level(logging.WARNING, logger="rotmnist.tracking.registry"):
             clf = registry.load_champion(NAME)
         assert clf.version == "1", damage  # v2 is newer but its gate failed
         assert "version 3 failed to load" in caplog.text and "fell back to version 1" in caplog.text
@@ -375,7 +380,7 @@ def test_a_champion_replaced_by_a_pickle_payload_runs_no_code_and_falls_back(ws,
     assert alias(NAME, "champion") == "2"
     marker = tmp_path / "payload-ran"
     replace_with_payload(artifact_dir("2"), how, marker)
-    with caplog.at_level(logging.WARNING, logger="rotmnist.registry"):
+    with caplog.at_level(logging.WARNING, logger="rotmnist.tracking.registry"):
         clf = registry.load_champion(NAME)
     assert not marker.exists()
     assert clf.version == "1"

@@ -8,8 +8,8 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+from rotmnist.data.mnist import MnistArrays, to_dataset
 from rotmnist.io import save_dataset
-from rotmnist.mnist_sources import MnistArrays, to_dataset
 from rotmnist.paths import Paths
 from tests.data.test_splits import stack_angles
 from tests.helpers import tiny_mnist
@@ -77,14 +77,14 @@ def tiny_mlflow_store(root: Path) -> None:
     import mlflow
     from mlflow import MlflowClient
 
-    from rotmnist import tracking
     from rotmnist.config import Config, MlflowConfig
+    from rotmnist.tracking import store
 
     root.mkdir(parents=True, exist_ok=True)
     (root / "dvc.yaml").write_text("stages: {}\n")
     (root / "params.yaml").write_text("mlflow:\n  experiment: nb-test\nmonitor:\n  model_name: digits\n")
     paths = Paths(root=root, store_root=root)
-    tracking.configure_mlflow(Config(mlflow=MlflowConfig(experiment="nb-test")), paths)
+    store.configure_mlflow(Config(mlflow=MlflowConfig(experiment="nb-test")), paths)
     trials = [
         ("cnn", 0.01, 64, 0.97, 0.05),
         ("cnn", 0.003, 32, 0.95, 0.03),

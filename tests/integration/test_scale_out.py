@@ -17,8 +17,9 @@ import yaml
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from rotmnist import io, sweep
+from rotmnist import io
 from rotmnist.paths import Paths
+from rotmnist.tracking import tune as sweep
 from tests.helpers import tiny_mnist
 
 pytestmark = pytest.mark.slow  # each test starts several Python processes that train models
@@ -231,9 +232,10 @@ def server(request, tmp_path) -> str:
 
 def test_tune_train_and_monitor_track_through_a_tracking_server(tmp_path, splits, monkeypatch, server):
     """Runs, nested trials, the registered version with its tags and the champion alias arrive through HTTP."""
-    from rotmnist import monitor as monitor_stage
-    from rotmnist import registry, train, tune
     from rotmnist.config import config_from_dict
+    from rotmnist.stages import monitor as monitor_stage
+    from rotmnist.stages import train, tune
+    from rotmnist.tracking import registry
 
     ws = workspace(tmp_path / "ws", splits, "served")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server)

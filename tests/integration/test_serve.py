@@ -18,8 +18,8 @@ import pytest
 from mlflow import MlflowClient
 from PIL import Image
 
-from rotmnist import serve_app
 from rotmnist.config import ServeConfig
+from rotmnist.serving import app as serve_app
 from tests.serving import (
     call,
     champion_store,

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from rotmnist import serve_app
 from rotmnist.config import ServeConfig
+from rotmnist.serving import app as serve_app
 from tests.serving import STROKES, champion_store, drawing, ellipse_points, serving
 
 CHROMIUM = Path("/usr/bin/chromium")

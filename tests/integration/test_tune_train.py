@@ -22,12 +22,15 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 from scipy import ndimage
 
-from rotmnist import io, sweep, tracking, train, tune
+from rotmnist import io
 from rotmnist.config import config_from_dict
 from rotmnist.errors import PipelineError
-from rotmnist.model import classifier_from_spec, predict_labels
+from rotmnist.learning.model import classifier_from_spec, predict_labels
 from rotmnist.paths import Paths
 from rotmnist.spec import normalize_spec
+from rotmnist.stages import train, tune
+from rotmnist.tracking import store
+from rotmnist.tracking import tune as sweep
 from tests.helpers import tiny_mnist
 
 ANGLES = (0, -30, 30)
@@ -195,7 +198,7 @@ def test_a_resumed_study_neither_loses_nor_duplicates_trials(ws):
     study = study_of(ws, cfg)
     parent_id = study.user_attrs[sweep.PARENT_ATTR]
     # What a process killed mid-trial leaves: a RUNNING trial of a dead pid, and a RUNNING child run.
-    tracking.configure_mlflow(cfg, ws)
+    store.configure_mlflow(cfg, ws)
     trial = study.ask()
     sweep.suggest(trial, cfg.tune)
     trial.set_user_attr("host", socket.gethostname())
@@ -283,7 +286,7 @@ def test_a_sweep_killed_mid_trial_and_restarted_ends_with_exactly_n_trials(ws):
 
 def test_workers_that_each_start_a_parent_run_end_up_sharing_the_oldest(ws, monkeypatch):
     monkeypatch.setattr(sweep, "PARENT_SETTLE_SECONDS", 0.0)
-    tracking.configure_mlflow(config(), ws)
+    store.configure_mlflow(config(), ws)
     study = optuna.create_study(study_name="s", storage=optuna.storages.InMemoryStorage())
     first = sweep._parent_run(study, "s", {"study": "s"})
     study.set_user_attr(sweep.PARENT_ATTR, "gone")  # a second worker that did not see the first one's run

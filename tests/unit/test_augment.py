@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 import scipy.ndimage
 
-from rotmnist import augment, rotation
 from rotmnist.config import AugmentConfig
+from rotmnist.data import rotation
+from rotmnist.data.mnist import MnistArrays, to_dataset
+from rotmnist.data.rotation import exhaustive_dataset, generate_dataset, rotate, rotate_batch
 from rotmnist.io import Dataset
-from rotmnist.mnist_sources import MnistArrays, to_dataset
-from rotmnist.rotation import exhaustive_dataset, generate_dataset, rotate, rotate_batch
 from rotmnist.spec import ALLOWED_ANGLES
+from rotmnist.stages import augment
 from tests.helpers import tiny_mnist
 
 ALLOWED = "[-30, -20, -10, 10, 20, 30]"

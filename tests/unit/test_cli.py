@@ -15,9 +15,9 @@ import torch
 import yaml
 
 from rotmnist import cli
+from rotmnist.data.mnist import MnistArrays, to_dataset
 from rotmnist.errors import PipelineError
 from rotmnist.io import save_dataset
-from rotmnist.mnist_sources import MnistArrays, to_dataset
 from tests.helpers import tiny_mnist
 
 REPO = Path(__file__).resolve().parents[2]
@@ -30,7 +30,7 @@ def test_every_dvc_stage_is_one_hop_from_dvc_yaml():
     assert tuple(stages) == STAGES
     for name, stage in stages.items():
         assert stage["cmd"] == f"rotmnist {name}"
-        assert cli.STAGES[name][0] == f"rotmnist.{name}"
+        assert cli.STAGES[name][0] == f"rotmnist.stages.{name}"
     subcommands = cli.build_parser()._subparsers._group_actions[0].choices
     assert set(subcommands) == {*STAGES, "predict", "serve"}
 

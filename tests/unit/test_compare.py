@@ -9,12 +9,13 @@ import pytest
 import torch
 import yaml
 
-from rotmnist import comparison, io
-from rotmnist.compare_runs import row_metrics
+from rotmnist import io
 from rotmnist.config import SlaConfig, config_from_dict
 from rotmnist.errors import ConfigError, PipelineError
-from rotmnist.model import classifier_from_spec, predict_proba
+from rotmnist.learning import compare as comparison
+from rotmnist.learning.model import classifier_from_spec, predict_proba
 from rotmnist.spec import CONFIGURATIONS, split_configuration
+from rotmnist.tracking.compare import row_metrics
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from rotmnist import drift_sim
 from rotmnist.config import config_from_dict
+from rotmnist.data.rotation import exhaustive_dataset
 from rotmnist.errors import ConfigError, PipelineError
 from rotmnist.io import Dataset
-from rotmnist.rotation import exhaustive_dataset
-from rotmnist.training import Hyper, fit
+from rotmnist.learning import curriculum as drift_sim
+from rotmnist.learning.training import Hyper, fit
 from tests.helpers import tiny_mnist
 
 SPEC = {"family": "cnn", "blocks": 1, "channels": 8, "kernel": 3, "dense": 32, "dropout": 0.0}

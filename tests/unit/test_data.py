@@ -16,10 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rotmnist import data_profile, mnist_sources, plots
 from rotmnist.config import UrlSource, WheelSource
+from rotmnist.data import mnist as mnist_sources
+from rotmnist.data import profile as data_profile
 from rotmnist.errors import PipelineError
 from rotmnist.io import MNIST_TEST, MNIST_TRAIN
+from rotmnist.learning import plots
 from tests.helpers import (
     FAKE_WHEEL_NAME,
     IDX_NAMES,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from rotmnist.model import RawImageClassifier, build_model, classifier_from_spec, predict_labels, predict_proba
+from rotmnist.learning.model import RawImageClassifier, build_model, classifier_from_spec, predict_labels, predict_proba
 from rotmnist.spec import FAMILIES, describe, normalize_spec
 
 SPECS = [

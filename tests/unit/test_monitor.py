@@ -6,9 +6,11 @@ import types
 import numpy as np
 import pytest
 
-from rotmnist import gate, io, metrics, monitor, plots
+from rotmnist import io
 from rotmnist.config import MonitorConfig
 from rotmnist.errors import PipelineError
+from rotmnist.learning import gate, metrics, plots
+from rotmnist.stages import monitor
 from tests.helpers import MONITOR_PLOTS
 
 

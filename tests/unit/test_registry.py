@@ -7,10 +7,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rotmnist import cli, images, predict, registry, tracking
+from rotmnist import cli
 from rotmnist.config import Config
+from rotmnist.data import images
 from rotmnist.errors import PipelineError
 from rotmnist.paths import Paths
+from rotmnist.serving import predict
+from rotmnist.tracking import registry, store
 
 # ---- images -------------------------------------------------------------------------------------------
 
@@ -196,7 +199,7 @@ def test_load_champion_loads_the_alias(loads):
 
 def test_load_champion_falls_back_to_the_newest_earlier_passed_version(loads, caplog):
     loads.ok.update({"models:/m/1", "models:/m/3"})
-    with caplog.at_level(logging.WARNING, logger="rotmnist.registry"):
+    with caplog.at_level(logging.WARNING, logger="rotmnist.tracking.registry"):
         clf = registry.load_champion("m", client=FakeClient(4, GATES))
     assert clf.version == "3"
     assert loads.tried == ["models:/m@champion", "models:/m/3"]  # never v5 (newer) nor v2 (failed)
@@ -220,7 +223,7 @@ def test_load_champion_error_when_nothing_loads(loads):
 
 @pytest.fixture
 def no_tracking(monkeypatch):
-    monkeypatch.setattr(tracking, "configure_mlflow", lambda config, paths: "0")
+    monkeypatch.setattr(store, "configure_mlflow", lambda config, paths: "0")
 
 
 def test_predict_prints_digit_and_probability(tmp_path, monkeypatch, capsys, no_tracking):

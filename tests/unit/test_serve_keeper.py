@@ -5,7 +5,7 @@ import asyncio
 import numpy as np
 import torch
 
-from rotmnist import serve_app
+from rotmnist.serving import app as serve_app
 
 
 class FlakySource:

@@ -12,7 +12,7 @@ from rotmnist.config import SplitConfig
 from rotmnist.errors import PipelineError
 from rotmnist.io import MNIST_TEST, MNIST_TRAIN, Dataset
 from rotmnist.paths import SPLITS
-from rotmnist.split import (
+from rotmnist.stages.split import (
     build_manifest,
     row_splits,
     source_table,

@@ -11,11 +11,12 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from rotmnist import tracking, training_run
 from rotmnist.config import Config, MlflowConfig
 from rotmnist.errors import PipelineError
-from rotmnist.model import classifier_from_spec, predict_labels
+from rotmnist.learning.model import classifier_from_spec, predict_labels
 from rotmnist.paths import Paths
+from rotmnist.tracking import store
+from rotmnist.tracking import train as training_run
 from tests.helpers import tiny_mnist
 
 
@@ -34,20 +35,20 @@ def config(experiment: str = "t", uri: str = "") -> Config:
 def test_tracking_uri_precedence(tmp_path, monkeypatch):
     paths = Paths(root=tmp_path / "copy", store_root=tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    assert tracking.tracking_uri(config(), paths) == f"sqlite:///{tmp_path / 'mlflow.db'}"
-    assert tracking.tracking_uri(config(uri="http://server:5000"), paths) == "http://server:5000"
+    assert store.tracking_uri(config(), paths) == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert store.tracking_uri(config(uri="http://server:5000"), paths) == "http://server:5000"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///elsewhere.db")
-    assert tracking.tracking_uri(config(uri="http://server:5000"), paths) == "sqlite:///elsewhere.db"
+    assert store.tracking_uri(config(uri="http://server:5000"), paths) == "sqlite:///elsewhere.db"
 
 
 def test_configure_mlflow_creates_the_experiment_once_with_artifacts_at_the_store_root(ws):
-    experiment_id = tracking.configure_mlflow(config("exp-a"), ws)
+    experiment_id = store.configure_mlflow(config("exp-a"), ws)
     assert mlflow.get_tracking_uri() == f"sqlite:///{ws.mlflow_db}"
     experiment = mlflow.get_experiment(experiment_id)
     assert experiment.name == "exp-a"
     assert experiment.artifact_location == ws.mlflow_artifacts.resolve().as_uri()
-    assert tracking.configure_mlflow(config("exp-a"), ws) == experiment_id
-    assert tracking.configure_mlflow(config("exp-b"), ws) != experiment_id
+    assert store.configure_mlflow(config("exp-a"), ws) == experiment_id
+    assert store.configure_mlflow(config("exp-b"), ws) != experiment_id
     with mlflow.start_run() as run:
         mlflow.log_text("hello", "note.txt")
     assert run.info.experiment_id != experiment_id  # the last configured experiment is the active one
@@ -55,21 +56,21 @@ def test_configure_mlflow_creates_the_experiment_once_with_artifacts_at_the_stor
 
 
 def test_configure_mlflow_refuses_a_deleted_experiment(ws):
-    experiment_id = tracking.configure_mlflow(config("gone"), ws)
+    experiment_id = store.configure_mlflow(config("gone"), ws)
     MlflowClient().delete_experiment(experiment_id)
     with pytest.raises(PipelineError, match=r"'gone' is deleted .*\(mlflow experiments restore"):
-        tracking.configure_mlflow(config("gone"), ws)
+        store.configure_mlflow(config("gone"), ws)
 
 
 def test_git_commit_inside_and_outside_git(tmp_path):
     paths = Paths(root=tmp_path, store_root=tmp_path)
-    assert tracking.git_commit(paths) == "unknown"
+    assert store.git_commit(paths) == "unknown"
     git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
     subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
     (tmp_path / "f").write_text("x")
     subprocess.run(["git", "add", "f"], cwd=tmp_path, check=True)
     subprocess.run([*git, "commit", "-qm", "m"], cwd=tmp_path, check=True)
-    commit = tracking.git_commit(paths)
+    commit = store.git_commit(paths)
     assert len(commit) == 40 and all(c in "0123456789abcdef" for c in commit)
 
 
@@ -79,10 +80,10 @@ def test_folder_md5_is_dvcs_directory_hash(tmp_path):
     (folder / "a.txt").write_text("1")
     (folder / "b" / "c.txt").write_text("2")
     # `dvc add d` of exactly these files records this hash (checked with DVC 3.67).
-    assert tracking.folder_md5(folder) == "f1ea74b4fbfc160797e939835066e899.dir"
-    assert tracking.folder_md5(folder / "a.txt") == "c4ca4238a0b923820dcc509a6f75849b"
+    assert store.folder_md5(folder) == "f1ea74b4fbfc160797e939835066e899.dir"
+    assert store.folder_md5(folder / "a.txt") == "c4ca4238a0b923820dcc509a6f75849b"
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        tracking.folder_md5(tmp_path / "missing")
+        store.folder_md5(tmp_path / "missing")
 
 
 def test_data_digest_reads_dvc_lock_and_falls_back_to_hashing(tmp_path, monkeypatch):
@@ -91,38 +92,38 @@ def test_data_digest_reads_dvc_lock_and_falls_back_to_hashing(tmp_path, monkeypa
     out = tmp_path / "data" / "splits"
     out.mkdir(parents=True)
     (out / "x.npy").write_bytes(b"abc")
-    computed = tracking.folder_md5(out)
-    assert tracking.data_digest(paths, "data/splits") == computed  # no dvc.lock yet
+    computed = store.folder_md5(out)
+    assert store.data_digest(paths, "data/splits") == computed  # no dvc.lock yet
     (tmp_path / "dvc.lock").write_text(
         "schema: '2.0'\nstages:\n  split:\n    cmd: rotmnist split\n    outs:\n"
         "    - path: data/splits\n      hash: md5\n      md5: 0123456789abcdef0123456789abcdef.dir\n"
     )
-    assert tracking.data_digest(paths, "data/splits") == "0123456789abcdef0123456789abcdef.dir"
-    assert tracking.data_digest(paths, out) == "0123456789abcdef0123456789abcdef.dir"  # absolute path works
-    assert tracking.data_digest(paths, out / "x.npy") == tracking.folder_md5(out / "x.npy")  # not in the lock
-    tags = tracking.standard_tags(paths, "data/splits")
+    assert store.data_digest(paths, "data/splits") == "0123456789abcdef0123456789abcdef.dir"
+    assert store.data_digest(paths, out) == "0123456789abcdef0123456789abcdef.dir"  # absolute path works
+    assert store.data_digest(paths, out / "x.npy") == store.folder_md5(out / "x.npy")  # not in the lock
+    tags = store.standard_tags(paths, "data/splits")
     lock_hash = "0123456789abcdef0123456789abcdef.dir"
     assert tags == {"git_commit": "unknown", "data_path": "data/splits", "data_hash": lock_hash}
     monkeypatch.setenv("DVC_EXP_NAME", "exp-1a2b3")
-    assert tracking.standard_tags(paths, "data/splits")["dvc_exp_name"] == "exp-1a2b3"
+    assert store.standard_tags(paths, "data/splits")["dvc_exp_name"] == "exp-1a2b3"
 
 
 def test_array_digest_changes_with_content():
     a = np.arange(10, dtype=np.uint8)
-    assert tracking.array_digest(a) == tracking.array_digest(a.copy())
-    assert tracking.array_digest(a) != tracking.array_digest(a[::-1])
-    assert len(tracking.array_digest(a, b"x")) == 32
+    assert store.array_digest(a) == store.array_digest(a.copy())
+    assert store.array_digest(a) != store.array_digest(a[::-1])
+    assert len(store.array_digest(a, b"x")) == 32
 
 
 @pytest.mark.slow  # torch.export
 def test_logged_model_round_trips_through_pyfunc_for_any_batch_size(ws):
-    tracking.configure_mlflow(config(), ws)
+    store.configure_mlflow(config(), ws)
     torch.manual_seed(0)
     module = classifier_from_spec({"family": "cnn", "blocks": 2, "channels": 4, "dense": 8}).eval()
     x = tiny_mnist(n_train=30, n_test=10)[0]
-    digest = tracking.array_digest(x)
+    digest = store.array_digest(x)
     with mlflow.start_run() as run:
-        tracking.log_dataset(_dataset(x), "train", "training", ws.root / "data", digest)
+        store.log_dataset(_dataset(x), "train", "training", ws.root / "data", digest)
         uri = training_run.log_classifier(module, name="model")
     assert uri.startswith("models:/")
     inputs = mlflow.get_run(run.info.run_id).inputs.dataset_inputs
@@ -141,7 +142,7 @@ def test_logged_model_round_trips_through_pyfunc_for_any_batch_size(ws):
 
 @pytest.mark.parametrize("n", [1, 10, 28])
 def test_log_classifier_refuses_an_input_example_that_would_fix_the_batch_size(ws, n):
-    tracking.configure_mlflow(config(), ws)
+    store.configure_mlflow(config(), ws)
     module = classifier_from_spec({"family": "logreg"})
     with mlflow.start_run(), pytest.raises(ValueError, match="N not in 0, 1, 10, 28"):
         training_run.log_classifier(module, input_example=np.zeros((n, 28, 28), np.float32))
@@ -175,4 +176,4 @@ def _dataset(x: np.ndarray):
 def test_only_tracking_servers_choose_the_artifact_location(uri, server):
     # Every other store gets the repository's mlartifacts folder, so a `dvc exp run --queue` copy
     # does not leave its artifacts in a temporary directory.
-    assert tracking._is_server(uri) is server
+    assert store._is_server(uri) is server

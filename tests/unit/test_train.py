@@ -12,12 +12,13 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from rotmnist import learn, training
+from rotmnist import learn
 from rotmnist.config import config_from_dict
 from rotmnist.errors import PipelineError
 from rotmnist.io import Dataset
+from rotmnist.learning import training
+from rotmnist.learning.training import Hyper, fit, pixel_stats, random_shift, source_folds, subsample_sources
 from rotmnist.paths import Paths
-from rotmnist.training import Hyper, fit, pixel_stats, random_shift, source_folds, subsample_sources
 from tests.helpers import tiny_mnist
 
 
@@ -350,8 +351,8 @@ def test_read_best_params(tmp_path):
 
 def test_train_metrics_leave_out_what_has_no_value(monkeypatch):
     """No rotated test image and no val split: the keys are absent, never null (DVC cannot show a null)."""
-    from rotmnist import train
     from rotmnist.io import metrics_problems
+    from rotmnist.stages import train
 
     upright = Dataset(
         x=np.zeros((4, 28, 28), np.uint8),

@@ -12,11 +12,12 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from rotmnist import sweep, training
 from rotmnist.config import Config, config_from_dict
 from rotmnist.errors import ConfigError, PipelineError
+from rotmnist.learning import training
 from rotmnist.paths import Paths
 from rotmnist.spec import normalize_spec
+from rotmnist.tracking import tune as sweep
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

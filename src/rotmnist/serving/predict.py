@@ -7,10 +7,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from rotmnist import registry, tracking
 from rotmnist.config import Config
-from rotmnist.images import read_images
+from rotmnist.data.images import read_images
 from rotmnist.paths import Paths
+from rotmnist.tracking import registry, store
 
 log = logging.getLogger(__name__)
 
@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 def main(config: Config, paths: Paths, images: Sequence[str], model_uri: str | None = None) -> None:
     """Print `<image>\\t<digit>\\t<probability>` per image."""
     names, x = read_images(images, max_bytes=int(config.predict.max_file_mb * 2**20))
-    tracking.configure_mlflow(config, paths)
+    store.configure_mlflow(config, paths)
     model = registry.load_model(model_uri) if model_uri else registry.load_champion(config.monitor.model_name)
     probs = model.predict_proba(x)
     log.info("scored %d image(s) with %s", len(names), model)

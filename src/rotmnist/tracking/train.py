@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from rotmnist.tracking import array_digest, log_dataset
+from rotmnist.tracking.store import array_digest, log_dataset
 
 if TYPE_CHECKING:
     from torch import nn

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from rotmnist.io import N_CLASSES
-from rotmnist.metrics import error_rate
+from rotmnist.learning.metrics import error_rate
 
 if TYPE_CHECKING:
     from rotmnist.config import MonitorConfig

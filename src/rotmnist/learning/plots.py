@@ -18,7 +18,7 @@ from matplotlib.patches import Rectangle
 from matplotlib.ticker import PercentFormatter
 
 from rotmnist.io import IMAGE_SHAPE, N_CLASSES, Dataset, atomic_path
-from rotmnist.metrics import ROC_LOG_FLOOR, auc, confusion_matrix, sample_curve
+from rotmnist.learning.metrics import ROC_LOG_FLOOR, auc, confusion_matrix, sample_curve
 
 MAX_MISCLASSIFIED = 48  # digits shown in the grid of holdout mistakes
 

@@ -15,14 +15,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from rotmnist import io, tracking, training_run
+from rotmnist import io
 from rotmnist.config import Config
 from rotmnist.errors import PipelineError
-from rotmnist.metrics import slice_metrics
-from rotmnist.model import RawImageClassifier, predict_labels
-from rotmnist.paths import Paths
-from rotmnist.spec import describe
-from rotmnist.training import (
+from rotmnist.learning.metrics import slice_metrics
+from rotmnist.learning.model import RawImageClassifier, predict_labels
+from rotmnist.learning.training import (
     PIPELINE_RECIPE_KEYS,
     apply_threads,
     evaluate,
@@ -33,6 +31,10 @@ from rotmnist.training import (
     recipe,
     resolve_device,
 )
+from rotmnist.paths import Paths
+from rotmnist.spec import describe
+from rotmnist.tracking import store
+from rotmnist.tracking import train as training_run
 
 log = logging.getLogger(__name__)
 
@@ -124,8 +126,8 @@ def main(config: Config, paths: Paths) -> None:
         raise PipelineError("the train and test splits must not be empty; check the split stage")
     hp = recipe(config, hyper, config.train.epochs, PIPELINE_RECIPE_KEYS)
     device = resolve_device(config.train.device)
-    experiment_id = tracking.configure_mlflow(config, paths)
-    tags = tracking.standard_tags(paths, "data/splits") | {"stage": "train", "family": spec["family"]}
+    experiment_id = store.configure_mlflow(config, paths)
+    tags = store.standard_tags(paths, "data/splits") | {"stage": "train", "family": spec["family"]}
     tags |= {"tuned_by": str(best.get("parent_run_id", "")), "tuned_trial": str(best.get("trial", ""))}
     name = f"train-{describe(spec)}-e{hp.epochs}"
     params = {**spec, **hyper_dict(hp, device), "train_images": len(train), "device": device.type}

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from rotmnist.drift_sim import Round, round_metrics
+from rotmnist.learning.curriculum import Round, round_metrics
 
 ROLE_TAG = "curriculum_role"  # "curriculum" on the parent run, "round" on each nested run
 

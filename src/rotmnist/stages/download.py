@@ -1,7 +1,7 @@
 """Stage `download`: MNIST's 70,000 images into `data/raw`, with a data profile and sample digits.
 
 Where the images come from (`download.source`) and how each source is verified lives in
-`rotmnist.mnist_sources`; the profile (`metrics/data_profile.json`) in `rotmnist.data_profile`.
+`rotmnist.data.mnist`; the profile (`metrics/data_profile.json`) in `rotmnist.data.profile`.
 """
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ from __future__ import annotations
 import logging
 import time
 
-from rotmnist import plots
 from rotmnist.config import Config
-from rotmnist.data_profile import profile_dataset
+from rotmnist.data.mnist import fetch, to_dataset
+from rotmnist.data.profile import profile_dataset
 from rotmnist.io import save_dataset, write_metrics
-from rotmnist.mnist_sources import fetch, to_dataset
+from rotmnist.learning import plots
 from rotmnist.paths import Paths
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ Strategies (`augment.strategy` in params.yaml):
   randomly drawn images, each rotated by a randomly drawn angle (seeded), in draw order.
 
 Every row keeps its source's label, source_id and mnist_split; `angle` is the rotation applied.
-The rotation itself is `rotmnist.rotation`.
+The rotation itself is `rotmnist.data.rotation`.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ import time
 import numpy as np
 
 from rotmnist.config import AugmentConfig, Config
+from rotmnist.data.rotation import exhaustive_dataset, generate_dataset
 from rotmnist.errors import PipelineError
 from rotmnist.io import Dataset, load_dataset, save_dataset
 from rotmnist.paths import Paths
-from rotmnist.rotation import exhaustive_dataset, generate_dataset
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The HTTP service of `rotmnist serve`: a FastAPI app scoring digits with one hot-swappable model.
 
 - `POST /score`: a JSON batch `{"images": [...]}` of 28x28 pixels 0-255, or image files (multipart upload
-  or one raw `image/*` body) prepared the way MNIST was made (`rotmnist.images`, shared with `predict`).
+  or one raw `image/*` body) prepared the way MNIST was made (`rotmnist.data.images`, shared with `predict`).
 - `POST /invocations`: MLflow's scoring protocol (`{"inputs": ...}` -> `{"predictions": ...}`).
 - `GET /health`, `GET /version`, `POST /reload`, and `GET /`: a page to draw or upload a digit.
 
@@ -29,10 +29,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from starlette.requests import ClientDisconnect, Request  # at run time: FastAPI reads the endpoints' annotations
 
-from rotmnist import registry
+from rotmnist.data.images import ImageTooLarge, read_image
 from rotmnist.errors import PipelineError, first_line
-from rotmnist.images import ImageTooLarge, read_image
 from rotmnist.io import IMAGE_SHAPE, pixel_problem
+from rotmnist.tracking import registry
 
 if TYPE_CHECKING:
     from fastapi import FastAPI

@@ -18,13 +18,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from rotmnist import io, plots, registry, tracking
+from rotmnist import io
 from rotmnist.config import Config, MonitorConfig
 from rotmnist.errors import PipelineError
-from rotmnist.gate import GATE_FAILED, GATE_TAG, Gate, class_distribution, decide
 from rotmnist.io import N_CLASSES, Dataset, read_json
-from rotmnist.metrics import auc, one_vs_rest_roc, roc_grid, sample_curve, slice_metrics
+from rotmnist.learning import plots
+from rotmnist.learning.gate import GATE_FAILED, GATE_TAG, Gate, class_distribution, decide
+from rotmnist.learning.metrics import auc, one_vs_rest_roc, roc_grid, sample_curve, slice_metrics
 from rotmnist.paths import Paths
+from rotmnist.tracking import registry, store
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -222,7 +224,7 @@ def main(config: Config, paths: Paths) -> None:
     holdout = io.load_dataset(paths.split("holdout"))
     if len(holdout) == 0:
         raise PipelineError(f"the holdout split {paths.split('holdout')} is empty; check split.holdout_fraction")
-    tracking.configure_mlflow(config, paths)
+    store.configure_mlflow(config, paths)
     client = MlflowClient()
 
     previous = registry.champion_version(client, name)
@@ -250,7 +252,7 @@ def main(config: Config, paths: Paths) -> None:
     plot_dir = paths.plots / "monitor"
     write_plots(plot_dir, holdout, probs, report, 1 - cfg.angle_threshold, curves)
     registry.record_on_training_run(client, run["run_id"], report, flat_metrics(report), plot_dir)
-    tags = version_tags(report, tracking.git_commit(paths), tracking.data_digest(paths, paths.splits))
+    tags = version_tags(report, store.git_commit(paths), store.data_digest(paths, paths.splits))
     registry.record_decision(client, name, v, tags, promoted=gate.promoted)
     _announce(report, gate)
 

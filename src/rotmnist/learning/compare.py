@@ -20,10 +20,10 @@ import torch
 
 from rotmnist.errors import PipelineError, first_line
 from rotmnist.io import Dataset, read_json
-from rotmnist.metrics import slice_metrics
-from rotmnist.model import RawImageClassifier, classifier_from_spec, predict_labels, predict_proba
+from rotmnist.learning.metrics import slice_metrics
+from rotmnist.learning.model import RawImageClassifier, classifier_from_spec, predict_labels, predict_proba
+from rotmnist.learning.training import Hyper, fit
 from rotmnist.spec import normalize_spec, split_configuration
-from rotmnist.training import Hyper, fit
 
 if TYPE_CHECKING:
     from rotmnist.config import CompareConfig, LatencyConfig, SlaConfig

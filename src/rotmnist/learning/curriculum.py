@@ -20,11 +20,11 @@ import numpy as np
 import torch
 
 from rotmnist.errors import PipelineError
-from rotmnist.gate import is_drift, monitor_perf
 from rotmnist.io import Dataset
-from rotmnist.metrics import error_rate, slice_metrics
-from rotmnist.model import RawImageClassifier, predict_labels
-from rotmnist.training import Hyper, fit
+from rotmnist.learning.gate import is_drift, monitor_perf
+from rotmnist.learning.metrics import error_rate, slice_metrics
+from rotmnist.learning.model import RawImageClassifier, predict_labels
+from rotmnist.learning.training import Hyper, fit
 
 log = logging.getLogger(__name__)
 

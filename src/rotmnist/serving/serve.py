@@ -1,16 +1,17 @@
 """`rotmnist serve`: the registry's champion (or `--model`) over HTTP, with a page to draw a digit.
 
 Loads the model once before listening (a model that does not load is a one-line error, exit 1), then
-runs the app of `rotmnist.serve_app` with uvicorn. Imports no training code.
+runs the app of `rotmnist.serving.app` with uvicorn. Imports no training code.
 """
 
 from __future__ import annotations
 
 import logging
 
-from rotmnist import serve_app, tracking
 from rotmnist.config import Config
 from rotmnist.paths import Paths
+from rotmnist.serving import app as serve_app
+from rotmnist.tracking import store
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +21,7 @@ def main(config: Config, paths: Paths, model_uri: str | None = None, host: str |
     import uvicorn
 
     settings = config.serve  # settings.threads applies in the scoring thread (serve_app.Batcher)
-    tracking.configure_mlflow(config, paths)
+    store.configure_mlflow(config, paths)
     source = serve_app.ModelSource(config.monitor.model_name, model_uri)
     keeper = serve_app.Keeper(source, source.load_initial())
     app = serve_app.create_app(keeper, settings)

@@ -15,11 +15,15 @@ from typing import Any
 
 import numpy as np
 
-from rotmnist import curriculum_tracking, drift_sim, io, plots, tracking
+from rotmnist import io
 from rotmnist.config import Config
+from rotmnist.learning import curriculum as drift_sim
+from rotmnist.learning import plots
+from rotmnist.learning.training import Hyper, apply_threads, hyper_dict, recipe, resolve_device
 from rotmnist.paths import Paths
 from rotmnist.spec import describe
-from rotmnist.training import Hyper, apply_threads, hyper_dict, recipe, resolve_device
+from rotmnist.tracking import curriculum as curriculum_runs
+from rotmnist.tracking import store
 
 log = logging.getLogger(__name__)
 
@@ -75,18 +79,18 @@ def main(config: Config, paths: Paths) -> None:
     train, holdout = io.load_dataset(paths.split("train")), io.load_dataset(paths.split("holdout"))
     plan, hp = plan_of(config)
     spec, device = config.curriculum.model, resolve_device(config.train.device)
-    tracking.configure_mlflow(config, paths)
-    tags = tracking.standard_tags(paths, "data/splits") | {"stage": "curriculum"}
+    store.configure_mlflow(config, paths)
+    tags = store.standard_tags(paths, "data/splits") | {"stage": "curriculum"}
     policy = f"{'warm' if plan.warm_start else 'scratch'}-{'replay' if plan.replay else 'noreplay'}"
     params = config.curriculum.model_dump(exclude={"model"}) | spec | hyper_dict(hp, device) | {"device": device.type}
     params["arrivals"] = " ".join(str(a) for a in plan.arrivals)
-    with curriculum_tracking.start_curriculum_run(f"curriculum-{describe(spec)}-{policy}", tags, params) as run_id:
-        on_round = curriculum_tracking.round_logger(run_id, tags)
+    with curriculum_runs.start_curriculum_run(f"curriculum-{describe(spec)}-{policy}", tags, params) as run_id:
+        on_round = curriculum_runs.round_logger(run_id, tags)
         sim = drift_sim.simulate(spec, hp, plan, train, holdout, device=device, on_round=on_round)
         report = drift_sim.report(sim, plan)
         io.write_metrics(paths.metrics / "curriculum.json", report)
         files = [paths.metrics / "curriculum.json", *write_plots(paths.plots / "curriculum", sim, plan)]
-        curriculum_tracking.log_summary(summary_metrics(report), files)
+        curriculum_runs.log_summary(summary_metrics(report), files)
     log.info(
         "curriculum: %d rounds, %s, final holdout accuracy %.2f%% at the worst angle; ACC %.4f BWT %+.4f FWT %+.4f"
         " (%.0f s)",

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from rotmnist.errors import PipelineError, first_line
 from rotmnist.io import Dataset, read_json
-from rotmnist.model import RawImageClassifier, classifier_from_spec, predict_proba
+from rotmnist.learning.model import RawImageClassifier, classifier_from_spec, predict_proba
 from rotmnist.spec import DEVICES, EVAL_BATCH, PRECISIONS, SCHEDULES, describe, normalize_spec
 
 if TYPE_CHECKING:

@@ -1,6 +1,6 @@
 """Stage `tune`: the Optuna sweep on a subset of `train`, scored on `val`; writes `models/best_params.json`.
 
-Every trial is a nested MLflow run under one sweep run (see `rotmnist.sweep`); the study resumes
+Every trial is a nested MLflow run under one sweep run (see `rotmnist.tracking.tune`); the study resumes
 where a killed run left it, and parallel workers can share it (journal file or PostgreSQL).
 """
 
@@ -9,10 +9,12 @@ from __future__ import annotations
 import logging
 import time
 
-from rotmnist import io, sweep, tracking
+from rotmnist import io
 from rotmnist.config import Config
+from rotmnist.learning.training import apply_threads
 from rotmnist.paths import Paths
-from rotmnist.training import apply_threads
+from rotmnist.tracking import store
+from rotmnist.tracking import tune as sweep
 
 log = logging.getLogger(__name__)
 
@@ -24,8 +26,8 @@ def main(config: Config, paths: Paths) -> None:
     train = io.load_dataset(paths.split("train"))
     val = io.load_dataset(paths.split("val")) if config.tune.cv_folds == 1 else None
     train, val = sweep.sweep_subsets(train, val, config.tune)
-    tracking.configure_mlflow(config, paths)
-    tags = tracking.standard_tags(paths, "data/splits") | {"stage": "tune"}
+    store.configure_mlflow(config, paths)
+    tags = store.standard_tags(paths, "data/splits") | {"stage": "tune"}
     log.info("sweep on %d train / %s val images", len(train), len(val) if val is not None else "CV")
     result = sweep.run_sweep(train, val, config, paths, data_hash=tags["data_hash"], tags=tags, source=paths.splits)
     io.write_json(paths.best_params, sweep.best_params_document(result))

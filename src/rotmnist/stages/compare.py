@@ -13,12 +13,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rotmnist import compare_runs, comparison, io, plots, tracking
+from rotmnist import io
 from rotmnist.config import Config
 from rotmnist.errors import PipelineError
+from rotmnist.learning import compare as comparison
+from rotmnist.learning import plots
+from rotmnist.learning.training import Hyper, apply_threads, hyper_dict, recipe, resolve_device
 from rotmnist.paths import Paths
 from rotmnist.spec import CONFIGURATIONS, PIPELINE_CONFIGURATION, describe, split_configuration
-from rotmnist.training import Hyper, apply_threads, hyper_dict, recipe, resolve_device
+from rotmnist.tracking import compare as compare_runs
+from rotmnist.tracking import store
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +87,8 @@ def main(config: Config, paths: Paths) -> None:
     pipeline = comparison.load_pipeline_model(paths.model_file, paths.run_reference) if listed else None
     hp = recipe(config, cfg.model_dump(include={"lr", "weight_decay", "batch_size"}), epochs=1)
     device = resolve_device(config.train.device)
-    tracking.configure_mlflow(config, paths)
-    tags = tracking.standard_tags(paths, "data/splits") | {"stage": "compare"}
+    store.configure_mlflow(config, paths)
+    tags = store.standard_tags(paths, "data/splits") | {"stage": "compare"}
     params = {**hyper_dict(hp, device), "budget_images": cfg.train_images, "seed": cfg.seed, "device": device.type}
     rows: dict[str, dict[str, Any]] = {}
     run_ids: dict[str, str] = {}

@@ -30,11 +30,9 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from rotmnist import tracking
 from rotmnist.errors import PipelineError, first_line, retry
 from rotmnist.io import Dataset, pid_alive
-from rotmnist.spec import CNN_CHOICES, check_optuna_storage, describe
-from rotmnist.training import (
+from rotmnist.learning.training import (
     HYPER_KEYS,
     PIPELINE_RECIPE_KEYS,
     Hyper,
@@ -46,6 +44,8 @@ from rotmnist.training import (
     source_folds,
     subsample_sources,
 )
+from rotmnist.spec import CNN_CHOICES, check_optuna_storage, describe
+from rotmnist.tracking import store
 
 if TYPE_CHECKING:
     import torch
@@ -140,11 +140,11 @@ def _open_rdb(url: str, heartbeat_interval: int | None, grace_period: int | None
         # CREATE TABLE hits a unique key. A moment later the tables exist and opening succeeds.
         return retry(open_once, IntegrityError, RDB_OPEN_ATTEMPTS, 0.5)
     except ImportError as err:  # no driver
-        raise PipelineError(f"cannot open {tracking.redact(url)}: {err}; install psycopg[binary]") from None
+        raise PipelineError(f"cannot open {store.redact(url)}: {err}; install psycopg[binary]") from None
     except Exception as err:  # sqlalchemy's OperationalError and friends: server down, bad password
         first = first_line(err)
         raise PipelineError(
-            f"cannot open the Optuna storage {tracking.redact(url)} ({type(err).__name__}: {first}); "
+            f"cannot open the Optuna storage {store.redact(url)} ({type(err).__name__}: {first}); "
             "check tune.storage or ROTMNIST_OPTUNA_STORAGE and that the database is running"
         ) from None
 
@@ -455,7 +455,7 @@ def run_sweep(
 ) -> SweepResult:
     """Run (or resume) the study until it holds `tune.n_trials` finished trials; log it all to MLflow.
 
-    MLflow must already point at the project's store (`tracking.configure_mlflow`).
+    MLflow must already point at the project's store (`store.configure_mlflow`).
     """
     import mlflow
 
@@ -480,7 +480,7 @@ def run_sweep(
         if not mlflow.get_run(parent_id).data.params:
             _log_sweep_settings(config, name, folds)
             log_inputs(*inputs)
-        mlflow.set_tags({"n_trials": str(cfg.n_trials), "storage": tracking.redact(storage_url(config, paths))})
+        mlflow.set_tags({"n_trials": str(cfg.n_trials), "storage": store.redact(storage_url(config, paths))})
         failures = 0
         while (done := count_finished(study)) < cfg.n_trials:
             log.info(
@@ -614,6 +614,6 @@ def log_inputs(train: Dataset, val: Dataset | None, data_hash: str, source: str 
     """Record the sweep's data as `mlflow.data` inputs of the active run; digests derive from the DVC hash."""
     for split, ds in (("train", train), ("val", val)):
         if ds is not None:
-            digest = tracking.array_digest(f"{data_hash}:{split}:{len(ds)}".encode())
+            digest = store.array_digest(f"{data_hash}:{split}:{len(ds)}".encode())
             context = "training" if split == "train" else "validation"
-            tracking.log_dataset(ds, f"{split}-sweep", context, f"{source}/{split}", digest)
+            store.log_dataset(ds, f"{split}-sweep", context, f"{source}/{split}", digest)
