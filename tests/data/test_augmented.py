@@ -13,7 +13,7 @@ from rotmnist.io import MNIST_TEST, MNIST_TRAIN, load_dataset, save_dataset
 from rotmnist.paths import Paths
 from rotmnist.spec import ALLOWED_ANGLES
 from rotmnist.stages import augment
-from tests.helpers import tiny_mnist
+from tests.support.helpers import tiny_mnist
 
 N_TRAIN, N_TEST = 30, 12
 N = N_TRAIN + N_TEST

@@ -17,7 +17,7 @@ from rotmnist.errors import PipelineError
 from rotmnist.io import MNIST_TEST, MNIST_TRAIN, load_dataset
 from rotmnist.paths import Paths
 from rotmnist.stages import download
-from tests.helpers import (
+from tests.support.helpers import (
     FAKE_WHEEL_NAME,
     IDX_NAMES,
     serve_directory,

@@ -17,7 +17,7 @@ from rotmnist.errors import PipelineError
 from rotmnist.io import MNIST_TEST, MNIST_TRAIN, Dataset, load_dataset, save_dataset
 from rotmnist.paths import SPLITS, Paths
 from rotmnist.stages import split
-from tests.helpers import tiny_mnist
+from tests.support.helpers import tiny_mnist
 
 N_TRAIN, N_TEST = 120, 40
 ANGLES = (-30, -20, -10, 10, 20, 30)

@@ -46,7 +46,7 @@ def set_params(params_file: Path, overrides: dict) -> None:
 @pytest.fixture
 def tiny_repo(tmp_path: Path) -> Path:
     """A git + DVC repository holding the project's pipeline, on a tiny MNIST in IDX files."""
-    from tests.helpers import tiny_mnist, write_idx_dir
+    from tests.support.helpers import tiny_mnist, write_idx_dir
 
     repo = tmp_path / "repo"
     repo.mkdir()
@@ -104,7 +104,7 @@ TINY_PARAMS: dict = {
 @pytest.fixture(scope="session")
 def postgres() -> dict[str, str]:
     """A throwaway PostgreSQL cluster with databases `optuna`, `mlflow` and `registry`: {name: URL}."""
-    from tests.postgres import SKIP_REASON, pg_bin, postgres_cluster
+    from tests.support.postgres import SKIP_REASON, pg_bin, postgres_cluster
 
     if pg_bin() is None:
         pytest.skip(SKIP_REASON)

@@ -18,7 +18,7 @@ from rotmnist.learning.model import classifier_from_spec
 from rotmnist.paths import Paths
 from rotmnist.spec import ALLOWED_ANGLES, CONFIGURATIONS
 from rotmnist.stages import compare
-from tests.helpers import tiny_mnist
+from tests.support.helpers import tiny_mnist
 
 pytestmark = pytest.mark.slow  # trains six small models
 

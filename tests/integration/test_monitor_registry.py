@@ -28,7 +28,7 @@ from rotmnist.serving import predict
 from rotmnist.stages import monitor
 from rotmnist.tracking import registry, store
 from rotmnist.tracking import train as training_run
-from tests.helpers import MONITOR_PLOTS, tiny_mnist
+from tests.support.helpers import MONITOR_PLOTS, tiny_mnist
 
 pytestmark = pytest.mark.slow  # a real MLflow store and torch.export: seconds per test
 

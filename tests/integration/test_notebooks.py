@@ -12,7 +12,7 @@ from rotmnist.data.mnist import MnistArrays, to_dataset
 from rotmnist.io import save_dataset
 from rotmnist.paths import Paths
 from tests.data.test_splits import stack_angles
-from tests.helpers import tiny_mnist
+from tests.support.helpers import tiny_mnist
 
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 KERNEL = "python3"  # jupyter_client runs it with this interpreter (ipykernel's built-in spec): no install needed

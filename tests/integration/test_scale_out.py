@@ -20,7 +20,7 @@ from optuna.trial import TrialState
 from rotmnist import io
 from rotmnist.paths import Paths
 from rotmnist.tracking import tune as sweep
-from tests.helpers import tiny_mnist
+from tests.support.helpers import tiny_mnist
 
 pytestmark = pytest.mark.slow  # each test starts several Python processes that train models
 
@@ -219,7 +219,7 @@ def test_a_worker_killed_on_a_shared_journal_file_has_its_trial_retried(tmp_path
 @pytest.fixture(params=["sqlite", "postgresql"])
 def server(request, tmp_path) -> str:
     """A tracking server on the SQLite file or on PostgreSQL, artifacts proxied into a local folder."""
-    from tests.mlflow_server import mlflow_server
+    from tests.support.mlflow_server import mlflow_server
 
     if request.param == "sqlite":
         backend = f"sqlite:///{tmp_path / 'server.db'}"

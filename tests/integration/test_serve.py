@@ -1,6 +1,6 @@
 """`rotmnist serve` against a real uvicorn server on loopback and a real SQLite MLflow store.
 
-The champion is a template-matching model (tests/serving.py) that reads the digits the tests draw.
+The champion is a template-matching model (tests/support/serving.py) that reads the digits the tests draw.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from PIL import Image
 
 from rotmnist.config import ServeConfig
 from rotmnist.serving import app as serve_app
-from tests.serving import (
+from tests.support.serving import (
     call,
     champion_store,
     drawing,

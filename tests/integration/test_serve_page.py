@@ -8,7 +8,7 @@ import pytest
 
 from rotmnist.config import ServeConfig
 from rotmnist.serving import app as serve_app
-from tests.serving import STROKES, champion_store, drawing, ellipse_points, serving
+from tests.support.serving import STROKES, champion_store, drawing, ellipse_points, serving
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = [

@@ -31,7 +31,7 @@ from rotmnist.spec import normalize_spec
 from rotmnist.stages import train, tune
 from rotmnist.tracking import store
 from rotmnist.tracking import tune as sweep
-from tests.helpers import tiny_mnist
+from tests.support.helpers import tiny_mnist
 
 ANGLES = (0, -30, 30)
 EXPERIMENT = "tt"

@@ -15,7 +15,7 @@ from rotmnist.data.rotation import exhaustive_dataset, generate_dataset, rotate,
 from rotmnist.io import Dataset
 from rotmnist.spec import ALLOWED_ANGLES
 from rotmnist.stages import augment
-from tests.helpers import tiny_mnist
+from tests.support.helpers import tiny_mnist
 
 ALLOWED = "[-30, -20, -10, 10, 20, 30]"
 

@@ -18,7 +18,7 @@ from rotmnist import cli
 from rotmnist.data.mnist import MnistArrays, to_dataset
 from rotmnist.errors import PipelineError
 from rotmnist.io import save_dataset
-from tests.helpers import tiny_mnist
+from tests.support.helpers import tiny_mnist
 
 REPO = Path(__file__).resolve().parents[2]
 STAGES = ("download", "augment", "split", "tune", "train", "monitor", "compare", "curriculum")

@@ -12,7 +12,7 @@ from rotmnist.errors import ConfigError, PipelineError
 from rotmnist.io import Dataset
 from rotmnist.learning import curriculum as drift_sim
 from rotmnist.learning.training import Hyper, fit
-from tests.helpers import tiny_mnist
+from tests.support.helpers import tiny_mnist
 
 SPEC = {"family": "cnn", "blocks": 1, "channels": 8, "kernel": 3, "dense": 32, "dropout": 0.0}
 HP = Hyper(lr=0.01, batch_size=32, epochs=3)

@@ -22,7 +22,7 @@ from rotmnist.data import profile as data_profile
 from rotmnist.errors import PipelineError
 from rotmnist.io import MNIST_TEST, MNIST_TRAIN
 from rotmnist.learning import plots
-from tests.helpers import (
+from tests.support.helpers import (
     FAKE_WHEEL_NAME,
     IDX_NAMES,
     idx_bytes,

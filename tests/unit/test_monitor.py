@@ -11,7 +11,7 @@ from rotmnist.config import MonitorConfig
 from rotmnist.errors import PipelineError
 from rotmnist.learning import gate, metrics, plots
 from rotmnist.stages import monitor
-from tests.helpers import MONITOR_PLOTS
+from tests.support.helpers import MONITOR_PLOTS
 
 
 class LabelModel:

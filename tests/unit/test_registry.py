@@ -39,7 +39,7 @@ def test_a_28x28_image_is_prepared_like_any_other_size():
 
 
 def test_a_prepared_digit_prepared_again_moves_at_most_one_pixel():
-    from tests.helpers import digit_templates
+    from tests.support.helpers import digit_templates
 
     for template in digit_templates():
         digit = images.to_mnist_image(template * 255)

@@ -17,7 +17,7 @@ from rotmnist.learning.model import classifier_from_spec, predict_labels
 from rotmnist.paths import Paths
 from rotmnist.tracking import store
 from rotmnist.tracking import train as training_run
-from tests.helpers import tiny_mnist
+from tests.support.helpers import tiny_mnist
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from rotmnist.io import Dataset
 from rotmnist.learning import training
 from rotmnist.learning.training import Hyper, fit, pixel_stats, random_shift, source_folds, subsample_sources
 from rotmnist.paths import Paths
-from tests.helpers import tiny_mnist
+from tests.support.helpers import tiny_mnist
 
 
 @pytest.fixture(autouse=True)

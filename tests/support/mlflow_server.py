@@ -12,7 +12,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from tests.postgres import free_port
+from tests.support.postgres import free_port
 
 MLFLOW = str(Path(sys.executable).parent / "mlflow")
 

@@ -1,0 +1,1 @@
+"""Helpers shared by the test folders: tiny datasets, servers and clusters started for a test."""
