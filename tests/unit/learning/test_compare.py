@@ -17,7 +17,7 @@ from rotmnist.learning.model import classifier_from_spec, predict_proba
 from rotmnist.spec import CONFIGURATIONS, split_configuration
 from rotmnist.tracking.compare import row_metrics
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.mark.parametrize(("pool", "n"), [(10, 35), (10, 10), (100, 7), (1, 5)])
