@@ -1,5 +1,5 @@
-# rotmnist serve: the registry's champion over HTTP (see README, "Serving").
-# Build: docker build -t rotmnist-serve .   Run: see README (mount the tracking store).
+# rotmnist serve: the registry's champion over HTTP (see docs/serving.md).
+# Build: docker build -t rotmnist-serve .   Run: see docs/serving.md, "Container" (mount the tracking store).
 FROM python:3.11-slim
 
 # The CPU build of the pinned torch (the default wheels bring CUDA libraries the server does not use).
