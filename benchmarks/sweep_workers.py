@@ -30,7 +30,7 @@ from optuna.trial import TrialState
 
 from rotmnist import io
 from rotmnist.paths import Paths
-from rotmnist.tracking import tune as sweep
+from rotmnist.tracking import tune_storage
 
 ROTMNIST = str(Path(sys.executable).parent / "rotmnist")
 
@@ -71,7 +71,7 @@ def workspace(n_trials: int, epochs: int) -> tuple[Path, str]:
 
 
 def start(root: Path, n: int, storage: str, tracking: str) -> list[subprocess.Popen]:
-    env = os.environ | {"TQDM_DISABLE": "1", sweep.STORAGE_ENV: storage, "MLFLOW_TRACKING_URI": tracking}
+    env = os.environ | {"TQDM_DISABLE": "1", tune_storage.STORAGE_ENV: storage, "MLFLOW_TRACKING_URI": tracking}
     return [
         subprocess.Popen([ROTMNIST, "tune"], cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for _ in range(n)
@@ -80,8 +80,10 @@ def start(root: Path, n: int, storage: str, tracking: str) -> list[subprocess.Po
 
 def study_of(root: Path, name: str, storage: str) -> optuna.Study:
     paths = Paths(root=root, store_root=root)
-    full = [s for s in optuna.get_all_study_names(sweep.open_storage(storage, paths)) if s.startswith(f"{name}-")]
-    return optuna.load_study(study_name=full[0], storage=sweep.open_storage(storage, paths))
+    full = [
+        s for s in optuna.get_all_study_names(tune_storage.open_storage(storage, paths)) if s.startswith(f"{name}-")
+    ]
+    return optuna.load_study(study_name=full[0], storage=tune_storage.open_storage(storage, paths))
 
 
 def throughput(n: int, args: argparse.Namespace) -> tuple[int, float]:
@@ -113,7 +115,7 @@ def death_to_retry(args: argparse.Namespace) -> float:
             break
         time.sleep(0.2)
     workers[1].wait()
-    retry = [t for t in study_of(root, name, args.storage).trials if sweep.retry_of(t) == number]
+    retry = [t for t in study_of(root, name, args.storage).trials if tune_storage.retry_of(t) == number]
     shutil.rmtree(root)
     return retry[0].datetime_start.timestamp() - killed_at
 

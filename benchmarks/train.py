@@ -29,8 +29,10 @@ from torch.utils.data import Dataset as TorchDataset
 
 from rotmnist.config import load_config
 from rotmnist.io import Dataset, load_dataset
+from rotmnist.learning.device import cpu_has_bf16, resolve_device, resolve_precision
 from rotmnist.learning.model import classifier_from_spec
-from rotmnist.learning.training import Hyper, cpu_has_bf16, fit, pixel_stats, recipe, resolve_device, resolve_precision
+from rotmnist.learning.recipe import Hyper, recipe
+from rotmnist.learning.training import fit, pixel_stats
 from rotmnist.paths import Paths
 from rotmnist.spec import describe
 

@@ -20,7 +20,8 @@ import torch
 from rotmnist import io
 from rotmnist.learning.metrics import slice_metrics
 from rotmnist.learning.model import predict_proba
-from rotmnist.learning.training import Hyper, fit
+from rotmnist.learning.recipe import Hyper
+from rotmnist.learning.training import fit
 from rotmnist.paths import Paths
 
 SPEC = {"family": "cnn", "blocks": 3, "channels": 16, "kernel": 5, "dense": 256, "dropout": 0.19}

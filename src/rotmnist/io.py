@@ -43,24 +43,6 @@ _DTYPES = {
 }
 
 
-def pixel_problem(x: np.ndarray) -> str | None:
-    """What is wrong with raw pixels `x` (NaN, outside 0..255, or scaled to 0..1), or None if nothing.
-
-    Every entry point (`learn_model`, `rotmnist predict`, the HTTP service) refuses 0..1 images the same
-    way, rather than guessing a scale: an almost-black 0..255 image is also within 0..1.
-    """
-    if x.size == 0:
-        return None
-    if x.dtype.kind == "f" and not np.isfinite(x).all():
-        return "pixels hold NaN or infinite values"
-    lo, hi = x.min(), x.max()
-    if lo < 0 or hi > 255:
-        return f"pixels must be in 0..255, got values in [{lo}, {hi}]"
-    if x.dtype.kind == "f" and 0 < hi <= 1.0:
-        return "pixels look scaled to [0, 1]; pass values in 0..255 (multiply by 255)"
-    return None
-
-
 def pid_alive(pid: int) -> bool:
     """Whether a process with this id runs on this machine."""
     try:
@@ -168,6 +150,13 @@ def metrics_problems(data: Any, where: str = "") -> list[str]:
     if isinstance(data, bool | str) or (isinstance(data, int | float) and math.isfinite(data)):
         return []
     return [f"{where or '<top>'}: {data!r}"]
+
+
+def rounded(value: Any) -> Any:
+    """`value` with every float (also inside dicts) rounded to 6 decimals, for a readable metrics file."""
+    if isinstance(value, dict):
+        return {k: rounded(v) for k, v in value.items()}
+    return round(value, 6) if isinstance(value, float) else value
 
 
 def write_metrics(path: str | Path, data: dict[str, Any]) -> None:

@@ -11,9 +11,13 @@ from typing import Any
 import numpy as np
 
 from rotmnist.config import Config, load_config
-from rotmnist.io import IMAGE_SHAPE, N_CLASSES, Dataset, pixel_problem
+from rotmnist.data.images import pixel_problem
+from rotmnist.data.sources import holdout_sources, make_folds, sweep_subsets
+from rotmnist.io import IMAGE_SHAPE, N_CLASSES, Dataset
+from rotmnist.learning.device import apply_threads, resolve_device
 from rotmnist.learning.model import RawImageClassifier
-from rotmnist.learning.training import PIPELINE_RECIPE_KEYS, apply_threads, fit, holdout_sources, recipe, resolve_device
+from rotmnist.learning.recipe import PIPELINE_RECIPE_KEYS, recipe
+from rotmnist.learning.training import fit
 from rotmnist.paths import Paths
 from rotmnist.tracking import store
 from rotmnist.tracking import tune as sweep
@@ -71,14 +75,15 @@ def learn_model(dataset: Any, *, config: Config | None = None, paths: Paths | No
         fit_part, val_part = holdout_sources(ds, config.split.val_fraction, cfg.seed)
     else:
         fit_part, val_part = ds, None
-    sweep_train, sweep_val = sweep.sweep_subsets(fit_part, val_part, cfg)
+    sweep_train, sweep_val = sweep_subsets(fit_part, val_part, cfg)
+    folds = make_folds(sweep_train, sweep_val, cfg.cv_folds, cfg.seed)
     store.configure_mlflow(config, paths)
     tags = {
         "git_commit": store.git_commit(paths),
         "data_hash": store.array_digest(ds.x, ds.y),
         "stage": "learn_model",
     }
-    result = sweep.run_sweep(sweep_train, sweep_val, config, paths, data_hash=tags["data_hash"], tags=tags)
+    result = sweep.run_sweep(folds, config, paths, data_hash=tags["data_hash"], tags=tags)
     hp = recipe(config, result.hyper, config.train.epochs, PIPELINE_RECIPE_KEYS)
     device = resolve_device(config.train.device)
     fitted = fit(result.spec, fit_part, val_part, hp, device=device, seed=config.train.seed, desc="learn_model")

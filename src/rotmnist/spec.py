@@ -112,3 +112,37 @@ def check_optuna_storage(url: str) -> str:
             'use "" (the journal file optuna/journal.log), a journal file path, or postgresql://user:pw@host/db'
         )
     return url
+
+
+# ---- checks of params.yaml's lists and ranges (used by rotmnist.config) ----
+
+
+def distinct_values(v: Any, name: str, allowed: tuple[Any, ...], refused: str, *, check_values: bool = True) -> Any:
+    """A list from params.yaml as a tuple: refused (`refused`, formatted with {allowed} and {got}) when empty or,
+    with `check_values`, holding a value outside `allowed`; refused when it repeats a value."""
+    if isinstance(v, list):
+        v = tuple(v)
+    if not isinstance(v, tuple):
+        return v  # pydantic names the wrong type
+    bad = [a for a in v if a not in allowed or isinstance(a, bool)] if check_values else []
+    if bad or not v:
+        raise ValueError(refused.format(allowed=list(allowed), got=list(v)))
+    if len(set(v)) != len(v):
+        raise ValueError(f"{name} must not repeat, got {list(v)}")
+    return v
+
+
+def log_range(v: tuple[float, float], name: str) -> tuple[float, float]:
+    if not 0 < v[0] <= v[1]:
+        raise ValueError(f"{name} must be [low, high] with 0 < low <= high, got {list(v)}")
+    return v
+
+
+def check_choices(v: tuple[Any, ...], allowed: tuple[Any, ...] | None = None, low: int = 1) -> tuple[Any, ...]:
+    if not v or len(set(v)) != len(v):
+        raise ValueError(f"must be a non-empty list of distinct choices, got {list(v)}")
+    bad = [c for c in v if (c not in allowed if allowed else c < low)]
+    if bad:
+        want = f"any of {list(allowed)}" if allowed else f"integers >= {low}"
+        raise ValueError(f"choices {bad} are not allowed; use {want}")
+    return v

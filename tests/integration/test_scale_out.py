@@ -20,6 +20,7 @@ from optuna.trial import TrialState
 from rotmnist import io
 from rotmnist.paths import Paths
 from rotmnist.tracking import tune as sweep
+from rotmnist.tracking import tune_storage
 from tests.support.helpers import tiny_mnist
 
 pytestmark = pytest.mark.slow  # each test starts several Python processes that train models
@@ -73,7 +74,7 @@ def workspace(tmp_path: Path, splits: Path, name: str, **tune) -> Paths:
 def start_workers(ws: Paths, n: int, storage: str, tracking: str) -> list[subprocess.Popen]:
     env = os.environ | {
         "TQDM_DISABLE": "1",
-        sweep.STORAGE_ENV: storage,
+        tune_storage.STORAGE_ENV: storage,
         "MLFLOW_TRACKING_URI": tracking,
         "PYTHONPATH": os.pathsep.join([str(Path(sweep.__file__).parents[1]), os.environ.get("PYTHONPATH", "")]),
     }
@@ -92,11 +93,11 @@ def finish(workers: list[subprocess.Popen], timeout: float = 300) -> list[str]:
 
 
 def load_study(ws: Paths, storage: str) -> optuna.Study:
-    names = optuna.get_all_study_names(storage=sweep.open_storage(storage, ws))
+    names = optuna.get_all_study_names(storage=tune_storage.open_storage(storage, ws))
     prefix = yaml.safe_load((ws.root / "params.yaml").read_text())["tune"]["study_name"]
     mine = [n for n in names if n.startswith(f"{prefix}-")]
     assert len(mine) == 1, names
-    return optuna.load_study(study_name=mine[0], storage=sweep.open_storage(storage, ws))
+    return optuna.load_study(study_name=mine[0], storage=tune_storage.open_storage(storage, ws))
 
 
 def child_runs(tracking: str, experiment: str) -> list:
@@ -111,7 +112,7 @@ def assert_one_study_one_parent(ws: Paths, storage: str, tracking: str, name: st
     numbers = [t.number for t in study.trials]
     assert numbers == list(range(len(numbers)))
     n_trials = yaml.safe_load((ws.root / "params.yaml").read_text())["tune"]["n_trials"]
-    assert n_trials <= sweep.count_finished(study) <= n_trials + workers - 1
+    assert n_trials <= tune_storage.count_finished(study) <= n_trials + workers - 1
     children = child_runs(tracking, name)
     by_trial = sorted(int(r.data.tags["trial_number"]) for r in children)
     assert by_trial == numbers  # one child run per trial, none twice
@@ -155,12 +156,12 @@ def assert_killed_trial_retried(study: optuna.Study, tracking: str, killed_at: f
     """The killed trial is FAIL, its MLflow run KILLED; a survivor ran its params again. Returns death→retry s."""
     failed = study.get_trials(states=(TrialState.FAIL,))
     assert len(failed) == 1, [(t.number, t.state, t.datetime_start, t.datetime_complete) for t in study.trials]
-    retries = [t for t in study.trials if sweep.retry_of(t) == failed[0].number]
+    retries = [t for t in study.trials if tune_storage.retry_of(t) == failed[0].number]
     assert len(retries) == 1 and retries[0].params == failed[0].params
     assert retries[0].state == TrialState.COMPLETE
     assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
     run = MlflowClient(tracking).get_run(failed[0].user_attrs["mlflow_run_id"])
-    assert run.info.status == "KILLED" and run.data.tags[sweep.STATE_TAG] == "failed"
+    assert run.info.status == "KILLED" and run.data.tags[tune_storage.STATE_TAG] == "failed"
     return retries[0].datetime_start.timestamp() - killed_at
 
 
@@ -239,7 +240,7 @@ def test_tune_train_and_monitor_track_through_a_tracking_server(tmp_path, splits
 
     ws = workspace(tmp_path / "ws", splits, "served")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server)
-    monkeypatch.delenv(sweep.STORAGE_ENV, raising=False)
+    monkeypatch.delenv(tune_storage.STORAGE_ENV, raising=False)
     monkeypatch.delenv("ROTMNIST_STORE_ROOT", raising=False)
     params = yaml.safe_load((ws.root / "params.yaml").read_text())
     params["tune"]["n_trials"] = 2

@@ -29,7 +29,7 @@ from rotmnist.learning.model import classifier_from_spec, predict_labels
 from rotmnist.paths import Paths
 from rotmnist.spec import normalize_spec
 from rotmnist.stages import train, tune
-from rotmnist.tracking import store
+from rotmnist.tracking import store, tune_space, tune_storage
 from rotmnist.tracking import tune as sweep
 from tests.support.helpers import tiny_mnist
 
@@ -88,7 +88,7 @@ def splits(tmp_path_factory, empty_store) -> Path:
 def ws(tmp_path, monkeypatch, splits) -> Paths:
     shutil.copytree(splits, tmp_path, dirs_exist_ok=True)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    monkeypatch.delenv(sweep.STORAGE_ENV, raising=False)
+    monkeypatch.delenv(tune_storage.STORAGE_ENV, raising=False)
     monkeypatch.delenv("ROTMNIST_STORE_ROOT", raising=False)
     before = torch.get_num_threads()
     yield Paths(root=tmp_path, store_root=tmp_path)
@@ -102,7 +102,7 @@ def runs(client: MlflowClient) -> list:
 
 def study_of(ws: Paths, cfg) -> optuna.Study:
     name = json.loads((ws.metrics / "tune.json").read_text())["study"]
-    return optuna.load_study(study_name=name, storage=sweep.open_storage(str(ws.optuna_journal), ws))
+    return optuna.load_study(study_name=name, storage=tune_storage.open_storage(str(ws.optuna_journal), ws))
 
 
 @pytest.mark.slow  # trains real models in an Optuna sweep
@@ -111,7 +111,7 @@ def test_tune_logs_one_child_run_per_trial_and_train_logs_a_model_that_scores_an
     tune.main(cfg, ws)
     client = MlflowClient()
     study = study_of(ws, cfg)
-    assert len(study.trials) == 3 and sweep.count_finished(study) == 3
+    assert len(study.trials) == 3 and tune_storage.count_finished(study) == 3
     all_runs = runs(client)
     parents = [r for r in all_runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in all_runs if "mlflow.parentRunId" in r.data.tags]
@@ -200,7 +200,7 @@ def test_a_resumed_study_neither_loses_nor_duplicates_trials(ws):
     # What a process killed mid-trial leaves: a RUNNING trial of a dead pid, and a RUNNING child run.
     store.configure_mlflow(cfg, ws)
     trial = study.ask()
-    sweep.suggest(trial, cfg.tune)
+    tune_space.suggest(trial, cfg.tune)
     trial.set_user_attr("host", socket.gethostname())
     trial.set_user_attr("pid", dead_pid())
     client = MlflowClient()
@@ -214,7 +214,7 @@ def test_a_resumed_study_neither_loses_nor_duplicates_trials(ws):
     states = [t.state for t in study.trials]
     assert states == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]
     assert study.trials[3].params == study.trials[2].params  # the killed trial's params, retried
-    assert sweep.retry_of(study.trials[3]) == 2
+    assert tune_storage.retry_of(study.trials[3]) == 2
     children = [r for r in runs(client) if "mlflow.parentRunId" in r.data.tags]
     assert len(children) == len(study.trials) == 4
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent_id}
@@ -228,7 +228,7 @@ def test_a_resumed_study_neither_loses_nor_duplicates_trials(ws):
 
 
 def test_sqlite_storage_from_the_environment_is_refused(ws, monkeypatch):
-    monkeypatch.setenv(sweep.STORAGE_ENV, f"sqlite:///{ws.root / 'optuna.db'}")
+    monkeypatch.setenv(tune_storage.STORAGE_ENV, f"sqlite:///{ws.root / 'optuna.db'}")
     with pytest.raises(PipelineError, match="SQLite is refused"):
         tune.main(config(), ws)
     assert not (ws.root / "optuna.db").exists()
@@ -242,7 +242,7 @@ def test_train_needs_the_best_params_of_tune(ws):
 def trial_running_after_one_finished(ws: Paths) -> bool:
     if not ws.optuna_journal.exists():
         return False
-    storage = sweep.open_storage(str(ws.optuna_journal), ws)
+    storage = tune_storage.open_storage(str(ws.optuna_journal), ws)
     for summary in optuna.get_all_study_summaries(storage):
         trials = optuna.load_study(study_name=summary.study_name, storage=storage).trials
         states = [t.state for t in trials]
@@ -267,7 +267,7 @@ def test_a_sweep_killed_mid_trial_and_restarted_ends_with_exactly_n_trials(ws):
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the sweep finished before it could be killed"
     # What the dead process left in the journal: the trial it was running when the kill landed.
-    storage = sweep.open_storage(str(ws.optuna_journal), ws)
+    storage = tune_storage.open_storage(str(ws.optuna_journal), ws)
     (summary,) = optuna.get_all_study_summaries(storage)
     left = optuna.load_study(study_name=summary.study_name, storage=storage).get_trials(states=(TrialState.RUNNING,))
     assert len(left) == 1, "the kill did not land during a trial"
@@ -275,12 +275,12 @@ def test_a_sweep_killed_mid_trial_and_restarted_ends_with_exactly_n_trials(ws):
     summary = json.loads((ws.metrics / "tune.json").read_text())
     assert summary["trials"]["complete"] + summary["trials"]["pruned"] == 3
     study = study_of(ws, config())
-    assert sweep.count_finished(study) == 3
+    assert tune_storage.count_finished(study) == 3
     assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
     # the trial the kill interrupted is marked failed and its params were tried again
     failed = study.get_trials(states=(TrialState.FAIL,))
     assert [t.number for t in failed] == [left[0].number]
-    retries = [t for t in study.trials if sweep.retry_of(t) == failed[0].number]
+    retries = [t for t in study.trials if tune_storage.retry_of(t) == failed[0].number]
     assert len(retries) == 1 and retries[0].params == failed[0].params
 
 

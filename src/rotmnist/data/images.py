@@ -4,11 +4,12 @@ MNIST's digits are white ink on black, 28x28, the ink scaled to fit 20x20 and ce
 mass; `to_mnist_image` prepares a drawn or photographed digit the same way, for `rotmnist predict`
 and the HTTP service alike. Every image file goes through it whatever its size (a 28x28 drawing can be
 off-centre too; an MNIST digit comes back almost unchanged); arrays (`.npy`, JSON) are already the
-model's input and are only checked.
+model's input and are only checked. Uploads to the HTTP service are decoded here too (`decode_files`).
 """
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
@@ -16,11 +17,29 @@ from typing import BinaryIO
 import numpy as np
 
 from rotmnist.errors import PipelineError
-from rotmnist.io import pixel_problem
+from rotmnist.io import IMAGE_SHAPE
 
 
 class ImageTooLarge(PipelineError):
     """An image whose width x height is over the allowed number of pixels (checked before it is decoded)."""
+
+
+def pixel_problem(x: np.ndarray) -> str | None:
+    """What is wrong with raw pixels `x` (NaN, outside 0..255, or scaled to 0..1), or None if nothing.
+
+    Every entry point (`learn_model`, `rotmnist predict`, the HTTP service) refuses 0..1 images the same
+    way, rather than guessing a scale: an almost-black 0..255 image is also within 0..1.
+    """
+    if x.size == 0:
+        return None
+    if x.dtype.kind == "f" and not np.isfinite(x).all():
+        return "pixels hold NaN or infinite values"
+    lo, hi = x.min(), x.max()
+    if lo < 0 or hi > 255:
+        return f"pixels must be in 0..255, got values in [{lo}, {hi}]"
+    if x.dtype.kind == "f" and 0 < hi <= 1.0:
+        return "pixels look scaled to [0, 1]; pass values in 0..255 (multiply by 255)"
+    return None
 
 
 def to_mnist_image(gray: np.ndarray) -> np.ndarray:
@@ -129,3 +148,21 @@ def read_images(files: Sequence[str | Path], max_bytes: int | None = None) -> tu
     if not batches:
         raise PipelineError("no images given")
     return names, np.concatenate(batches)
+
+
+def decode_files(files: list[tuple[str, bytes]], max_pixels: int) -> tuple[list[str], np.ndarray]:
+    """Names and MNIST-prepared float32 images of uploaded files `(name, bytes)`, each named `file <i>` in errors.
+
+    A file over `max_pixels` raises ImageTooLarge; one that does not decode raises PipelineError.
+    """
+    names, x = [], np.zeros((len(files), *IMAGE_SHAPE), np.float32)
+    for i, (name, data) in enumerate(files):
+        label = f"file {i + 1}"
+        try:
+            x[i] = read_image(io.BytesIO(data), name=label, max_pixels=max_pixels)
+        except ImageTooLarge:
+            raise
+        except PipelineError:
+            raise PipelineError(f"{label} is not an image that can be decoded (PNG, JPEG, ...)") from None
+        names.append(name)
+    return names, x

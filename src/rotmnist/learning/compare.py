@@ -7,22 +7,22 @@ configuration is a model family (`compare.specs`) × training data (`upright` di
 
 from __future__ import annotations
 
-import contextlib
 import io as bytes_io
 import logging
-import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 
+from rotmnist.data.sources import budget_rows
 from rotmnist.errors import PipelineError, first_line
 from rotmnist.io import Dataset, read_json
+from rotmnist.learning.latency import measure_latency
 from rotmnist.learning.metrics import slice_metrics
-from rotmnist.learning.model import RawImageClassifier, classifier_from_spec, predict_labels, predict_proba
-from rotmnist.learning.training import Hyper, fit
+from rotmnist.learning.model import RawImageClassifier, classifier_from_spec, predict_labels
+from rotmnist.learning.recipe import Hyper
+from rotmnist.learning.training import fit
 from rotmnist.spec import normalize_spec, split_configuration
 
 if TYPE_CHECKING:
@@ -41,19 +41,6 @@ def training_pool(train: Dataset, data: str) -> Dataset:
     if len(pool) == 0:
         raise PipelineError(f"the train split has no {data} images to train on; check the augment and split stages")
     return pool
-
-
-def budget_rows(n_pool: int, n: int, seed: int) -> np.ndarray:
-    """Exactly `n` row indices into a pool of `n_pool`: whole seeded permutations, then the start of one more.
-
-    So every configuration sees the same number of images whatever the size of its data: a small pool is
-    cycled through (each row used n // n_pool or one more times), a large one is sampled without repeats.
-    """
-    if n_pool < 1 or n < 1:
-        raise ValueError(f"need a non-empty pool and budget, got pool {n_pool}, budget {n}")
-    rng = np.random.default_rng(seed)
-    rounds = -(-n // n_pool)
-    return np.concatenate([rng.permutation(n_pool) for _ in range(rounds)])[:n]
 
 
 def train_configuration(
@@ -108,49 +95,6 @@ def accuracy_report(model: RawImageClassifier, test: Dataset) -> dict[str, Any]:
     }
 
 
-@contextlib.contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Run the block with `n` torch CPU threads, then restore the previous number."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def measure_latency(model: RawImageClassifier, x: np.ndarray, cfg: LatencyConfig) -> dict[str, float]:
-    """End-to-end prediction time on the CPU: one image per call (p50, p99 in ms), and batch throughput.
-
-    Each call is what a caller does (a numpy array of 0-255 pixels in, probabilities out), after
-    `cfg.warmup` untimed calls, with `cfg.num_threads` threads; the images cycle through `x`.
-    """
-    if len(x) == 0:
-        raise ValueError("need images to time predictions on")
-    images = np.ascontiguousarray(x[: max(cfg.single_calls, cfg.batch_size)], dtype=np.float32)
-    batch = np.resize(images, (cfg.batch_size, *images.shape[1:]))  # repeats images if there are fewer
-    singles = np.empty(cfg.single_calls)
-    with torch_threads(cfg.num_threads):
-        for i in range(cfg.warmup):
-            predict_proba(model, images[i % len(images)][None])
-        for i in range(cfg.single_calls):
-            one = images[i % len(images)][None]
-            start = time.perf_counter()
-            predict_proba(model, one)
-            singles[i] = time.perf_counter() - start
-        predict_proba(model, batch)
-        batches = np.empty(cfg.batch_calls)
-        for i in range(cfg.batch_calls):
-            start = time.perf_counter()
-            predict_proba(model, batch)
-            batches[i] = time.perf_counter() - start
-    return {
-        "latency_ms_p50": 1000 * float(np.percentile(singles, 50)),
-        "latency_ms_p99": 1000 * float(np.percentile(singles, 99)),
-        "batch_images_per_second": cfg.batch_size / float(np.median(batches)),
-    }
-
-
 def model_size(model: torch.nn.Module) -> dict[str, int]:
     """Parameter count and the size of the saved state dict (what `models/model.pt` holds), in bytes."""
     buffer = bytes_io.BytesIO()
@@ -192,7 +136,7 @@ def mark_pareto(rows: Mapping[str, dict[str, Any]]) -> dict[str, dict[str, Any]]
     return {n: r | {"pareto": n in front} for n, r in rows.items()}
 
 
-def score(model: RawImageClassifier, test: Dataset, cfg: CompareConfig) -> dict[str, Any]:
+def score(model: RawImageClassifier, test: Dataset, cfg: CompareConfig, latency: LatencyConfig) -> dict[str, Any]:
     """Every figure of one configuration but its training record: accuracy, latency, size and SLA verdict."""
-    row = accuracy_report(model, test) | measure_latency(model, test.x, cfg.latency) | model_size(model)
+    row = accuracy_report(model, test) | measure_latency(model, test.x, latency) | model_size(model)
     return row | sla_verdict(row, cfg.sla)

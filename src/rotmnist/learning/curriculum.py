@@ -19,12 +19,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from rotmnist.data.sources import Pool, sample_sources
 from rotmnist.errors import PipelineError
 from rotmnist.io import Dataset
 from rotmnist.learning.gate import is_drift, monitor_perf
 from rotmnist.learning.metrics import error_rate, slice_metrics
 from rotmnist.learning.model import RawImageClassifier, predict_labels
-from rotmnist.learning.training import Hyper, fit
+from rotmnist.learning.recipe import Hyper
+from rotmnist.learning.training import fit
 
 log = logging.getLogger(__name__)
 
@@ -112,72 +114,6 @@ class _Recorder:
         return self.yhat
 
 
-class Pool:
-    """The training data in the pool: per angle, a prefix of one seeded order of the training digits.
-
-    An increment of n digits at some angles takes, at each of them, the next n digits not yet in the pool
-    at that angle; so a newly arrived angle starts with the rotations of digits the model may know upright.
-    """
-
-    def __init__(self, train: Dataset, seed: int):
-        if len(train) == 0:
-            raise PipelineError("the train split is empty; check the split stage")
-        sources = np.unique(train.source_id)  # sorted
-        rank = np.empty(len(sources), np.int64)
-        rank[np.random.default_rng(seed).permutation(len(sources))] = np.arange(len(sources))
-        self.train = train
-        self.n_sources = len(sources)
-        self.position = rank[np.searchsorted(sources, train.source_id)]  # each row's digit's place in the order
-        self.taken: dict[int, int] = {}  # angle -> digits in the pool at that angle
-        self.newest: dict[int, tuple[int, int]] = {}  # angle -> the digit range the latest increment added
-
-    def exhausted(self, angles: tuple[int, ...]) -> bool:
-        """Whether every training digit is already in the pool at each of `angles`."""
-        return all(self.taken.get(a, 0) >= self.n_sources for a in angles)
-
-    def _mask(self, ranges: dict[int, tuple[int, int]]) -> np.ndarray:
-        mask = np.zeros(len(self.train), bool)
-        for angle, (lo, hi) in ranges.items():
-            mask |= (self.train.angle == angle) & (self.position >= lo) & (self.position < hi)
-        return mask
-
-    def add(self, n: int, angles: tuple[int, ...]) -> int:
-        """Add the next `n` digits at each of `angles` (fewer where the data runs out); return the images added."""
-        self.newest = {}
-        for a in angles:
-            lo = self.taken.get(a, 0)
-            hi = min(lo + n, self.n_sources)
-            if hi > lo:
-                self.newest[a], self.taken[a] = (lo, hi), hi
-        return int(self._mask(self.newest).sum())
-
-    def rows(self, replay: bool, limit: int = 0, seed: int = 0) -> Dataset:
-        """The training set: the whole pool (replay) or the newest increment only, at most `limit` images.
-
-        Over the limit, the newest increment is kept whole (it is what the monitor flagged) and the rest is a
-        seeded sample of the older pool; if the newest increment alone is over it, a sample of that.
-        """
-        newest = self._mask(self.newest)
-        pool = self._mask({a: (0, hi) for a, hi in self.taken.items()}) if replay else newest
-        if 0 < limit < pool.sum():
-            rng = np.random.default_rng(seed)
-            new_rows, old_rows = np.flatnonzero(newest), np.flatnonzero(pool & ~newest)
-            if len(new_rows) >= limit:
-                keep = rng.choice(new_rows, size=limit, replace=False)
-            else:
-                keep = np.concatenate([new_rows, rng.choice(old_rows, size=limit - len(new_rows), replace=False)])
-            pool = np.zeros_like(pool)
-            pool[keep] = True
-        return self.train.take(pool)
-
-
-def monitor_sample(holdout: Dataset, n_sources: int, seed: int) -> Dataset:
-    """A seeded sample of `n_sources` holdout digits (all their rows); the mix is its rows at the arrived angles."""
-    sources = np.unique(holdout.source_id)
-    keep = np.random.default_rng(seed).choice(sources, size=min(n_sources, len(sources)), replace=False)
-    return holdout.take(np.isin(holdout.source_id, keep))
-
-
 def check_plan(plan: Plan, train: Dataset, holdout: Dataset) -> None:
     """A PipelineError if an arriving angle is missing from the training or the holdout data."""
     for name, ds in (("train", train), ("holdout", holdout)):
@@ -216,6 +152,58 @@ def _retrain(state: _State, spec: Mapping[str, Any], hp: Hyper, plan: Plan, devi
     return time.perf_counter() - start
 
 
+def _check(
+    sim: Simulation,
+    state: _State,
+    phase: int,
+    rnd: int,
+    added: int,
+    seconds: float,
+    plan: Plan,
+    mix: Dataset,
+    holdout: Dataset,
+) -> Round:
+    """Run the monitor on the deployed model: on the mix and on each arrived angle's part of it; record the round."""
+    angle, arrived = plan.arrivals[phase], plan.arrivals[: phase + 1]
+    recorder = _Recorder(state.model)
+    mix_drift = bool(monitor_perf(recorder, mix, plan.threshold))
+    angle_errors = {a: error_rate(mix.y[mix.angle == a], recorder.yhat[mix.angle == a]) for a in arrived}
+    drift = mix_drift or any(is_drift(e, plan.angle_threshold) for e in angle_errors.values())
+    record = Round(
+        step=len(sim.rounds),
+        phase=phase,
+        angle=angle,
+        round=rnd,
+        arrived=arrived,
+        trained=seconds > 0,
+        added_images=added,
+        train_per_angle=dict(state.per_angle),
+        monitor_n=len(mix),
+        monitor_error=error_rate(mix.y, recorder.yhat),
+        threshold=plan.threshold,
+        angle_errors=angle_errors,
+        angle_threshold=plan.angle_threshold,
+        drift=drift,
+        holdout_accuracy=holdout_accuracy(state.model, holdout),
+        train_seconds=seconds,
+    )
+    sim.rounds.append(record)
+    log.info(
+        "phase %d (%+d deg) round %d: %d training images, monitor error %.2f%% (threshold %.2f%%), "
+        "worst angle %.2f%% (threshold %.2f%%)%s",
+        phase,
+        angle,
+        rnd,
+        record.train_images,
+        100 * record.monitor_error,
+        100 * plan.threshold,
+        100 * max(angle_errors.values()),
+        100 * plan.angle_threshold,
+        ": drift" if drift else "",
+    )
+    return record
+
+
 def _run_phase(
     sim: Simulation,
     state: _State,
@@ -242,46 +230,12 @@ def _run_phase(
             desc = f"phase {phase} ({angle:+d} deg) round {rnd}"
             seconds = _retrain(state, spec, hp, plan, device, plan.seed + len(sim.rounds), desc)
             retrains, new_images = retrains + (rnd > 0), new_images + added
-        recorder = _Recorder(state.model)
-        mix_drift = bool(monitor_perf(recorder, mix, plan.threshold))
-        angle_errors = {a: error_rate(mix.y[mix.angle == a], recorder.yhat[mix.angle == a]) for a in arrived}
-        drift = mix_drift or any(is_drift(e, plan.angle_threshold) for e in angle_errors.values())
-        record = Round(
-            step=len(sim.rounds),
-            phase=phase,
-            angle=angle,
-            round=rnd,
-            arrived=arrived,
-            trained=seconds > 0,
-            added_images=added,
-            train_per_angle=dict(state.per_angle),
-            monitor_n=len(mix),
-            monitor_error=error_rate(mix.y, recorder.yhat),
-            threshold=plan.threshold,
-            angle_errors=angle_errors,
-            angle_threshold=plan.angle_threshold,
-            drift=drift,
-            holdout_accuracy=holdout_accuracy(state.model, holdout),
-            train_seconds=seconds,
-        )
-        sim.rounds.append(record)
-        log.info(
-            "phase %d (%+d deg) round %d: %d training images, monitor error %.2f%% (threshold %.2f%%), "
-            "worst angle %.2f%% (threshold %.2f%%)%s",
-            phase,
-            angle,
-            rnd,
-            record.train_images,
-            100 * record.monitor_error,
-            100 * plan.threshold,
-            100 * max(angle_errors.values()),
-            100 * plan.angle_threshold,
-            ": drift" if drift else "",
-        )
+        record = _check(sim, state, phase, rnd, added, seconds, plan, mix, holdout)
         if on_round is not None:
             on_round(record)
-        if not drift:
-            return Phase(angle, retrains, new_images, record.monitor_error, max(angle_errors.values()), satisfied=True)
+        if not record.drift:
+            worst = max(record.angle_errors.values())
+            return Phase(angle, retrains, new_images, record.monitor_error, worst, satisfied=True)
     note = note or f"the round budget (curriculum.max_rounds = {plan.max_rounds}) is spent"
     log.warning("phase %d (%+d deg) ends with the monitor unsatisfied: %s", phase, angle, note)
     last = sim.rounds[-1]
@@ -302,7 +256,7 @@ def simulate(
     """Run every phase of `plan`; seeded, so the same inputs give the same rounds and the same final model."""
     check_plan(plan, train, holdout)
     state = _State(Pool(train, plan.seed))
-    sample = monitor_sample(holdout, plan.monitor_sources, plan.seed)
+    sample = sample_sources(holdout, plan.monitor_sources, plan.seed)
     sim = Simulation()
     for phase in range(len(plan.arrivals)):
         sim.phases.append(_run_phase(sim, state, phase, spec, hp, plan, sample, holdout, device, on_round))

@@ -11,13 +11,11 @@ Callers observe progress through `fit(on_epoch=...)`: the sweep reports to Optun
 from __future__ import annotations
 
 import copy
-import functools
 import logging
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -26,53 +24,19 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from rotmnist.errors import PipelineError, first_line
-from rotmnist.io import Dataset, read_json
-from rotmnist.learning.model import RawImageClassifier, classifier_from_spec, predict_proba
-from rotmnist.spec import DEVICES, EVAL_BATCH, PRECISIONS, SCHEDULES, describe, normalize_spec
+from rotmnist.io import Dataset
+from rotmnist.learning.device import resolve_precision
+from rotmnist.learning.model import RawImageClassifier, classifier_from_spec
+from rotmnist.learning.recipe import Hyper
+from rotmnist.spec import EVAL_BATCH, describe, normalize_spec
 
 if TYPE_CHECKING:
-    from rotmnist.config import Config
+    pass
 
 log = logging.getLogger(__name__)
 
 MIN_ONECYCLE_STEPS = 8
 EpochCallback = Callable[[dict[str, float]], None]
-
-
-@dataclass(frozen=True)
-class Hyper:
-    """Optimisation settings of one training run (a trial's or the final model's)."""
-
-    lr: float = 3e-3
-    weight_decay: float = 1e-4
-    batch_size: int = 256
-    epochs: int = 1
-    label_smoothing: float = 0.0
-    shift: int = 0  # random translation of each training image by up to this many pixels
-    schedule: str = "onecycle"
-    precision: str = "fp32"  # of the training step's matmuls and convolutions; see resolve_precision
-    rotations_per_epoch: int = 0  # rows of each source image an epoch trains on, drawn afresh per epoch; 0 = all
-    ema: float = 0.0  # decay of the weights' exponential moving average that fit returns; 0 = the last weights
-
-    def __post_init__(self) -> None:
-        checks = {
-            "lr": self.lr > 0,
-            "weight_decay": self.weight_decay >= 0,
-            "batch_size": isinstance(self.batch_size, int) and self.batch_size >= 1,
-            "epochs": isinstance(self.epochs, int) and self.epochs >= 1,
-            "label_smoothing": 0 <= self.label_smoothing < 1,
-            "shift": isinstance(self.shift, int) and 0 <= self.shift <= 8,
-            "schedule": self.schedule in SCHEDULES,
-            "precision": self.precision in PRECISIONS,
-            "rotations_per_epoch": isinstance(self.rotations_per_epoch, int) and self.rotations_per_epoch >= 0,
-            "ema": 0 <= self.ema < 1,
-        }
-        bad = [k for k, ok in checks.items() if not ok]
-        if bad:
-            raise ValueError(
-                f"invalid training settings {bad}: {self}; "
-                f"schedule must be one of {list(SCHEDULES)}, precision one of {list(PRECISIONS)}"
-            )
 
 
 @dataclass
@@ -81,48 +45,6 @@ class Fitted:
 
     model: RawImageClassifier
     history: list[dict[str, float]] = field(default_factory=list)
-
-
-def apply_threads(num_threads: int) -> None:
-    """Use `num_threads` CPU threads for torch (0 = leave torch's default)."""
-    if num_threads:
-        torch.set_num_threads(num_threads)
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """`auto` -> CUDA when available, else CPU; `cuda` without a GPU is an error."""
-    if name not in DEVICES:
-        raise PipelineError(f"train.device must be one of {list(DEVICES)}, got {name!r}")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise PipelineError("train.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
-
-
-@functools.cache
-def cpu_has_bf16() -> bool:
-    """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX); without it bf16 is emulated, slower."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
-
-
-def resolve_precision(name: str, device: torch.device) -> str:
-    """`auto` -> bf16 autocast where the hardware runs it natively (CUDA with bf16, CPUs with AVX512-BF16/AMX).
-
-    Only the training step uses it (weights, optimiser state, loss and evaluation stay float32); on such a
-    CPU it trains the default CNN about 1.6x faster (see README).
-    """
-    if name not in PRECISIONS:
-        raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {name!r}")
-    if name != "auto":
-        return name
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp32"
-    return "bf16" if cpu_has_bf16() else "fp32"
 
 
 def pixel_stats(x: np.ndarray) -> tuple[float, float]:
@@ -135,28 +57,6 @@ def pixel_stats(x: np.ndarray) -> tuple[float, float]:
     mean = float((counts * values).sum() / n)
     std = float(math.sqrt(max((counts * (values - mean) ** 2).sum() / n, 1e-12)))
     return mean, std
-
-
-def subsample_sources(ds: Dataset, fraction: float, seed: int) -> Dataset:
-    """The rows of a seeded `fraction` of the source images (all rotations of a source stay together)."""
-    if not 0 < fraction <= 1:
-        raise ValueError(f"fraction must lie in (0, 1], got {fraction}")
-    if fraction == 1:
-        return ds
-    sources = np.unique(ds.source_id)
-    n = max(1, round(len(sources) * fraction))
-    keep = np.random.default_rng(seed).choice(sources, size=n, replace=False)
-    return ds.take(np.isin(ds.source_id, keep))
-
-
-def source_folds(ds: Dataset, k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """k (train rows, validation rows) pairs; folds are made of whole source images, so rotations never leak."""
-    sources = np.unique(ds.source_id)
-    if k < 2 or k > len(sources):
-        raise ValueError(f"need 2 <= k <= number of source images ({len(sources)}), got k={k}")
-    fold_of = dict(zip(np.random.default_rng(seed).permutation(sources), np.arange(len(sources)) % k, strict=True))
-    fold = np.vectorize(fold_of.__getitem__, otypes=[np.int64])(ds.source_id)
-    return [(np.flatnonzero(fold != i), np.flatnonzero(fold == i)) for i in range(k)]
 
 
 def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
@@ -333,14 +233,7 @@ def fit(
         raise ValueError("the training set is empty")
     device = torch.device(device)
     torch.manual_seed(seed)
-    if init is None:
-        model = classifier_from_spec(spec, *pixel_stats(train.x))
-    else:  # the normalisation comes with init's weights
-        model = classifier_from_spec(spec)
-        _warm_start(model, init, spec)
-    model = model.to(device)
-    if device.type == "cpu":
-        model = model.to(memory_format=torch.channels_last)
+    model = _initial_model(spec, train, init, device)
     x, y = _tensors(train, device)
     xv, yv = _tensors(val, device) if val is not None and len(val) else (None, None)
     rows = EpochRows(train.source_id, hp.rotations_per_epoch)
@@ -356,16 +249,7 @@ def fit(
         total_loss, correct = _train_epoch(step, x, y, order, gen, f"{desc} epoch {epoch}/{hp.epochs}")
         if not math.isfinite(total_loss):
             raise PipelineError(f"training diverged (loss {total_loss}) at epoch {epoch}; lower the learning rate")
-        seconds = time.perf_counter() - start
-        metrics = {
-            "epoch": epoch,
-            "train_loss": total_loss / len(order),
-            "train_accuracy": correct / len(order),
-            "lr": sched.get_last_lr()[0],
-            "epoch_seconds": seconds,
-            "epoch_images": len(order),
-            "images_per_second": len(order) / seconds,
-        }
+        metrics = _epoch_metrics(epoch, total_loss, correct, len(order), sched, time.perf_counter() - start)
         if xv is not None and (epoch % score_every == 0 or epoch == hp.epochs):
             scores = evaluate(result, xv, yv)
             metrics |= {"val_loss": scores["loss"], "val_accuracy": scores["accuracy"]}
@@ -375,6 +259,34 @@ def fit(
             on_epoch(metrics)
     result.eval()
     return Fitted(model=result, history=history)
+
+
+def _epoch_metrics(epoch: int, total_loss: float, correct: int, n: int, sched, seconds: float) -> dict[str, float]:
+    """What an epoch reports: mean loss and accuracy over its `n` images, the learning rate, its speed."""
+    return {
+        "epoch": epoch,
+        "train_loss": total_loss / n,
+        "train_accuracy": correct / n,
+        "lr": sched.get_last_lr()[0],
+        "epoch_seconds": seconds,
+        "epoch_images": n,
+        "images_per_second": n / seconds,
+    }
+
+
+def _initial_model(
+    spec: Mapping[str, Any], train: Dataset, init: RawImageClassifier | Mapping[str, torch.Tensor] | None, device
+) -> RawImageClassifier:
+    """A fresh model normalised to `train`'s pixels, or a copy of `init`'s weights; on `device`."""
+    if init is None:
+        model = classifier_from_spec(spec, *pixel_stats(train.x))
+    else:  # the normalisation comes with init's weights
+        model = classifier_from_spec(spec)
+        _warm_start(model, init, spec)
+    model = model.to(device)
+    if device.type == "cpu":
+        model = model.to(memory_format=torch.channels_last)
+    return model
 
 
 def _warm_start(
@@ -391,66 +303,3 @@ def _warm_start(
 
 def _fmt(metrics: Mapping[str, float]) -> str:
     return ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k != "epoch")
-
-
-def hyper_dict(hp: Hyper, device: torch.device) -> dict[str, Any]:
-    """`hp` as a plain dict for MLflow params, with the precision that runs on `device` (not "auto")."""
-    return asdict(hp) | {"precision": resolve_precision(hp.precision, device)}
-
-
-def holdout_sources(ds: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
-    """Split `ds` into (train, validation) by source image: a seeded `fraction` of the sources validates."""
-    sources = np.unique(ds.source_id)
-    n_val = round(len(sources) * fraction)
-    if not 1 <= n_val < len(sources):
-        raise ValueError(f"cannot hold out {fraction:g} of {len(sources)} source images for validation")
-    val_sources = np.random.default_rng(seed).choice(sources, size=n_val, replace=False)
-    is_val = np.isin(ds.source_id, val_sources)
-    return ds.take(~is_val), ds.take(is_val)
-
-
-# ---- the recipe shared by the sweep and the final model ----------------------------------------------
-
-# The `train` keys every trial and the final model share (dvc.yaml lists them as the tune stage's params).
-RECIPE_KEYS = ("shift", "label_smoothing", "schedule", "precision")
-# The pipeline's own model (sweep trials, the final model, learn_model) also draws its epochs and averages its
-# weights the `train` way; `compare` and `curriculum` plan their own passes over their data and keep RECIPE_KEYS.
-PIPELINE_RECIPE_KEYS = (*RECIPE_KEYS, "rotations_per_epoch", "ema")
-HYPER_KEYS = ("lr", "weight_decay", "batch_size")  # what the sweep tunes
-LATENCY_IMAGES = 1024
-
-
-def recipe(config: Config, hyper: dict[str, Any], epochs: int, keys: tuple[str, ...] = RECIPE_KEYS) -> Hyper:
-    """The training settings of a run: the tuned optimiser params + the recipe `keys` of `train`."""
-    return Hyper(**hyper, epochs=epochs, **config.train.model_dump(include=set(keys)))
-
-
-def read_best_params(path: str | Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """`models/best_params.json` from `tune`: (model spec, optimiser settings, the whole document)."""
-    doc = read_json(path, made_by="tune")
-    if not isinstance(doc, dict) or not isinstance(doc.get("spec"), dict) or not isinstance(doc.get("hyper"), dict):
-        raise PipelineError(f"{path} must hold objects 'spec' and 'hyper' (written by `rotmnist tune`)")
-    try:
-        spec = normalize_spec(doc["spec"])
-        hyper = {k: doc["hyper"][k] for k in HYPER_KEYS}
-        Hyper(**hyper)
-    except (KeyError, TypeError, ValueError) as err:
-        raise PipelineError(f"{path}: invalid best params: {err}") from None
-    return spec, hyper, doc
-
-
-def latency(model: Any, x: np.ndarray, repeats: int = 20) -> dict[str, float]:
-    """Inference latency per image: in batches (throughput) and one image at a time (median), in ms."""
-    if len(x) == 0:
-        return {}
-    batch = x[:LATENCY_IMAGES]
-    predict_proba(model, batch[:8])  # warm-up
-    start = time.perf_counter()
-    predict_proba(model, batch)
-    batched = (time.perf_counter() - start) / len(batch)
-    singles = []
-    for i in range(repeats):
-        start = time.perf_counter()
-        predict_proba(model, batch[i % len(batch) : i % len(batch) + 1])
-        singles.append(time.perf_counter() - start)
-    return {"latency_ms_per_image_batched": 1000 * batched, "latency_ms_single_image": 1000 * float(np.median(singles))}

@@ -18,7 +18,8 @@ from rotmnist.config import Config
 from rotmnist.errors import PipelineError
 from rotmnist.learning import compare as comparison
 from rotmnist.learning import plots
-from rotmnist.learning.training import Hyper, apply_threads, hyper_dict, recipe, resolve_device
+from rotmnist.learning.device import apply_threads, resolve_device
+from rotmnist.learning.recipe import Hyper, hyper_dict, recipe
 from rotmnist.paths import Paths
 from rotmnist.spec import CONFIGURATIONS, PIPELINE_CONFIGURATION, describe, split_configuration
 from rotmnist.tracking import compare as compare_runs
@@ -43,13 +44,6 @@ def _model(name: str, config: Config, train: io.Dataset, hp: Hyper, device: Any,
     return model, {"model": describe(spec), "training_data": data}, spec, record
 
 
-def _rounded(value: Any) -> Any:
-    """`value` with every float (also inside dicts) rounded to 6 decimals, for a readable metrics file."""
-    if isinstance(value, dict):
-        return {k: _rounded(v) for k, v in value.items()}
-    return round(value, 6) if isinstance(value, float) else value
-
-
 def angle_table(rows: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """Accuracy per angle, one column per configuration: every possible one, blank if not run (dvc.yaml names them)."""
     angles = sorted({int(a) for row in rows.values() for a in row["angle_accuracy"]})
@@ -68,7 +62,7 @@ def write_outputs(paths: Paths, config: Config, rows: dict[str, dict[str, Any]],
         io.write_csv(tmp / "pareto.csv", [{"configuration": n} | {k: r[k] for k in keys} for n, r in rows.items()])
         plots.plot_compare_angles(rows, tmp / "angle_accuracy.png", sla.min_worst_angle_accuracy)
         plots.plot_pareto(rows, tmp / "pareto.png", sla.min_worst_angle_accuracy, sla.max_p99_latency_ms)
-    latency = config.compare.latency.model_dump()
+    latency = config.latency.model_dump()
     io.write_metrics(
         paths.metrics / METRICS_FILE,
         {"configurations": rows, "sla": sla.model_dump(), "latency": latency, "seconds": round(seconds, 1)},
@@ -96,10 +90,10 @@ def main(config: Config, paths: Paths) -> None:
         for name in cfg.configurations:
             with compare_runs.configuration_run(parent, name, tags, params) as run_ids[name]:
                 model, described, spec, record = _model(name, config, train, hp, device, pipeline)
-                rows[name] = described | comparison.score(model, test, cfg) | record
+                rows[name] = described | comparison.score(model, test, cfg, config.latency) | record
                 compare_runs.log_row(rows[name], spec)
             _announce(name, rows[name])
-        rows = _rounded(comparison.mark_pareto(rows))
+        rows = io.rounded(comparison.mark_pareto(rows))
         files = write_outputs(paths, config, rows, time.perf_counter() - start)
         compare_runs.log_summary(run_ids, rows, files)
     log.info("compared %d configurations in %.0f s; table in %s", len(rows), time.perf_counter() - start, METRICS_FILE)

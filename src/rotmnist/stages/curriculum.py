@@ -19,7 +19,8 @@ from rotmnist import io
 from rotmnist.config import Config
 from rotmnist.learning import curriculum as drift_sim
 from rotmnist.learning import plots
-from rotmnist.learning.training import Hyper, apply_threads, hyper_dict, recipe, resolve_device
+from rotmnist.learning.device import apply_threads, resolve_device
+from rotmnist.learning.recipe import Hyper, hyper_dict, recipe
 from rotmnist.paths import Paths
 from rotmnist.spec import describe
 from rotmnist.tracking import curriculum as curriculum_runs

@@ -18,19 +18,12 @@ import torch
 from rotmnist import io
 from rotmnist.config import Config
 from rotmnist.errors import PipelineError
+from rotmnist.learning.device import apply_threads, resolve_device
+from rotmnist.learning.latency import measure_latency
 from rotmnist.learning.metrics import slice_metrics
 from rotmnist.learning.model import RawImageClassifier, predict_labels
-from rotmnist.learning.training import (
-    PIPELINE_RECIPE_KEYS,
-    apply_threads,
-    evaluate,
-    fit,
-    hyper_dict,
-    latency,
-    read_best_params,
-    recipe,
-    resolve_device,
-)
+from rotmnist.learning.recipe import PIPELINE_RECIPE_KEYS, hyper_dict, read_best_params, recipe
+from rotmnist.learning.training import evaluate, fit
 from rotmnist.paths import Paths
 from rotmnist.spec import describe
 from rotmnist.tracking import store
@@ -65,14 +58,6 @@ def run_metrics(report: dict[str, Any], val_scores: dict[str, float], lat: dict[
         **lat,
     }
     return {k: v for k, v in metrics.items() if v is not None}
-
-
-def _round(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return round(obj, 6)
-    if isinstance(obj, dict):
-        return {k: _round(v) for k, v in obj.items()}
-    return obj
 
 
 def write_plots(paths: Paths, history: list[dict[str, float]], report: dict[str, Any]) -> list[Path]:
@@ -147,7 +132,7 @@ def main(config: Config, paths: Paths) -> None:
         model = fitted.model.to(memory_format=torch.contiguous_format).cpu().eval()
         report = test_report(model, test)
         val_scores = evaluate(model, val.x, val.y) if len(val) else {}
-        lat = latency(model, test.x)
+        lat = measure_latency(model, test.x, config.latency)
         plot_files = write_plots(paths, fitted.history, report)
         model_uri = training_run.log_training_results(
             model, run_metrics(report, val_scores, lat), plot_files, best, test.x[:5].astype(np.float32)
@@ -158,7 +143,7 @@ def main(config: Config, paths: Paths) -> None:
     io.write_json(paths.run_reference, reference | {"tracking_uri": training_run.current_uri()})
     seconds = time.perf_counter() - start
     metrics = summary(report, val_scores, fitted.history, hp.epochs, len(train)) | lat | {"seconds": seconds}
-    io.write_metrics(paths.metrics / "train.json", _round(metrics))
+    io.write_metrics(paths.metrics / "train.json", io.rounded(metrics))
     log.info(
         "test accuracy %.4f (upright %.4f, worst rotation %.4f) in %.0f s; model %s",
         report["accuracy"],

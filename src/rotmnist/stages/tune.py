@@ -11,7 +11,8 @@ import time
 
 from rotmnist import io
 from rotmnist.config import Config
-from rotmnist.learning.training import apply_threads
+from rotmnist.data.sources import make_folds, sweep_subsets
+from rotmnist.learning.device import apply_threads
 from rotmnist.paths import Paths
 from rotmnist.tracking import store
 from rotmnist.tracking import tune as sweep
@@ -25,11 +26,12 @@ def main(config: Config, paths: Paths) -> None:
     start = time.perf_counter()
     train = io.load_dataset(paths.split("train"))
     val = io.load_dataset(paths.split("val")) if config.tune.cv_folds == 1 else None
-    train, val = sweep.sweep_subsets(train, val, config.tune)
+    train, val = sweep_subsets(train, val, config.tune)
+    folds = make_folds(train, val, config.tune.cv_folds, config.tune.seed)
     store.configure_mlflow(config, paths)
     tags = store.standard_tags(paths, "data/splits") | {"stage": "tune"}
     log.info("sweep on %d train / %s val images", len(train), len(val) if val is not None else "CV")
-    result = sweep.run_sweep(train, val, config, paths, data_hash=tags["data_hash"], tags=tags, source=paths.splits)
+    result = sweep.run_sweep(folds, config, paths, data_hash=tags["data_hash"], tags=tags, source=paths.splits)
     io.write_json(paths.best_params, sweep.best_params_document(result))
     io.write_metrics(
         paths.metrics / "tune.json",
