@@ -1,4 +1,4 @@
-# The README's commands. Everything the project needs is installed from pyproject.toml.
+# The README's commands and the docs' make targets. Everything the project needs is installed from pyproject.toml.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -52,6 +52,7 @@ $(STAMP): pyproject.toml
 repro: setup
 	$(BIN)/dvc repro
 	$(BIN)/dvc push
+	@echo "dvc, rotmnist and mlflow live in $(VENV)/bin: run 'source $(VENV)/bin/activate' in a new shell before the documented commands."
 
 ## Run the test suite with a coverage summary.
 test: setup
@@ -72,7 +73,7 @@ serve: setup
 	$(BIN)/rotmnist serve
 
 ## MLflow tracking server on http://127.0.0.1:$(MLFLOW_PORT): store $(MLFLOW_BACKEND), artifacts proxied into mlartifacts/.
-## Loopback only, MLflow's security middleware on (Host and CORS checks); see the README to expose it.
+## Loopback only, MLflow's security middleware on (Host and CORS checks); docs/scaling-out.md says how to expose it.
 server: setup
 	$(BIN)/mlflow server --host 127.0.0.1 --port $(MLFLOW_PORT) --backend-store-uri $(MLFLOW_BACKEND) \
 		--artifacts-destination $(CURDIR)/mlartifacts

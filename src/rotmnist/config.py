@@ -245,7 +245,7 @@ class PredictConfig(_Section):
 class ServeConfig(_Section):
     """`rotmnist serve`: where it listens, how often it looks for a new champion, what it accepts."""
 
-    host: str = Field("127.0.0.1", min_length=1)  # loopback; expose it through a reverse proxy (README)
+    host: str = Field("127.0.0.1", min_length=1)  # loopback; expose it through a reverse proxy (docs/serving.md)
     port: int = Field(8000, ge=1, le=65535)
     poll_seconds: float = Field(10.0, ge=0.0)  # how often the champion alias is checked; 0 = only POST /reload
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)  # larger request bodies get 413

@@ -114,7 +114,7 @@ def test_gc_then_pull_restores_the_splits_the_champion_was_trained_on(tiny_repo)
     assert file_digests(tiny_repo / "data" / "splits") != trained_on
     run(["dvc", "gc", "--workspace", "--force"], tiny_repo)
 
-    # The README's recipe: the champion's data_hash tag finds the commit whose dvc.lock recorded it.
+    # The recipe of docs/pipeline.md: the champion's data_hash tag finds the commit whose dvc.lock recorded it.
     champion = MlflowClient(f"sqlite:///{tiny_repo / 'mlflow.db'}").get_model_version_by_alias(
         "rotmnist-cnn", "champion"
     )

@@ -59,7 +59,7 @@ def resolve_precision(name: str, device: torch.device) -> str:
     """`auto` -> bf16 autocast where the hardware runs it natively (CUDA with bf16, CPUs with AVX512-BF16/AMX).
 
     Only the training step uses it (weights, optimiser state, loss and evaluation stay float32); on such a
-    CPU it trains the default CNN about 1.6x faster (see README).
+    CPU it trains the default CNN about 1.6x faster (docs/results.md).
     """
     if name not in PRECISIONS:
         raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {name!r}")

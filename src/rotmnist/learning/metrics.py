@@ -44,7 +44,7 @@ def every_angle_errors(y: np.ndarray, yhat: np.ndarray, source_id: np.ndarray) -
     """The source digits misread at every one of their rotations, and the share of all errors they make.
 
     Rotation robustness cannot fix these: they are label noise, or digits that read as another class
-    upright too. On MNIST they are a fixed floor under every angle's error (see the README). Only sources
+    upright too. On MNIST they are a fixed floor under every angle's error (docs/results.md). Only sources
     with at least two rotations count.
     """
     y, yhat, source_id = np.asarray(y), np.asarray(yhat), np.asarray(source_id)
