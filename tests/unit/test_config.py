@@ -83,3 +83,87 @@ def test_config_is_immutable():
     config = Config()
     with pytest.raises(Exception, match="frozen"):
         config.train.epochs = 3
+
+
+@pytest.mark.parametrize(
+    ("tune_keys", "message"),
+    [
+        ({"families": []}, "families must name at least one of"),
+        ({"families": ["cnn", "cnn"]}, "families must not repeat"),
+        ({"families": ["svm"]}, "tune.families.0"),
+        ({"space": {"cnn": {"blocks": [4]}}}, r"choices \[4\] are not allowed; use any of \[1, 2, 3\]"),
+        ({"space": {"lr": [0.0, 0.1]}}, "lr must be"),
+        ({"space": {"dropout": [0.2, 1.0]}}, "dropout must be"),
+        ({"space": {"batch_size": []}}, "non-empty list of distinct choices"),
+        ({"space": {"mlp": {"depth": [1]}}}, "tune.space.mlp.depth: unknown key"),
+        ({"pruner": "hyperband"}, "tune.pruner"),
+        ({"n_trials": 0}, "tune.n_trials"),
+        ({"train_fraction": 0.0}, "tune.train_fraction"),
+    ],
+)
+def test_bad_tune_params_are_named(tune_keys, message):
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict({"tune": tune_keys})
+
+
+def test_the_default_specs_are_complete_model_specs():
+    specs = config_from_dict({}).compare.specs
+    assert specs.cnn["family"] == "cnn" and specs.cnn["convs_per_block"] == 1
+    assert specs.logreg == {"family": "logreg"}
+
+
+@pytest.mark.parametrize(
+    ("compare", "key", "fragment"),
+    [
+        ({"configurations": ["cnn-sideways"]}, "compare.configurations.0", "'pipeline'"),
+        ({"configurations": ["pipeline", "pipeline"]}, "compare.configurations", "must not repeat"),
+        ({"configurations": []}, "compare.configurations", "at least one"),
+        ({"train_images": 0}, "compare.train_images", "greater than or equal to 1"),
+        ({"specs": {"cnn": {"kernel": 4}}}, "compare.specs.cnn", "cnn.kernel must be 3 or 5"),
+        ({"specs": {"mlp": {"depth": 2}}}, "compare.specs.mlp", "unknown key(s) ['depth']"),
+        ({"specs": {"svm": {}}}, "compare.specs.svm", "unknown key"),
+        ({"sla": {"min_worst_angle_accuracy": 1.5}}, "compare.sla.min_worst_angle_accuracy", "less than or equal"),
+        ({"sla": {"max_p99_latency_ms": 0}}, "compare.sla.max_p99_latency_ms", "greater than 0"),
+        ({"latency": {"single_calls": 20}}, "compare.latency", "unknown key"),  # timing is one top-level section
+    ],
+)
+def test_bad_compare_params_are_refused_with_the_key_named(compare, key, fragment):
+    with pytest.raises(ConfigError) as err:
+        config_from_dict({"compare": compare})
+    assert f"{key}: " in str(err.value)
+    assert fragment in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "fragment"),
+    [
+        ({"single_calls": 5}, "latency.single_calls", "greater than or equal to 10"),
+        ({"num_threads": 0}, "latency.num_threads", "greater than or equal to 1"),
+        ({"threads": 2}, "latency.threads", "unknown key"),
+    ],
+)
+def test_bad_latency_params_are_refused_with_the_key_named(section, key, fragment):
+    with pytest.raises(ConfigError) as err:
+        config_from_dict({"latency": section})
+    assert f"{key}: " in str(err.value) and fragment in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "fragment"),
+    [
+        ({"arrivals": [0, 15]}, "curriculum.arrivals", "angles from [0, -30, -20, -10, 10, 20, 30]"),
+        ({"arrivals": [0, 0]}, "curriculum.arrivals", "must not repeat"),
+        ({"arrivals": []}, "curriculum.arrivals", "non-empty"),
+        ({"increment": 0}, "curriculum.increment", "greater than or equal to 1"),
+        ({"threshold": 1.5}, "curriculum.threshold", "less than or equal to 1"),
+        ({"replay": "no"}, "curriculum.replay", "valid boolean"),
+        ({"round_images": -1}, "curriculum.round_images", "greater than or equal to 0"),
+        ({"model": {"family": "cnn", "kernel": 4}}, "curriculum.model", "cnn.kernel must be 3 or 5"),
+        ({"model": {"family": "rnn"}}, "curriculum.model", "unknown family"),
+        ({"warm_startt": True}, "curriculum.warm_startt", "unknown key"),
+    ],
+)
+def test_bad_curriculum_params_are_refused_with_the_key_named(section, key, fragment):
+    with pytest.raises(ConfigError) as err:
+        config_from_dict({"curriculum": section})
+    assert f"  {key}:" in str(err.value) and fragment in str(err.value)

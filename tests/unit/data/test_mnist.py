@@ -1,4 +1,4 @@
-"""The download stage's pure functions: every source, checksums, the restricted unpickler, profile and plot."""
+"""The MNIST sources: IDX, npz, URL and wheel readers, checksums, the restricted unpickler, validation."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import re
 import shutil
 import subprocess
 import sys
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -18,10 +17,8 @@ import pytest
 
 from rotmnist.config import UrlSource, WheelSource
 from rotmnist.data import mnist as mnist_sources
-from rotmnist.data import profile as data_profile
 from rotmnist.errors import PipelineError
 from rotmnist.io import MNIST_TEST, MNIST_TRAIN
-from rotmnist.learning import plots
 from tests.support.helpers import (
     FAKE_WHEEL_NAME,
     IDX_NAMES,
@@ -60,23 +57,6 @@ def forbid_pip(monkeypatch):
         raise AssertionError(f"unexpected subprocess call {args}")
 
     monkeypatch.setattr(subprocess, "run", refuse)
-
-
-# --- the synthetic fixture itself ----------------------------------------------------------------
-
-
-def test_tiny_mnist_has_every_class_distinct_images_and_differing_classes():
-    x_train, y_train, x_test, y_test = tiny_mnist(n_train=60, n_test=20, seed=0)
-    assert x_train.shape == (60, 28, 28) and x_test.shape == (20, 28, 28)
-    assert x_train.dtype == y_train.dtype == np.uint8
-    assert set(y_train.tolist()) == set(y_test.tolist()) == set(range(10))
-    both = np.concatenate([x_train, x_test]).reshape(80, -1)
-    assert len(np.unique(both, axis=0)) == 80
-    means = np.stack([x_train[y_train == c].astype(float).mean(0) for c in range(10)])
-    gaps = np.abs(means[:, None] - means[None]).sum(axis=(2, 3))
-    assert (gaps[~np.eye(10, dtype=bool)] > 0).all()
-    np.testing.assert_array_equal(tiny_mnist(60, 20, seed=0)[0], x_train)  # deterministic per seed
-    assert not np.array_equal(tiny_mnist(60, 20, seed=1)[0], x_train)
 
 
 # --- IDX ---------------------------------------------------------------------------------------
@@ -420,39 +400,3 @@ def test_to_dataset_numbers_train_first_then_test(arrays):
     assert (ds.mnist_split[:50] == MNIST_TRAIN).all() and (ds.mnist_split[50:] == MNIST_TEST).all()
     np.testing.assert_array_equal(ds.x[50:], arrays[2])
     np.testing.assert_array_equal(ds.y[:50], arrays[1])
-
-
-def test_profile_counts_pixels_and_known_duplicates(arrays):
-    x_train, y_train, x_test, y_test = (a.copy() for a in arrays)
-    x_train[3], y_train[3] = x_train[0], y_train[0]  # group A: train 0, 3, 5 (5 with another label)
-    x_train[5], y_train[5] = x_train[0], (y_train[0] + 1) % 10
-    x_test[2], y_test[2] = x_train[7], y_train[7]  # group B: train 7 and test 2
-    x_test[4], y_test[4] = x_test[6], y_test[6]  # group C: test 4 and test 6
-    ds = mnist_sources.to_dataset(mnist_sources.MnistArrays(x_train, y_train, x_test, y_test))
-    profile = data_profile.profile_dataset(ds)
-    assert profile["counts"] == {"total": 70, "train": 50, "test": 20}
-    assert profile["classes"]["train"] == {str(c): Counter(y_train.tolist())[c] for c in range(10)}
-    assert profile["classes"]["test"] == {str(c): Counter(y_test.tolist())[c] for c in range(10)}
-    assert profile["duplicates"] == {"images": 4, "groups": 3, "test_in_train": 1, "label_conflicts": 1}
-    x = ds.x.astype(np.float64)
-    assert profile["pixels"]["min"] == ds.x.min() and profile["pixels"]["max"] == ds.x.max()
-    assert profile["pixels"]["mean"] == pytest.approx(x.mean(), abs=1e-5)
-    assert profile["pixels"]["std"] == pytest.approx(x.std(), abs=1e-5)
-    assert profile["pixels"]["nonzero_fraction"] == pytest.approx((ds.x > 0).mean(), abs=1e-6)
-    clean = data_profile.profile_dataset(mnist_sources.to_dataset(mnist_sources.MnistArrays(*arrays)))
-    assert clean["duplicates"] == {"images": 0, "groups": 0, "test_in_train": 0, "label_conflicts": 0}
-
-
-def test_samples_plot_is_a_png_whose_width_follows_the_samples_per_class(tmp_path, arrays):
-    from PIL import Image
-
-    ds = mnist_sources.to_dataset(mnist_sources.MnistArrays(*arrays))
-    plots.plot_samples(ds, tmp_path / "wide.png", per_class=10)
-    plots.plot_samples(ds, tmp_path / "narrow.png", per_class=2)
-    for name in ("wide.png", "narrow.png"):
-        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    with Image.open(tmp_path / "wide.png") as wide, Image.open(tmp_path / "narrow.png") as narrow:
-        assert wide.width > narrow.width
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["narrow.png", "wide.png"]  # no temp files
-    with pytest.raises(ValueError, match="per_class must be >= 1"):
-        plots.plot_samples(ds, tmp_path / "none.png", per_class=0)

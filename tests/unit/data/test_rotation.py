@@ -1,4 +1,4 @@
-"""Rotation and augmentation: geometry against scipy, invariants, argument checks, counts, determinism."""
+"""Rotation: geometry against scipy, invariants, argument checks; the random and exhaustive datasets."""
 
 from __future__ import annotations
 
@@ -8,13 +8,11 @@ import numpy as np
 import pytest
 import scipy.ndimage
 
-from rotmnist.config import AugmentConfig
 from rotmnist.data import rotation
 from rotmnist.data.mnist import MnistArrays, to_dataset
 from rotmnist.data.rotation import exhaustive_dataset, generate_dataset, rotate, rotate_batch
 from rotmnist.io import Dataset
 from rotmnist.spec import ALLOWED_ANGLES
-from rotmnist.stages import augment
 from tests.support.helpers import tiny_mnist
 
 ALLOWED = "[-30, -20, -10, 10, 20, 30]"
@@ -319,14 +317,3 @@ def test_exhaustive_checks_its_arguments(tiny):
         exhaustive_dataset(tiny, [5])
     with pytest.raises(ValueError, match="upright images"):
         exhaustive_dataset(exhaustive_dataset(tiny, [10]))
-
-
-def test_augment_dispatches_on_the_strategy(tiny):
-    exhaustive = augment.augment(tiny, AugmentConfig(angles=(10, 20)))
-    assert exhaustive.x.tobytes() == exhaustive_dataset(tiny, [10, 20]).x.tobytes()
-    cfg = AugmentConfig(strategy="random", oversample_rate=3.0, seed=7, angles=(-30, 30))
-    randomised = augment.augment(tiny, cfg)
-    assert len(randomised) == 30
-    expected = generate_dataset(tiny, 3.0, seed=7, angles=(-30, 30))
-    assert randomised.x.tobytes() == expected.x.tobytes()
-    np.testing.assert_array_equal(randomised.source_id, expected.source_id)

@@ -9,10 +9,7 @@ import numpy as np
 import pytest
 
 from rotmnist.config import SplitConfig
-from rotmnist.errors import PipelineError
-from rotmnist.io import MNIST_TEST, MNIST_TRAIN, Dataset
-from rotmnist.paths import SPLITS
-from rotmnist.stages.split import (
+from rotmnist.data.split import (
     build_manifest,
     row_splits,
     source_table,
@@ -20,6 +17,9 @@ from rotmnist.stages.split import (
     split_sizes,
     stratified_order,
 )
+from rotmnist.errors import PipelineError
+from rotmnist.io import MNIST_TEST, MNIST_TRAIN, Dataset
+from rotmnist.paths import SPLITS
 
 ANGLES = (0, -30, -10, 20)
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from rotmnist.learning.model import RawImageClassifier, build_model, classifier_from_spec, predict_labels, predict_proba
-from rotmnist.spec import FAMILIES, describe, normalize_spec
+from rotmnist.spec import describe
 
 SPECS = [
     {"family": "cnn"},
@@ -37,13 +37,6 @@ def test_families_differ_in_size_as_their_specs_say():
     # 1 block of 8 channels, kernel 5, with batch norm (no conv bias), no dense layer: 14 x 14 x 8 features.
     assert n_params["cnn-b1-c8-k5-d0"] == 8 * 25 + 2 * 8 + 14 * 14 * 8 * 10 + 10
     assert describe(SPECS[2]) == "cnn-b3-c4-k3-d16-x2-nobn"
-
-
-def test_normalize_spec_fills_defaults_and_keeps_given_values():
-    spec = normalize_spec({"family": "cnn", "blocks": 3})
-    assert spec["blocks"] == 3 and spec["kernel"] == 3 and spec["batch_norm"] is True
-    assert normalize_spec({"family": "logreg"}) == {"family": "logreg"}
-    assert set(FAMILIES) == {"cnn", "mlp", "logreg"}
 
 
 @pytest.mark.parametrize(

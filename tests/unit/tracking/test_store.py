@@ -1,4 +1,4 @@
-"""MLflow plumbing: store resolution, experiment creation, tags, DVC hashes and the logged model's round trip."""
+"""MLflow plumbing: store resolution, experiment creation, tags, DVC hashes and dataset digests."""
 
 from __future__ import annotations
 
@@ -8,16 +8,12 @@ import subprocess
 import mlflow
 import numpy as np
 import pytest
-import torch
 from mlflow import MlflowClient
 
 from rotmnist.config import Config, MlflowConfig
 from rotmnist.errors import PipelineError
-from rotmnist.learning.model import classifier_from_spec, predict_labels
 from rotmnist.paths import Paths
 from rotmnist.tracking import store
-from rotmnist.tracking import train as training_run
-from tests.support.helpers import tiny_mnist
 
 
 @pytest.fixture
@@ -113,52 +109,6 @@ def test_array_digest_changes_with_content():
     assert store.array_digest(a) == store.array_digest(a.copy())
     assert store.array_digest(a) != store.array_digest(a[::-1])
     assert len(store.array_digest(a, b"x")) == 32
-
-
-@pytest.mark.slow  # torch.export
-def test_logged_model_round_trips_through_pyfunc_for_any_batch_size(ws):
-    store.configure_mlflow(config(), ws)
-    torch.manual_seed(0)
-    module = classifier_from_spec({"family": "cnn", "blocks": 2, "channels": 4, "dense": 8}).eval()
-    x = tiny_mnist(n_train=30, n_test=10)[0]
-    digest = store.array_digest(x)
-    with mlflow.start_run() as run:
-        store.log_dataset(_dataset(x), "train", "training", ws.root / "data", digest)
-        uri = training_run.log_classifier(module, name="model")
-    assert uri.startswith("models:/")
-    inputs = mlflow.get_run(run.info.run_id).inputs.dataset_inputs
-    assert [(i.dataset.name, i.dataset.digest) for i in inputs] == [("train", digest)]
-
-    loaded = mlflow.pyfunc.load_model(uri)
-    schema = loaded.metadata.get_input_schema().inputs[0]
-    assert schema.shape == (-1, 28, 28) and str(schema.type) == "float32"
-    for n in (1, 7, 28):
-        probs = np.asarray(loaded.predict(x[:n].astype(np.float32)))
-        assert probs.shape == (n, 10)
-        np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-5)
-        assert np.array_equal(probs.argmax(1), predict_labels(module, x[:n]))
-        np.testing.assert_allclose(probs, module(torch.from_numpy(x[:n]).float()).detach().numpy(), atol=1e-5)
-
-
-@pytest.mark.parametrize("n", [1, 10, 28])
-def test_log_classifier_refuses_an_input_example_that_would_fix_the_batch_size(ws, n):
-    store.configure_mlflow(config(), ws)
-    module = classifier_from_spec({"family": "logreg"})
-    with mlflow.start_run(), pytest.raises(ValueError, match="N not in 0, 1, 10, 28"):
-        training_run.log_classifier(module, input_example=np.zeros((n, 28, 28), np.float32))
-
-
-def _dataset(x: np.ndarray):
-    from rotmnist.io import Dataset
-
-    n = len(x)
-    return Dataset(
-        x=x,
-        y=np.zeros(n, np.uint8),
-        source_id=np.arange(n, dtype=np.int32),
-        angle=np.zeros(n, np.int8),
-        mnist_split=np.zeros(n, np.int8),
-    )
 
 
 @pytest.mark.parametrize(
