@@ -19,7 +19,9 @@ from mlflow import MlflowClient
 from PIL import Image
 
 from rotmnist.config import ServeConfig
-from rotmnist.serving import app as serve_app
+from rotmnist.serving.app import create_app
+from rotmnist.serving.model_source import Keeper, ModelSource
+from rotmnist.serving.requests import INLINE_BYTES
 from tests.support.serving import (
     call,
     champion_store,
@@ -51,9 +53,9 @@ def store(tmp_path_factory, empty_store):
 
 @pytest.fixture(scope="module")
 def url(store):
-    source = serve_app.ModelSource(NAME)
-    keeper = serve_app.Keeper(source, source.load_initial())
-    with serving(serve_app.create_app(keeper, LIMITS)) as base:
+    source = ModelSource(NAME)
+    keeper = Keeper(source, source.load_initial())
+    with serving(create_app(keeper, LIMITS)) as base:
         yield base
 
 
@@ -78,14 +80,14 @@ def test_large_json_bodies_are_parsed_off_the_event_loop_with_the_same_answers(u
     batch = images(*range(10), 3, 1, 4)
     small = json.dumps({"images": batch}, separators=(",", ":")).encode()
     large = json.dumps({"images": batch}, indent=4).encode()
-    assert len(small) <= serve_app.INLINE_BYTES < len(large)
+    assert len(small) <= INLINE_BYTES < len(large)
     answers = {}
     for name, body in (("small", small), ("large", large)):
         status, raw = call(f"{url}/score", "POST", body, JSON)
         assert status == 200, raw
         answers[name] = json.loads(raw)["predictions"]
     assert answers["small"] == answers["large"] and [p["digit"] for p in answers["large"]] == [*range(10), 3, 1, 4]
-    wrong = json.dumps({"inputs": [[[300] * 28] * 28]}, indent=4).encode() + b" " * serve_app.INLINE_BYTES
+    wrong = json.dumps({"inputs": [[[300] * 28] * 28]}, indent=4).encode() + b" " * INLINE_BYTES
     status, raw = call(f"{url}/invocations", "POST", wrong, JSON)
     assert status == 422 and "pixels must be in 0..255" in json.loads(raw)["error"]
 
@@ -313,10 +315,10 @@ def test_a_champion_that_does_not_load_leaves_the_old_one_serving(ws):
     from tests.integration.test_monitor_registry import Oracle, artifact_dir, oracle_holdout, run_monitor
 
     run_monitor(ws, Oracle())
-    source = serve_app.ModelSource(ORACLE_NAME)
-    keeper = serve_app.Keeper(source, source.load_initial())
+    source = ModelSource(ORACLE_NAME)
+    keeper = Keeper(source, source.load_initial())
     x = oracle_holdout().x[:3].tolist()
-    with serving(serve_app.create_app(keeper, LIMITS)) as url:
+    with serving(create_app(keeper, LIMITS)) as url:
         run_monitor(ws, Oracle())  # version 2 becomes champion, but its weights are gone
         weights = artifact_dir("2") / "data" / "model.pt2"
         good = weights.read_bytes()

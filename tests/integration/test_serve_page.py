@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from rotmnist.config import ServeConfig
-from rotmnist.serving import app as serve_app
+from rotmnist.serving.app import create_app
+from rotmnist.serving.model_source import Keeper, ModelSource
 from tests.support.serving import STROKES, champion_store, drawing, ellipse_points, serving
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -30,9 +31,9 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def url(tmp_path_factory, empty_store):
     with champion_store(tmp_path_factory.mktemp("page-store"), empty_store, "digits"):
-        source = serve_app.ModelSource("digits")
-        keeper = serve_app.Keeper(source, source.load_initial())
-        with serving(serve_app.create_app(keeper, ServeConfig(poll_seconds=0))) as base:
+        source = ModelSource("digits")
+        keeper = Keeper(source, source.load_initial())
+        with serving(create_app(keeper, ServeConfig(poll_seconds=0))) as base:
             yield base
 
 

@@ -5,7 +5,8 @@ import asyncio
 import numpy as np
 import torch
 
-from rotmnist.serving import app as serve_app
+from rotmnist.serving.batcher import Batcher
+from rotmnist.serving.model_source import Keeper, Served
 
 
 class FlakySource:
@@ -20,21 +21,21 @@ class FlakySource:
     def champion(self) -> str:
         return self.version
 
-    def load(self, version: str) -> serve_app.Served:
+    def load(self, version: str) -> Served:
         self.tries.append(version)
         if version in self.broken:
             raise OSError(f"weights of version {version} are missing")
         return served(version)
 
 
-def served(version: str) -> serve_app.Served:
-    return serve_app.Served(lambda x: x, {"name": "digits", "version": version, "uri": f"models:/digits/{version}"})
+def served(version: str) -> Served:
+    return Served(lambda x: x, {"name": "digits", "version": version, "uri": f"models:/digits/{version}"})
 
 
-def broken_champion() -> tuple[FlakySource, serve_app.Keeper]:
+def broken_champion() -> tuple[FlakySource, Keeper]:
     """A keeper serving version 1 after the alias moved to version 2, whose weights do not load."""
     source = FlakySource("1")
-    keeper = serve_app.Keeper(source, served("1"))
+    keeper = Keeper(source, served("1"))
     source.version, source.broken = "2", {"2"}
     return source, keeper
 
@@ -76,10 +77,10 @@ def test_the_batcher_scores_with_the_configured_torch_threads():
 
     before = torch.get_num_threads()
     torch.set_num_threads(2)  # what the batcher must change, whatever ran before
-    keeper = serve_app.Keeper(FlakySource("1"), serve_app.Served(proba, {"name": "digits", "version": "1"}))
+    keeper = Keeper(FlakySource("1"), Served(proba, {"name": "digits", "version": "1"}))
 
     async def scenario():
-        batcher = serve_app.Batcher(keeper, max_images=8, threads=1)
+        batcher = Batcher(keeper, max_images=8, threads=1)
         batcher.start()
         try:
             return await batcher.score(np.zeros((2, 28, 28), np.float32))

@@ -10,7 +10,8 @@ import logging
 
 from rotmnist.config import Config
 from rotmnist.paths import Paths
-from rotmnist.serving import app as serve_app
+from rotmnist.serving.app import create_app
+from rotmnist.serving.model_source import Keeper, ModelSource
 from rotmnist.tracking import store
 
 log = logging.getLogger(__name__)
@@ -20,11 +21,11 @@ def main(config: Config, paths: Paths, model_uri: str | None = None, host: str |
     """Serve until interrupted; `host` and `port` override params.yaml's `serve.host` and `serve.port`."""
     import uvicorn
 
-    settings = config.serve  # settings.threads applies in the scoring thread (serve_app.Batcher)
+    settings = config.serve  # settings.threads applies in the scoring thread (batcher.Batcher)
     store.configure_mlflow(config, paths)
-    source = serve_app.ModelSource(config.monitor.model_name, model_uri)
-    keeper = serve_app.Keeper(source, source.load_initial())
-    app = serve_app.create_app(keeper, settings)
+    source = ModelSource(config.monitor.model_name, model_uri)
+    keeper = Keeper(source, source.load_initial())
+    app = create_app(keeper, settings)
     host, port = host or settings.host, port or settings.port
     log.info("serving %s on http://%s:%d (page: /, API: /score, /invocations)", keeper.describe(), host, port)
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, timeout_graceful_shutdown=10)

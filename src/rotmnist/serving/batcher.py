@@ -1,0 +1,95 @@
+"""Micro-batching for `rotmnist serve`: concurrent requests scored together on one worker thread.
+
+The worker runs the model on everything that queued while its previous forward pass ran
+(`serve.batch_images` at most), so ten clients cost about one forward pass each round instead of ten.
+A batch runs on the model current when it starts: a hot reload never changes a batch in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from rotmnist.serving.model_source import Keeper, Served
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Job:
+    x: np.ndarray
+    future: asyncio.Future
+
+
+class Batcher:
+    """Scores requests on one worker thread, running together everything that queued meanwhile."""
+
+    def __init__(self, keeper: Keeper, max_images: int, wait_s: float = 0.0, threads: int = 1):
+        self.keeper, self.max_images, self.wait_s, self.threads = keeper, max_images, wait_s, threads
+        self._jobs: deque[_Job] = deque()
+        self._wake = asyncio.Event()
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="score", initializer=self._init_thread)
+        self._task: asyncio.Task | None = None
+
+    def _init_thread(self) -> None:
+        """`serve.threads` torch threads on the scoring thread, where the model runs."""
+        from rotmnist.learning.device import apply_threads  # imports torch: only once a request is scored
+
+        apply_threads(self.threads)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+        self._pool.shutdown(wait=True)
+
+    async def score(self, x: np.ndarray) -> tuple[np.ndarray, Served]:
+        """Probabilities (N, 10) for `x`, and the model version that computed them."""
+        job = _Job(x, asyncio.get_running_loop().create_future())
+        self._jobs.append(job)
+        self._wake.set()
+        return await job.future
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if self.wait_s:
+                await asyncio.sleep(self.wait_s)
+            while self._jobs:
+                await self._score(self._next_batch())
+
+    def _next_batch(self) -> list[_Job]:
+        """The oldest job and those after it, while their images fit in `max_images` (the first one always)."""
+        batch = [self._jobs.popleft()]
+        n = len(batch[0].x)
+        while self._jobs and n + len(self._jobs[0].x) <= self.max_images:
+            batch.append(self._jobs.popleft())
+            n += len(batch[-1].x)
+        return batch
+
+    async def _score(self, batch: list[_Job]) -> None:
+        """Run the model once on `batch` and hand each job its own rows (or the scorer's exception)."""
+        served = self.keeper.served  # the whole batch runs on the model current now
+        x = batch[0].x if len(batch) == 1 else np.concatenate([j.x for j in batch])
+        try:
+            probs = await asyncio.get_running_loop().run_in_executor(self._pool, served.proba, x)
+        except Exception as err:
+            for j in batch:
+                if not j.future.done():
+                    j.future.set_exception(err)
+            return
+        start = 0
+        for j in batch:
+            if not j.future.done():
+                j.future.set_result((probs[start : start + len(j.x)], served))
+            start += len(j.x)

@@ -1,0 +1,188 @@
+"""Reading the requests of `rotmnist serve` and writing its answers, with the refusals a client can act on.
+
+Every refusal is an `HTTPProblem`: a status and a message that never echoes the payload. JSON batches
+are 28x28 pixels 0-255; image files are prepared the way MNIST was made (`rotmnist.data.images`, shared
+with `predict`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from rotmnist.data.images import ImageTooLarge, decode_files, pixel_problem
+from rotmnist.errors import PipelineError
+from rotmnist.io import IMAGE_SHAPE
+
+if TYPE_CHECKING:
+    from starlette.requests import Request
+    from starlette.types import ASGIApp, Receive, Scope, Send
+
+    from rotmnist.config import ServeConfig
+    from rotmnist.serving.model_source import Served
+
+log = logging.getLogger(__name__)
+
+INLINE_BYTES = 64 * 1024  # JSON bodies up to this size are parsed on the event loop; larger ones in a thread
+
+
+class HTTPProblem(Exception):
+    """A request the service refuses: `status` and a message that never echoes the payload."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over `limit` bytes gets 413 (by its Content-Length, or while streaming).
+
+    The rest of a refused body is read and dropped (up to 4x the limit) before answering, so that the
+    client, still sending, reads the 413 instead of a reset connection.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length", b"0")
+        if length.isdigit() and int(length) > self.limit:
+            if int(length) <= 4 * self.limit:
+                await _drain(receive, 4 * self.limit)
+            return await _send_problem(send, HTTPProblem(413, self._message()))
+        seen = 0
+
+        async def limited() -> dict:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                if message.get("more_body"):
+                    await _drain(receive, 3 * self.limit)
+                raise HTTPProblem(413, self._message())
+            return message
+
+        return await self.app(scope, limited, send)
+
+    def _message(self) -> str:
+        return f"request body is over serve.max_body_bytes ({self.limit} bytes)"
+
+
+async def _drain(receive: Receive, budget: int) -> None:
+    """Read and drop what is left of a request body, at most about `budget` bytes."""
+    while budget > 0:
+        message = await receive()
+        if message["type"] != "http.request" or not message.get("more_body"):
+            return
+        budget -= len(message.get("body", b""))
+
+
+async def _send_problem(send: Send, problem: HTTPProblem) -> None:
+    body = json.dumps({"error": problem.message}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": problem.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def media_type(request: Request) -> str:
+    """The request's Content-Type without its parameters, lower case ("" when absent)."""
+    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
+def parse_json(body: bytes) -> Any:
+    """The JSON of a request body; 400 if it is not JSON."""
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        raise HTTPProblem(400, "the body is not valid JSON") from None
+
+
+def image_batch(data: Any, what: str, max_images: int) -> np.ndarray:
+    """A JSON array of 28x28 images (pixels 0-255) as float32 (N, 28, 28); 422 naming the problem, 413 if too many."""
+    if not isinstance(data, list):
+        raise HTTPProblem(422, f"{what} must be a list of 28x28 images")
+    if not data:
+        raise HTTPProblem(422, f"{what} is empty: send at least one 28x28 image")
+    try:
+        x = np.asarray(data)
+    except (ValueError, TypeError, OverflowError, RecursionError):
+        raise HTTPProblem(422, f"{what} must be a list of 28x28 images of numbers (ragged or mixed lists)") from None
+    if x.dtype.kind not in "uif":
+        raise HTTPProblem(422, f"{what} must hold numbers only (pixel values 0-255)")
+    if x.ndim != 3 or x.shape[1:] != IMAGE_SHAPE:
+        raise HTTPProblem(422, f"{what} must have shape (N, 28, 28), got {x.shape}")
+    if len(x) > max_images:
+        raise HTTPProblem(413, f"{what} holds {len(x)} images, over serve.max_images ({max_images})")
+    problem = pixel_problem(x)
+    if problem:
+        raise HTTPProblem(422, f"{what}: {problem}")
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def score_images(body: bytes, max_images: int) -> np.ndarray:
+    """The images of a `/score` JSON body `{"images": [...]}`."""
+    data = parse_json(body)
+    if not isinstance(data, dict) or "images" not in data:
+        raise HTTPProblem(422, 'expected a JSON object {"images": [...]} of 28x28 images')
+    return image_batch(data["images"], "images", max_images)
+
+
+def invocation_images(body: bytes, max_images: int) -> np.ndarray:
+    """The images of an `/invocations` JSON body: MLflow's `{"inputs": [...]}` or `{"instances": [...]}`."""
+    data = parse_json(body)
+    if not isinstance(data, dict) or not ({"inputs", "instances"} & set(data)):
+        raise HTTPProblem(422, 'expected {"inputs": [...]} or {"instances": [...]} of 28x28 images')
+    key = "inputs" if "inputs" in data else "instances"
+    return image_batch(data[key], key, max_images)
+
+
+async def off_loop(parse: Callable[[bytes, int], Any], body: bytes, max_images: int) -> Any:
+    """`parse(body, max_images)`, in a worker thread when the body is over INLINE_BYTES (a hop costs more below)."""
+    if len(body) <= INLINE_BYTES:
+        return parse(body, max_images)
+    return await asyncio.to_thread(parse, body, max_images)
+
+
+async def uploaded_images(request: Request, settings: ServeConfig) -> tuple[list[str], np.ndarray]:
+    """Image files of a multipart form (any field) or one raw `image/*` body, prepared as MNIST digits."""
+    if media_type(request).startswith("image/"):
+        files = [("image", await request.body())]
+    else:
+        try:
+            form = await request.form(max_files=settings.max_images + 1, max_fields=settings.max_images + 1)
+        except HTTPProblem:
+            raise
+        except Exception as err:  # python-multipart / starlette refusing a malformed or oversized form
+            status = getattr(err, "status_code", 400)
+            raise HTTPProblem(413 if status == 413 else 400, "the multipart form could not be parsed") from None
+        files = [(v.filename or k, await v.read()) for k, v in form.multi_items() if hasattr(v, "read")]
+    if not files:
+        raise HTTPProblem(422, "no image file in the upload: send PNG or JPEG files in a multipart form")
+    if len(files) > settings.max_images:
+        raise HTTPProblem(413, f"{len(files)} files, over serve.max_images ({settings.max_images})")
+    try:
+        return await asyncio.to_thread(decode_files, files, settings.max_image_pixels)  # off the event loop
+    except ImageTooLarge as err:
+        raise HTTPProblem(413, str(err)) from None
+    except PipelineError as err:  # names the file that does not decode
+        raise HTTPProblem(400, str(err)) from None
+
+
+def score_answer(probs: np.ndarray, served: Served, names: list[str] | None = None) -> dict[str, Any]:
+    """The `/score` answer: the model's name and version, and per image the digit and the ten probabilities."""
+    digits = probs.argmax(axis=1)
+    rows = []
+    for i, (d, p) in enumerate(zip(digits.tolist(), np.round(probs.astype(float), 6).tolist(), strict=True)):
+        row = {"digit": d, "probability": p[d], "probabilities": p}
+        if names:
+            row = {"name": names[i]} | row
+        rows.append(row)
+    return {"model": {"name": served.info["name"], "version": served.version}, "predictions": rows}

@@ -1,0 +1,234 @@
+"""Reading the service's requests and writing its answers, in process: no server, no MLflow."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from rotmnist.config import ServeConfig
+from rotmnist.serving.app import create_app
+from rotmnist.serving.model_source import Served
+from rotmnist.serving.requests import (
+    INLINE_BYTES,
+    BodyLimit,
+    HTTPProblem,
+    image_batch,
+    invocation_images,
+    off_loop,
+    parse_json,
+    score_answer,
+    score_images,
+)
+
+LIMIT = 1024
+BLANK = [[0] * 28] * 28
+
+
+def refused(call, *args) -> tuple[int, str]:
+    with pytest.raises(HTTPProblem) as err:
+        call(*args)
+    return err.value.status, err.value.message
+
+
+def one_hot(x: np.ndarray) -> np.ndarray:
+    """A fake model: the digit is the first pixel's value mod 10, with probability 0.91."""
+    probs = np.full((len(x), 10), 0.01, np.float32)
+    probs[np.arange(len(x)), x[:, 0, 0].astype(int) % 10] = 0.91
+    return probs
+
+
+def fake_app(**settings):
+    keeper = SimpleNamespace(served=Served(one_hot, {"name": "digits", "version": "7", "uri": "models:/digits/7"}))
+    keeper.source = SimpleNamespace(follows_champion=False)
+    return create_app(keeper, ServeConfig(poll_seconds=0, **settings))
+
+
+async def asgi(app, chunks: list[bytes], headers: dict[str, str], path: str = "/score") -> tuple[int, dict, int]:
+    """POST `chunks` as one streamed body to the ASGI `app`: the status, the JSON answer, and chunks left unread."""
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+    }
+    left = [{"type": "http.request", "body": c, "more_body": i < len(chunks) - 1} for i, c in enumerate(chunks)]
+    sent = []
+
+    async def receive() -> dict:
+        return left.pop(0) if left else {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return status, json.loads(body), len(left)
+
+
+async def in_lifespan(app, *calls) -> list[tuple[int, dict, int]]:
+    """Run the requests `calls` (arguments of `asgi`) while the app's lifespan (its batcher) runs."""
+    async with app.router.lifespan_context(app):
+        return [await asgi(app, *c) for c in calls]
+
+
+# ---- JSON batches -----------------------------------------------------------------------------------
+
+
+def test_a_json_batch_becomes_contiguous_float32_images():
+    x = image_batch([BLANK, [[255] * 28] * 28], "images", max_images=2)
+    assert x.shape == (2, 28, 28) and x.dtype == np.float32 and x.flags.c_contiguous
+    assert x[0].max() == 0 and x[1].min() == 255
+
+
+@pytest.mark.parametrize(
+    ("data", "status", "message"),
+    [
+        ({"a": 1}, 422, "images must be a list of 28x28 images"),
+        ([], 422, "images is empty: send at least one 28x28 image"),
+        ([BLANK, [[0] * 28] * 27], 422, "images must be a list of 28x28 images of numbers (ragged or mixed lists)"),
+        ([[["a"] * 28] * 28], 422, "images must hold numbers only (pixel values 0-255)"),
+        ([[[0] * 27] * 28], 422, "images must have shape (N, 28, 28), got (1, 28, 27)"),
+        ([[0] * 28] * 28, 422, "images must have shape (N, 28, 28), got (28, 28)"),
+        ([BLANK] * 3, 413, "images holds 3 images, over serve.max_images (2)"),
+        ([[[float("nan")] * 28] * 28], 422, "images: pixels hold NaN or infinite values"),
+        ([[[256] * 28] * 28], 422, "images: pixels must be in 0..255, got values in [256, 256]"),
+        ([[[-1] * 28] * 28], 422, "images: pixels must be in 0..255, got values in [-1, -1]"),
+        ([[[0.5] * 28] * 28], 422, "images: pixels look scaled to [0, 1]; pass values in 0..255 (multiply by 255)"),
+    ],
+)
+def test_a_bad_json_batch_is_refused_naming_the_problem(data, status, message):
+    assert refused(image_batch, data, "images", 2) == (status, message)
+
+
+def test_the_json_of_the_body_is_parsed_and_invalid_json_is_a_400():
+    assert parse_json(b'{"images": [1]}') == {"images": [1]}
+    for body in (b"{not json", b"\xff\xfe", b"[" * 100_000):  # bad syntax, not UTF-8, nested too deep
+        assert refused(parse_json, body) == (400, "the body is not valid JSON")
+
+
+def test_score_and_invocations_bodies_name_the_key_they_expect():
+    assert score_images(json.dumps({"images": [BLANK]}).encode(), 4).shape == (1, 28, 28)
+    assert refused(score_images, b'{"inputs": []}', 4) == (
+        422,
+        'expected a JSON object {"images": [...]} of 28x28 images',
+    )
+    assert invocation_images(json.dumps({"instances": [BLANK] * 2}).encode(), 4).shape == (2, 28, 28)
+    assert refused(invocation_images, b'{"instances": [[[300]]]}', 4)[1].startswith("instances must have shape")
+    assert refused(invocation_images, b"[1, 2]", 4) == (
+        422,
+        'expected {"inputs": [...]} or {"instances": [...]} of 28x28 images',
+    )
+
+
+def test_a_large_body_is_parsed_off_the_event_loop_and_a_small_one_on_it():
+    threads = []
+
+    def parse(body: bytes, max_images: int) -> int:
+        threads.append(threading.get_ident())
+        return len(body) + max_images
+
+    async def scenario() -> list[int]:
+        return [await off_loop(parse, b" " * n, 1) for n in (INLINE_BYTES, INLINE_BYTES + 1)]
+
+    loop_thread = threading.get_ident()  # asyncio.run runs the loop in this thread
+    assert asyncio.run(scenario()) == [INLINE_BYTES + 1, INLINE_BYTES + 2]
+    assert threads[0] == loop_thread and threads[1] != loop_thread
+
+
+# ---- answers ----------------------------------------------------------------------------------------
+
+
+def test_the_score_answer_names_the_model_and_each_digit_with_probabilities_summing_to_1():
+    logits = np.random.default_rng(0).normal(size=(3, 10))
+    probs = (np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)).astype(np.float32)
+    served = Served(one_hot, {"name": "digits", "version": "4"})
+    answer = score_answer(probs, served, ["a.png", "b.png", "c.png"])
+    assert answer["model"] == {"name": "digits", "version": "4"}
+    rows = answer["predictions"]
+    assert [list(r) for r in rows] == [["name", "digit", "probability", "probabilities"]] * 3
+    assert [r["name"] for r in rows] == ["a.png", "b.png", "c.png"]
+    assert [r["digit"] for r in rows] == probs.argmax(axis=1).tolist()
+    for r in rows:
+        assert len(r["probabilities"]) == 10 and sum(r["probabilities"]) == pytest.approx(1, abs=1e-5)
+        assert r["probability"] == max(r["probabilities"])
+    assert "name" not in score_answer(probs, served)["predictions"][0]  # a JSON batch has no file names
+
+
+# ---- the body limit ---------------------------------------------------------------------------------
+
+
+def test_a_body_over_the_limit_by_its_length_gets_413_without_reaching_the_app():
+    reached = []
+
+    async def inner(scope, receive, send):
+        reached.append(scope["path"])
+
+    app = BodyLimit(inner, LIMIT)
+    status, answer, left = asyncio.run(asgi(app, [b"x" * 600] * 3, {"content-length": "1800"}))
+    assert status == 413 and answer == {"error": f"request body is over serve.max_body_bytes ({LIMIT} bytes)"}
+    assert reached == [] and left == 0  # the rest of the body was read, so the client sees the 413
+
+
+def test_a_streamed_body_over_the_limit_gets_413_from_the_app():
+    app = fake_app(max_body_bytes=LIMIT)
+    chunks = [b"[" * 600] * 3  # no Content-Length: refused while streaming
+    status, answer, _ = asyncio.run(asgi(app, chunks, {"content-type": "application/json"}))
+    assert status == 413 and answer == {"error": f"request body is over serve.max_body_bytes ({LIMIT} bytes)"}
+
+
+def test_a_body_within_the_limit_reaches_the_app_whole():
+    async def echo(scope, receive, send):
+        body, more = b"", True
+        while more:
+            message = await receive()
+            body, more = body + message.get("body", b""), message.get("more_body", False)
+        answer = json.dumps({"bytes": len(body)}).encode()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": answer})
+
+    app = BodyLimit(echo, LIMIT)
+    assert asyncio.run(asgi(app, [b"x" * 512] * 2, {"content-length": "1024"})) == (200, {"bytes": 1024}, 0)
+    assert asyncio.run(asgi(app, [b"x" * 512] * 2, {})) == (200, {"bytes": 1024}, 0)
+
+
+# ---- the routes, in process -------------------------------------------------------------------------
+
+
+def test_the_routes_score_json_and_refuse_what_they_cannot_read():
+    json_type = {"content-type": "application/json"}
+    images = json.dumps({"images": [[[3] * 28] * 28, BLANK]}).encode()
+    inputs = json.dumps({"inputs": [[[9] * 28] * 28]}).encode()
+    answers = asyncio.run(
+        in_lifespan(
+            fake_app(max_images=4),
+            ([images], json_type),
+            ([inputs], json_type, "/invocations"),
+            ([b"digits"], {"content-type": "text/plain"}),
+            ([b"not a png"], {"content-type": "image/png"}),
+            ([b"{"], json_type),
+        )
+    )
+    (status, score, _), (_, invoked, _), unsupported, undecodable, bad_json = answers
+    assert status == 200 and score["model"] == {"name": "digits", "version": "7"}
+    assert [p["digit"] for p in score["predictions"]] == [3, 0]
+    assert np.argmax(invoked["predictions"][0]) == 9 and len(invoked["predictions"][0]) == 10
+    assert unsupported[:2] == (
+        415,
+        {"error": "send application/json, multipart/form-data (image files) or an image/* body"},
+    )
+    assert undecodable[:2] == (400, {"error": "file 1 is not an image that can be decoded (PNG, JPEG, ...)"})
+    assert bad_json[:2] == (400, {"error": "the body is not valid JSON"})
