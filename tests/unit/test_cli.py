@@ -24,28 +24,6 @@ REPO = Path(__file__).resolve().parents[2]
 STAGES = ("download", "augment", "split", "tune", "train", "monitor", "compare", "curriculum")
 
 
-def test_every_dvc_stage_is_one_hop_from_dvc_yaml():
-    """`rotmnist <stage>` for each stage of dvc.yaml, dispatched to `rotmnist.<stage>.main`."""
-    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    assert tuple(stages) == STAGES
-    for name, stage in stages.items():
-        assert stage["cmd"] == f"rotmnist {name}"
-        assert cli.STAGES[name][0] == f"rotmnist.stages.{name}"
-    subcommands = cli.build_parser()._subparsers._group_actions[0].choices
-    assert set(subcommands) == {*STAGES, "predict", "serve"}
-
-
-def test_help_of_each_subcommand_runs():
-    out = subprocess.run(
-        [sys.executable, "-m", "rotmnist.cli", "predict", "--help"], capture_output=True, text=True, check=True
-    ).stdout
-    assert "--model" in out and "usage: rotmnist predict" in out
-    out = subprocess.run(
-        [sys.executable, "-m", "rotmnist.cli", "serve", "--help"], capture_output=True, text=True, check=True
-    ).stdout
-    assert all(flag in out for flag in ("--model", "--host", "--port")) and "usage: rotmnist serve" in out
-
-
 @pytest.fixture
 def workspace(tmp_path, monkeypatch):
     """An empty workspace (dvc.yaml, params.yaml with a store of its own) as the current directory."""
@@ -68,6 +46,63 @@ def one_line_error(capsys, command: str) -> str:
     last = err.splitlines()[-1]
     assert last.startswith(f"rotmnist {command}: "), err
     return last
+
+
+def test_every_dvc_stage_is_one_hop_from_dvc_yaml(workspace, monkeypatch):
+    """`rotmnist <stage>` for each stage of dvc.yaml runs `rotmnist.stages.<stage>.main` with the workspace's params."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    assert tuple(stages) == STAGES
+    write_params(workspace, {"train": {"epochs": 7}})
+    for name, stage in stages.items():
+        assert stage["cmd"] == f"rotmnist {name}"
+        calls = []
+        monkeypatch.setattr(
+            f"rotmnist.stages.{name}.main", lambda config, paths, calls=calls: calls.append((config, paths))
+        )
+        assert cli.main([name]) == 0
+        [(config, paths)] = calls
+        assert config.train.epochs == 7 and paths.root == workspace
+
+
+def test_predict_and_serve_get_their_arguments(workspace, monkeypatch):
+    got = {}
+    monkeypatch.setattr(
+        "rotmnist.serving.predict.main", lambda config, paths, images, model: got.update(p=(images, model))
+    )
+    monkeypatch.setattr(
+        "rotmnist.serving.serve.main", lambda config, paths, model, host, port: got.update(s=(model, host, port))
+    )
+    assert cli.main(["predict", "a.png", "b.npy", "--model", "models:/m/1"]) == 0
+    assert got["p"] == (["a.png", "b.npy"], "models:/m/1")
+    assert cli.main(["serve", "--host", "0.0.0.0", "--port", "8001"]) == 0
+    assert got["s"] == (None, "0.0.0.0", 8001)  # the port is a number
+
+
+@pytest.mark.parametrize("argv", [[], ["no-such-stage"], ["serve", "--port", "eighty"], ["predict"]])
+def test_unknown_commands_and_bad_arguments_exit_2(argv):
+    with pytest.raises(SystemExit) as stop:
+        cli.main(argv)
+    assert stop.value.code == 2
+
+
+@pytest.mark.parametrize("command", [*STAGES, "predict", "serve"])
+def test_help_of_each_command_exits_0(command, capsys):
+    with pytest.raises(SystemExit) as stop:
+        cli.main([command, "--help"])
+    assert stop.value.code == 0
+    out = capsys.readouterr().out
+    if command in ("predict", "serve"):
+        assert "--model" in out
+    if command == "serve":
+        assert "--host" in out and "--port" in out
+
+
+def test_the_console_script_dvc_calls_runs():
+    """dvc.yaml runs `rotmnist`, the console script of the venv: it starts and lists every command."""
+    script = Path(sys.executable).parent / "rotmnist"
+    proc = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert all(command in proc.stdout for command in (*STAGES, "predict", "serve"))
 
 
 def test_invalid_params_exit_2_naming_the_key(workspace, capsys):
