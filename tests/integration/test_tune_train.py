@@ -124,7 +124,7 @@ def test_tune_logs_one_child_run_per_trial_and_train_logs_a_model_that_scores_an
         assert child.data.tags["state"] == "complete" and child.info.status == "FINISHED"
         assert child.info.run_name.startswith(f"t00{child.data.tags['trial_number']}-cnn-b")
         assert {"family", "blocks", "channels", "lr", "weight_decay", "batch_size", "epochs"} <= set(child.data.params)
-        assert {"latency_ms_per_image_batched", "latency_ms_single_image", "n_params"} <= set(child.data.metrics)
+        assert {"latency_ms_p50", "latency_ms_p99", "batch_images_per_second", "n_params"} <= set(child.data.metrics)
         history = client.get_metric_history(child.info.run_id, "val_accuracy")
         assert [m.step for m in history] == [1, 2]
         assert child.data.tags["data_hash"] == parent.data.tags["data_hash"]

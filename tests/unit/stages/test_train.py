@@ -26,7 +26,7 @@ def test_train_metrics_leave_out_what_has_no_value(monkeypatch):
     assert summary["images_trained"] == 4
     assert "val_accuracy" not in summary and "worst_rotated_accuracy" not in summary["test"]
     assert metrics_problems(summary) == []
-    assert "test_worst_rotated_accuracy" not in train.run_metrics(report, {}, {"latency_ms_single_image": 1.0})
+    assert "test_worst_rotated_accuracy" not in train.run_metrics(report, {}, {"latency_ms_p50": 1.0})
     rotated = upright.take(np.arange(4))
     rotated = Dataset(**{**rotated.__dict__, "angle": np.array([0, 0, 10, 10], np.int8)})
     assert train.test_report(None, rotated)["worst_rotated_accuracy"] == 0.5
