@@ -46,6 +46,11 @@ def set_params(params_file: Path, overrides: dict) -> None:
 @pytest.fixture
 def tiny_repo(tmp_path: Path) -> Path:
     """A git + DVC repository holding the project's pipeline, on a tiny MNIST in IDX files."""
+    return make_tiny_repo(tmp_path)
+
+
+def make_tiny_repo(tmp_path: Path) -> Path:
+    """Create the tiny repository in `tmp_path` (`repo/`, its IDX files and its DVC remote beside it)."""
     from tests.support.helpers import tiny_mnist, write_idx_dir
 
     repo = tmp_path / "repo"
@@ -87,8 +92,8 @@ TINY_PARAMS: dict = {
         "train_images": 2000,
         "batch_size": 64,
         "specs": {"cnn": {"blocks": 1, "channels": 4, "dense": 16}, "mlp": {"layers": 1, "width": 32}},
-        "latency": {"warmup": 2, "single_calls": 20, "batch_size": 32, "batch_calls": 2},
     },
+    "latency": {"warmup": 2, "single_calls": 20, "batch_size": 32, "batch_calls": 2},
     "curriculum": {
         "initial_sources": 60,
         "increment": 30,
