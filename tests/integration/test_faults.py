@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -38,6 +39,11 @@ def lock_md5(repo: Path, out: str) -> str:
     return next(o["md5"] for s in lock["stages"].values() for o in s.get("outs", []) if o["path"] == out)
 
 
+def dvc_status(repo: Path, stage: str) -> dict:
+    """What DVC sees changed for `stage`, as `dvc status --json` reports it ({} when up to date)."""
+    return json.loads(run(["dvc", "status", "--json", stage], repo).stdout)
+
+
 def temporary_siblings(folder: Path) -> list[Path]:
     return sorted(p for p in folder.parent.glob(f".{folder.name}.*"))
 
@@ -68,13 +74,13 @@ def test_a_stage_killed_while_writing_leaves_nothing_half_written_and_the_rerun_
     kill_while_writing(tiny_repo, "augment", augmented)
     assert folder_md5(augmented) == hashes["data/augmented"]
     assert temporary_siblings(augmented), "the kill did not land while the stage was writing"
-    assert "up to date" in run(["dvc", "status", "split"], tiny_repo).stdout.lower()
+    assert dvc_status(tiny_repo, "split") == {}
 
     # 2. split killed mid-write with no previous output: nothing appears where DVC or `train` would read it.
     shutil.rmtree(splits)
     kill_while_writing(tiny_repo, "split", splits)
     assert not splits.exists()
-    assert "deleted:            data/splits" in run(["dvc", "status", "split"], tiny_repo).stdout
+    assert dvc_status(tiny_repo, "split") == {"split": [{"changed outs": {"data/splits": "deleted"}}]}
 
     # The reruns (forced: DVC would otherwise restore the outputs from its run cache without running the
     # stages) remove what the killed processes left and write the same bytes.
