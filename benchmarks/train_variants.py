@@ -4,7 +4,7 @@ Usage: python benchmarks/train_variants.py [--only one-rotation-ema-50 ...] [--p
                                            [--ensemble]
 Needs data/splits (run `dvc repro split` first). Each variant trains the default CNN on the whole train split
 (from scratch, seed 0) and is scored on the test and holdout splits; a variant takes 5-20 minutes on 2 CPU
-cores, so pick some with --only. Prints a markdown table (the "Training recipes tried" table of docs/results.md comes from it).
+cores, so pick some with --only. Prints a markdown table (docs/results.md, "Training recipes tried", comes from it).
 With --ensemble a last row scores the average of the variants' probabilities: what the variants' whole
 training time buys together.
 """

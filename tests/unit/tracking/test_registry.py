@@ -8,7 +8,6 @@ import pytest
 
 from rotmnist.tracking import registry
 
-
 # ---- models and URIs ------------------------------------------------------------------------------------
 
 
