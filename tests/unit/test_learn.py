@@ -7,36 +7,15 @@ import types
 
 import numpy as np
 import pytest
-import torch
 from mlflow import MlflowClient
 
 from rotmnist import learn
 from rotmnist.config import config_from_dict
-from rotmnist.io import Dataset
 from rotmnist.paths import Paths
+from tests.support.datasets import digit_dataset
 from tests.support.helpers import tiny_mnist
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and on a busy machine OpenMP threads only wait for each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def dataset(n: int, seed: int = 0, copies: int = 1) -> Dataset:
-    """`n` synthetic digits (easy: jittered seven-segment strokes), each repeated `copies` times as one source."""
-    x, y, _, _ = tiny_mnist(n_train=n, n_test=10, seed=seed)
-    k = len(x)
-    return Dataset(
-        x=np.repeat(x, copies, axis=0),
-        y=np.repeat(y, copies),
-        source_id=np.repeat(np.arange(k, dtype=np.int32), copies),
-        angle=np.zeros(k * copies, np.int8),
-        mnist_split=np.zeros(k * copies, np.int8),
-    )
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/unit/conftest.py
 
 
 @pytest.fixture
@@ -104,9 +83,9 @@ def test_as_dataset_keeps_float_pixels_and_given_sources():
 @pytest.mark.parametrize("cv_folds", [1, 2])
 def test_learn_model_returns_a_tuned_model_far_better_than_chance(ws, cv_folds):
     config = config_from_dict(TINY | {"tune": TINY["tune"] | {"cv_folds": cv_folds}})
-    data = dataset(400, seed=0)
+    data = digit_dataset(400, seed=0)
     model = learn.learn_model(data, config=config, paths=ws)
-    held_out = dataset(200, seed=5)
+    held_out = digit_dataset(200, seed=5)
     accuracy = float(np.mean(model.predict(held_out.x) == held_out.y))
     assert accuracy >= 0.8, accuracy  # chance is 0.1
     runs = MlflowClient().search_runs([MlflowClient().get_experiment_by_name("learn").experiment_id])
@@ -115,4 +94,4 @@ def test_learn_model_returns_a_tuned_model_far_better_than_chance(ws, cv_folds):
 
 def test_learn_model_rejects_an_empty_dataset(ws):
     with pytest.raises(ValueError, match="non-empty dataset"):
-        learn.learn_model(dataset(10).take(np.zeros(10, bool)), config=config_from_dict(TINY), paths=ws)
+        learn.learn_model(digit_dataset(10).take(np.zeros(10, bool)), config=config_from_dict(TINY), paths=ws)

@@ -6,27 +6,12 @@ import numpy as np
 import pytest
 
 from rotmnist.data import sources
-from rotmnist.data.rotation import exhaustive_dataset
 from rotmnist.data.sources import source_folds, subsample_sources
-from rotmnist.io import Dataset
-from tests.support.helpers import tiny_mnist
-
-
-def dataset(n: int, seed: int = 0, copies: int = 1) -> Dataset:
-    """`n` synthetic digits (easy: jittered seven-segment strokes), each repeated `copies` times as one source."""
-    x, y, _, _ = tiny_mnist(n_train=n, n_test=10, seed=seed)
-    k = len(x)
-    return Dataset(
-        x=np.repeat(x, copies, axis=0),
-        y=np.repeat(y, copies),
-        source_id=np.repeat(np.arange(k, dtype=np.int32), copies),
-        angle=np.zeros(k * copies, np.int8),
-        mnist_split=np.zeros(k * copies, np.int8),
-    )
+from tests.support.datasets import digit_dataset
 
 
 def test_subsample_sources_keeps_every_rotation_of_a_chosen_source():
-    ds = dataset(40, copies=7)
+    ds = digit_dataset(40, copies=7)
     sub = subsample_sources(ds, 0.25, seed=1)
     ids, counts = np.unique(sub.source_id, return_counts=True)
     assert len(ids) == 10 and set(counts) == {7}
@@ -37,7 +22,7 @@ def test_subsample_sources_keeps_every_rotation_of_a_chosen_source():
 
 
 def test_source_folds_partition_the_rows_by_source():
-    ds = dataset(30, copies=3)
+    ds = digit_dataset(30, copies=3)
     folds = source_folds(ds, 4, seed=0)
     assert len(folds) == 4
     val_rows = np.concatenate([v for _, v in folds])
@@ -60,19 +45,6 @@ def test_every_configuration_sees_exactly_the_budget_and_each_row_about_equally_
         assert counts.max() == 1
     assert np.array_equal(rows, sources.budget_rows(pool, n, seed=0))
     assert not np.array_equal(sources.budget_rows(100, 50, seed=0), sources.budget_rows(100, 50, seed=1))
-
-
-def upright(x: np.ndarray, y: np.ndarray, first_id: int = 0) -> Dataset:
-    n = len(x)
-    ids = np.arange(first_id, first_id + n, dtype=np.int32)
-    return Dataset(x=x, y=y, source_id=ids, angle=np.zeros(n, np.int8), mnist_split=np.zeros(n, np.int8))
-
-
-@pytest.fixture(scope="module")
-def splits() -> tuple[Dataset, Dataset]:
-    """Synthetic train and holdout digits, each at every angle (as data/splits holds them)."""
-    xt, yt, xh, yh = tiny_mnist(n_train=400, n_test=200, seed=0)
-    return exhaustive_dataset(upright(xt, yt)), exhaustive_dataset(upright(xh, yh, first_id=1000))
 
 
 def test_the_pool_only_grows_with_replay_and_holds_the_newest_increment_without(splits):

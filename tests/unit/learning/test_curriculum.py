@@ -5,28 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rotmnist.data.rotation import exhaustive_dataset
 from rotmnist.errors import PipelineError
-from rotmnist.io import Dataset
 from rotmnist.learning import curriculum as drift_sim
 from rotmnist.learning.recipe import Hyper
-from tests.support.helpers import tiny_mnist
 
 SPEC = {"family": "cnn", "blocks": 1, "channels": 8, "kernel": 3, "dense": 32, "dropout": 0.0}
 HP = Hyper(lr=0.01, batch_size=32, epochs=3)
-
-
-def upright(x: np.ndarray, y: np.ndarray, first_id: int = 0) -> Dataset:
-    n = len(x)
-    ids = np.arange(first_id, first_id + n, dtype=np.int32)
-    return Dataset(x=x, y=y, source_id=ids, angle=np.zeros(n, np.int8), mnist_split=np.zeros(n, np.int8))
-
-
-@pytest.fixture(scope="module")
-def splits() -> tuple[Dataset, Dataset]:
-    """Synthetic train and holdout digits, each at every angle (as data/splits holds them)."""
-    xt, yt, xh, yh = tiny_mnist(n_train=400, n_test=200, seed=0)
-    return exhaustive_dataset(upright(xt, yt)), exhaustive_dataset(upright(xh, yh, first_id=1000))
 
 
 def plan(**kw) -> drift_sim.Plan:

@@ -10,6 +10,8 @@ import pytest
 from rotmnist import io
 from rotmnist.config import MonitorConfig
 from rotmnist.learning import gate, metrics
+from tests.support.datasets import blank_dataset
+from tests.support.fakes import metrics_with
 
 
 class LabelModel:
@@ -24,25 +26,6 @@ class LabelModel:
         return self.labels
 
 
-def dataset(y, angle=None) -> io.Dataset:
-    y = np.asarray(y, np.uint8)
-    n = len(y)
-    return io.Dataset(
-        x=np.zeros((n, 28, 28), np.uint8),
-        y=y,
-        source_id=np.arange(n, dtype=np.int32),
-        angle=np.zeros(n, np.int8) if angle is None else np.asarray(angle, np.int8),
-        mnist_split=np.zeros(n, np.int8),
-    )
-
-
-def metrics_with(overall: float, per_angle: dict[str, float]) -> dict:
-    def s(acc):
-        return {"n": 100, "accuracy": acc, "error_rate": 1 - acc}
-
-    return {**s(overall), "per_angle": {a: s(v) for a, v in per_angle.items()}, "per_class": {}}
-
-
 CFG = MonitorConfig(model_name="m", threshold=0.01, angle_threshold=0.015, tolerance=0.002)
 
 
@@ -50,7 +33,7 @@ def test_monitor_perf_flags_drift_only_above_the_threshold():
     y = np.arange(10) % 10
     three_wrong = y.copy()
     three_wrong[:3] = (y[:3] + 1) % 10  # E = 0.3
-    ds = dataset(y)
+    ds = blank_dataset(y)
     assert gate.monitor_perf(LabelModel(y), ds, 0.0) is False
     assert gate.monitor_perf(LabelModel(three_wrong), ds, 0.29) is True
     assert gate.monitor_perf(LabelModel(three_wrong), ds, 0.3) is False  # E == threshold is not drift
@@ -67,18 +50,18 @@ def test_monitor_perf_passes_the_images_and_accepts_any_object_with_x_and_y():
 @pytest.mark.parametrize(
     ("model", "gt", "threshold", "error", "match"),
     [
-        (LabelModel([1]), dataset([1]), -0.1, ValueError, r"within \[0, 1\]"),
-        (LabelModel([1]), dataset([1]), 1.5, ValueError, r"within \[0, 1\]"),
-        (LabelModel([1]), dataset([1]), float("nan"), ValueError, r"within \[0, 1\]"),
-        (LabelModel([1]), dataset([1]), "0.1", TypeError, "threshold must be a number"),
-        (LabelModel([1]), dataset([1]), None, TypeError, "threshold must be a number"),
-        (LabelModel([1]), dataset([1]), True, TypeError, "threshold must be a number"),
-        (object(), dataset([1]), 0.1, TypeError, "predict"),
+        (LabelModel([1]), blank_dataset([1]), -0.1, ValueError, r"within \[0, 1\]"),
+        (LabelModel([1]), blank_dataset([1]), 1.5, ValueError, r"within \[0, 1\]"),
+        (LabelModel([1]), blank_dataset([1]), float("nan"), ValueError, r"within \[0, 1\]"),
+        (LabelModel([1]), blank_dataset([1]), "0.1", TypeError, "threshold must be a number"),
+        (LabelModel([1]), blank_dataset([1]), None, TypeError, "threshold must be a number"),
+        (LabelModel([1]), blank_dataset([1]), True, TypeError, "threshold must be a number"),
+        (object(), blank_dataset([1]), 0.1, TypeError, "predict"),
         (LabelModel([1]), np.zeros((1, 28, 28)), 0.1, TypeError, r"\.x and \.y"),
-        (LabelModel([]), dataset([]), 0.1, ValueError, "empty"),
+        (LabelModel([]), blank_dataset([]), 0.1, ValueError, "empty"),
         (LabelModel([1]), types.SimpleNamespace(x=np.zeros((2, 28, 28)), y=np.array([1])), 0.1, ValueError, "2 images"),
-        (LabelModel([1, 2]), dataset([1, 2, 3]), 0.1, ValueError, "one label per image"),
-        (LabelModel(np.zeros((2, 10))), dataset([1, 2]), 0.1, ValueError, "one label per image"),
+        (LabelModel([1, 2]), blank_dataset([1, 2, 3]), 0.1, ValueError, "one label per image"),
+        (LabelModel(np.zeros((2, 10))), blank_dataset([1, 2]), 0.1, ValueError, "one label per image"),
     ],
 )
 def test_monitor_perf_rejects_bad_inputs(model, gt, threshold, error, match):
@@ -92,7 +75,7 @@ def test_the_stage_gate_uses_the_same_rule_as_monitor_perf(threshold):
     yhat = np.where(np.arange(20) < 5, (y + 1) % 10, y)  # E = 0.25
     sliced = metrics.slice_metrics(y, yhat, np.zeros(20))
     overall_flagged = any("monitor.threshold" in r for r in gate.drift_reasons(sliced, threshold, 1.0))
-    assert gate.monitor_perf(LabelModel(yhat), dataset(y), threshold) is overall_flagged is (threshold < 0.25)
+    assert gate.monitor_perf(LabelModel(yhat), blank_dataset(y), threshold) is overall_flagged is (threshold < 0.25)
 
 
 def test_gate_passes_a_good_first_candidate():
@@ -141,11 +124,11 @@ def test_class_distribution_chi_square():
 def test_an_error_equal_to_the_threshold_is_never_drift_even_at_the_ends_of_the_range():
     y = np.array([1, 2, 3, 4])
     all_wrong = LabelModel((y + 1) % 10)
-    assert gate.monitor_perf(LabelModel(y), dataset(y), 0) is False  # E = 0, threshold 0 (an int)
-    assert gate.monitor_perf(all_wrong, dataset(y), 1.0) is False  # E = 1, threshold 1
-    assert gate.monitor_perf(all_wrong, dataset(y), np.float64(0.99)) is True  # numpy numbers are numbers
+    assert gate.monitor_perf(LabelModel(y), blank_dataset(y), 0) is False  # E = 0, threshold 0 (an int)
+    assert gate.monitor_perf(all_wrong, blank_dataset(y), 1.0) is False  # E = 1, threshold 1
+    assert gate.monitor_perf(all_wrong, blank_dataset(y), np.float64(0.99)) is True  # numpy numbers are numbers
     one_wrong = LabelModel([1, 2, 3, 0])  # E = 0.25
-    assert [gate.monitor_perf(one_wrong, dataset(y), t) for t in (0.24, 0.25, 0.26)] == [True, False, False]
+    assert [gate.monitor_perf(one_wrong, blank_dataset(y), t) for t in (0.24, 0.25, 0.26)] == [True, False, False]
 
 
 def test_monitor_perf_refuses_labels_that_are_not_one_dimensional():

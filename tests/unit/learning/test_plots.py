@@ -7,6 +7,7 @@ import pytest
 from rotmnist.data import mnist as mnist_sources
 from rotmnist.learning import plots
 from rotmnist.stages import monitor
+from tests.support.fakes import metrics_with
 from tests.support.helpers import (
     tiny_mnist,
 )
@@ -30,13 +31,6 @@ def test_samples_plot_is_a_png_whose_width_follows_the_samples_per_class(tmp_pat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["narrow.png", "wide.png"]  # no temp files
     with pytest.raises(ValueError, match="per_class must be >= 1"):
         plots.plot_samples(ds, tmp_path / "none.png", per_class=0)
-
-
-def metrics_with(overall: float, per_angle: dict[str, float]) -> dict:
-    def s(acc):
-        return {"n": 100, "accuracy": acc, "error_rate": 1 - acc}
-
-    return {**s(overall), "per_angle": {a: s(v) for a, v in per_angle.items()}, "per_class": {}}
 
 
 def bar_centres(fig) -> dict[str, list[float]]:

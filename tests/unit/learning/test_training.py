@@ -8,38 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from rotmnist.data.rotation import exhaustive_dataset
 from rotmnist.errors import PipelineError
-from rotmnist.io import Dataset
 from rotmnist.learning import training
 from rotmnist.learning.recipe import Hyper
 from rotmnist.learning.training import fit, pixel_stats, random_shift
-from tests.support.helpers import tiny_mnist
+from tests.support.datasets import digit_dataset
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and on a busy machine OpenMP threads only wait for each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/unit/conftest.py
 
 
 SMALL_CNN = {"family": "cnn", "blocks": 2, "channels": 8, "dense": 32, "dropout": 0.0}
-
-
-def dataset(n: int, seed: int = 0, copies: int = 1) -> Dataset:
-    """`n` synthetic digits (easy: jittered seven-segment strokes), each repeated `copies` times as one source."""
-    x, y, _, _ = tiny_mnist(n_train=n, n_test=10, seed=seed)
-    k = len(x)
-    return Dataset(
-        x=np.repeat(x, copies, axis=0),
-        y=np.repeat(y, copies),
-        source_id=np.repeat(np.arange(k, dtype=np.int32), copies),
-        angle=np.zeros(k * copies, np.int8),
-        mnist_split=np.zeros(k * copies, np.int8),
-    )
 
 
 def test_pixel_stats_are_exact():
@@ -64,7 +42,7 @@ def test_random_shift_moves_each_image_by_at_most_max_shift():
 
 
 def test_fit_beats_chance_by_far_and_is_seeded():
-    train_ds, val_ds = dataset(400, seed=0), dataset(100, seed=1)
+    train_ds, val_ds = digit_dataset(400, seed=0), digit_dataset(100, seed=1)
     seen = []
     hp = Hyper(lr=1e-2, batch_size=16, epochs=3, shift=1)
     result = fit(SMALL_CNN, train_ds, val_ds, hp, seed=3, on_epoch=seen.append)
@@ -97,7 +75,7 @@ def test_epoch_rows_draw_up_to_k_rotations_of_every_source_afresh_each_epoch():
 
 
 def test_an_epoch_of_one_rotation_per_source_trains_on_that_many_images():
-    ds = dataset(100, copies=7)
+    ds = digit_dataset(100, copies=7)
     hp = Hyper(lr=1e-2, batch_size=32, epochs=8, rotations_per_epoch=1)
     steps = []
     result = fit(SMALL_CNN, ds, None, hp, on_epoch=steps.append)
@@ -122,7 +100,7 @@ def test_the_weight_average_lags_the_trained_weights_and_is_what_fit_returns():
             assert torch.allclose(v, start[k] + 9 / 11, atol=1e-6)
     hp = Hyper(lr=1e-2, batch_size=16, epochs=3, shift=1, ema=0.99)
     seen = []
-    train_ds, val_ds = dataset(400, seed=0), dataset(100, seed=1)
+    train_ds, val_ds = digit_dataset(400, seed=0), digit_dataset(100, seed=1)
     result = fit(SMALL_CNN, train_ds, val_ds, hp, seed=3, on_epoch=seen.append)
     plain = fit(SMALL_CNN, train_ds, val_ds, dataclasses.replace(hp, ema=0.0), seed=3)
     assert result.history[-1]["val_accuracy"] >= 0.8 and not result.model.training
@@ -132,21 +110,28 @@ def test_the_weight_average_lags_the_trained_weights_and_is_what_fit_returns():
 
 def test_val_is_scored_every_few_epochs_and_after_the_last():
     seen = []
-    fit({"family": "logreg"}, dataset(50), dataset(20, seed=1), Hyper(epochs=5), on_epoch=seen.append, score_every=2)
+    fit(
+        {"family": "logreg"},
+        digit_dataset(50),
+        digit_dataset(20, seed=1),
+        Hyper(epochs=5),
+        on_epoch=seen.append,
+        score_every=2,
+    )
     assert [("val_accuracy" in m) for m in seen] == [False, True, False, True, True]
 
 
 def test_fit_in_bf16_learns_and_keeps_float32_weights():
     # bf16 autocast covers the training step only: the model it returns is float32 like any other.
     hp = Hyper(lr=1e-2, batch_size=16, epochs=3, shift=1, precision="bf16")
-    result = fit(SMALL_CNN, dataset(400, seed=0), dataset(100, seed=1), hp, seed=3)
+    result = fit(SMALL_CNN, digit_dataset(400, seed=0), digit_dataset(100, seed=1), hp, seed=3)
     assert result.history[-1]["val_accuracy"] >= 0.8
     assert {p.dtype for p in result.model.parameters()} == {torch.float32}
 
 
 @pytest.mark.parametrize("n", [64, 256, 400])  # 1, 4 and 7 steps: too short for a one-cycle schedule
 def test_very_short_runs_train_with_a_constant_learning_rate(n):
-    result = fit({"family": "logreg"}, dataset(n), None, Hyper(batch_size=64, epochs=1, schedule="onecycle"))
+    result = fit({"family": "logreg"}, digit_dataset(n), None, Hyper(batch_size=64, epochs=1, schedule="onecycle"))
     assert result.history[0]["lr"] == Hyper().lr
 
 
@@ -158,36 +143,29 @@ def test_an_epoch_callback_can_stop_training():
         raise Stop(metrics["epoch"])
 
     with pytest.raises(Stop, match="1"):
-        fit({"family": "logreg"}, dataset(50), dataset(20, seed=1), Hyper(epochs=5), on_epoch=stop)
+        fit({"family": "logreg"}, digit_dataset(50), digit_dataset(20, seed=1), Hyper(epochs=5), on_epoch=stop)
 
 
 def test_fit_rejects_an_empty_training_set():
     with pytest.raises(ValueError, match="training set is empty"):
-        fit({"family": "logreg"}, dataset(10).take(np.zeros(10, bool)), None, Hyper())
+        fit({"family": "logreg"}, digit_dataset(10).take(np.zeros(10, bool)), None, Hyper())
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_fit_on_the_gpu_matches_the_cpu_contract():
-    result = fit(SMALL_CNN, dataset(400), dataset(100, seed=1), Hyper(lr=1e-2, batch_size=16, epochs=3), device="cuda")
+    result = fit(
+        SMALL_CNN,
+        digit_dataset(400),
+        digit_dataset(100, seed=1),
+        Hyper(lr=1e-2, batch_size=16, epochs=3),
+        device="cuda",
+    )
     assert next(result.model.parameters()).device.type == "cuda"
     assert result.history[-1]["val_accuracy"] >= 0.8
 
 
 SPEC = {"family": "cnn", "blocks": 1, "channels": 8, "kernel": 3, "dense": 32, "dropout": 0.0}
-
-
-def upright(x: np.ndarray, y: np.ndarray, first_id: int = 0) -> Dataset:
-    n = len(x)
-    ids = np.arange(first_id, first_id + n, dtype=np.int32)
-    return Dataset(x=x, y=y, source_id=ids, angle=np.zeros(n, np.int8), mnist_split=np.zeros(n, np.int8))
-
-
-@pytest.fixture(scope="module")
-def splits() -> tuple[Dataset, Dataset]:
-    """Synthetic train and holdout digits, each at every angle (as data/splits holds them)."""
-    xt, yt, xh, yh = tiny_mnist(n_train=400, n_test=200, seed=0)
-    return exhaustive_dataset(upright(xt, yt)), exhaustive_dataset(upright(xh, yh, first_id=1000))
 
 
 def test_fit_warm_starts_from_a_model_without_changing_it(splits):

@@ -11,6 +11,7 @@ from rotmnist.config import Config
 from rotmnist.paths import Paths
 from rotmnist.serving import predict
 from rotmnist.tracking import registry, store
+from tests.support.fakes import ProbModel
 
 
 def digit_one(size: int = 28, ink: int = 255, paper: int = 0) -> np.ndarray:
@@ -18,19 +19,6 @@ def digit_one(size: int = 28, ink: int = 255, paper: int = 0) -> np.ndarray:
     img = np.full((size, size), paper, np.uint8)
     img[size // 4 : 3 * size // 4, size // 3 : size // 3 + max(1, size // 14)] = ink
     return img
-
-
-class ProbModel:
-    """Returns one-hot probabilities of `label`, recording the batch sizes it saw."""
-
-    def __init__(self, label: int = 3, width: int = 10):
-        self.label, self.width, self.batches = label, width, []
-
-    def predict(self, x):
-        self.batches.append(len(x))
-        out = np.zeros((len(x), self.width), np.float32)
-        out[:, self.label] = 1.0
-        return out
 
 
 @pytest.fixture

@@ -12,29 +12,11 @@ from rotmnist.config import MonitorConfig
 from rotmnist.errors import PipelineError
 from rotmnist.learning import gate, metrics
 from rotmnist.stages import monitor
+from tests.support.datasets import blank_dataset
+from tests.support.fakes import metrics_with
 from tests.support.helpers import MONITOR_PLOTS
 
-
-def dataset(y, angle=None) -> io.Dataset:
-    y = np.asarray(y, np.uint8)
-    n = len(y)
-    return io.Dataset(
-        x=np.zeros((n, 28, 28), np.uint8),
-        y=y,
-        source_id=np.arange(n, dtype=np.int32),
-        angle=np.zeros(n, np.int8) if angle is None else np.asarray(angle, np.int8),
-        mnist_split=np.zeros(n, np.int8),
-    )
-
-
 CFG = MonitorConfig(model_name="m", threshold=0.01, angle_threshold=0.015, tolerance=0.002)
-
-
-def metrics_with(overall: float, per_angle: dict[str, float]) -> dict:
-    def s(acc):
-        return {"n": 100, "accuracy": acc, "error_rate": 1 - acc}
-
-    return {**s(overall), "per_angle": {a: s(v) for a, v in per_angle.items()}, "per_class": {}}
 
 
 def test_angle_rows_sort_by_angle_and_leave_the_champion_blank_where_it_has_no_slice():
@@ -77,7 +59,7 @@ def test_roc_rows_are_a_few_hundred_points_for_every_class():
 
 def test_write_plots_writes_csv_for_dvc_and_png(tmp_path):
     rng = np.random.default_rng(0)
-    ds = dataset(rng.integers(0, 10, 60), angle=np.tile([0, -30, 30], 20))
+    ds = blank_dataset(rng.integers(0, 10, 60), angle=np.tile([0, -30, 30], 20))
     probs = rng.random((60, 10)).astype(np.float32)
     yhat = probs.argmax(1)
     cand = metrics.slice_metrics(ds.y, yhat, ds.angle)

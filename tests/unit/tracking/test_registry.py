@@ -7,21 +7,9 @@ import numpy as np
 import pytest
 
 from rotmnist.tracking import registry
+from tests.support.fakes import ProbModel
 
 # ---- models and URIs ------------------------------------------------------------------------------------
-
-
-class ProbModel:
-    """Returns one-hot probabilities of `label`, recording the batch sizes it saw."""
-
-    def __init__(self, label: int = 3, width: int = 10):
-        self.label, self.width, self.batches = label, width, []
-
-    def predict(self, x):
-        self.batches.append(len(x))
-        out = np.zeros((len(x), self.width), np.float32)
-        out[:, self.label] = 1.0
-        return out
 
 
 def test_classifier_scores_in_batches_and_checks_the_output():

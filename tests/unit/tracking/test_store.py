@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 
 import mlflow
@@ -10,41 +9,29 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from rotmnist.config import Config, MlflowConfig
 from rotmnist.errors import PipelineError
 from rotmnist.paths import Paths
 from rotmnist.tracking import store
-
-
-@pytest.fixture
-def ws(tmp_path, monkeypatch, empty_store) -> Paths:
-    """A workspace whose default store (mlflow.db at its root) is a fresh copy of the empty store."""
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    shutil.copy(empty_store, tmp_path / "mlflow.db")
-    return Paths(root=tmp_path, store_root=tmp_path)
-
-
-def config(experiment: str = "t", uri: str = "") -> Config:
-    return Config(mlflow=MlflowConfig(experiment=experiment, tracking_uri=uri))
+from tests.support.tracking import mlflow_config
 
 
 def test_tracking_uri_precedence(tmp_path, monkeypatch):
     paths = Paths(root=tmp_path / "copy", store_root=tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    assert store.tracking_uri(config(), paths) == f"sqlite:///{tmp_path / 'mlflow.db'}"
-    assert store.tracking_uri(config(uri="http://server:5000"), paths) == "http://server:5000"
+    assert store.tracking_uri(mlflow_config(), paths) == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert store.tracking_uri(mlflow_config(uri="http://server:5000"), paths) == "http://server:5000"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///elsewhere.db")
-    assert store.tracking_uri(config(uri="http://server:5000"), paths) == "sqlite:///elsewhere.db"
+    assert store.tracking_uri(mlflow_config(uri="http://server:5000"), paths) == "sqlite:///elsewhere.db"
 
 
 def test_configure_mlflow_creates_the_experiment_once_with_artifacts_at_the_store_root(ws):
-    experiment_id = store.configure_mlflow(config("exp-a"), ws)
+    experiment_id = store.configure_mlflow(mlflow_config("exp-a"), ws)
     assert mlflow.get_tracking_uri() == f"sqlite:///{ws.mlflow_db}"
     experiment = mlflow.get_experiment(experiment_id)
     assert experiment.name == "exp-a"
     assert experiment.artifact_location == ws.mlflow_artifacts.resolve().as_uri()
-    assert store.configure_mlflow(config("exp-a"), ws) == experiment_id
-    assert store.configure_mlflow(config("exp-b"), ws) != experiment_id
+    assert store.configure_mlflow(mlflow_config("exp-a"), ws) == experiment_id
+    assert store.configure_mlflow(mlflow_config("exp-b"), ws) != experiment_id
     with mlflow.start_run() as run:
         mlflow.log_text("hello", "note.txt")
     assert run.info.experiment_id != experiment_id  # the last configured experiment is the active one
@@ -52,10 +39,10 @@ def test_configure_mlflow_creates_the_experiment_once_with_artifacts_at_the_stor
 
 
 def test_configure_mlflow_refuses_a_deleted_experiment(ws):
-    experiment_id = store.configure_mlflow(config("gone"), ws)
+    experiment_id = store.configure_mlflow(mlflow_config("gone"), ws)
     MlflowClient().delete_experiment(experiment_id)
     with pytest.raises(PipelineError, match=r"'gone' is deleted .*\(mlflow experiments restore"):
-        store.configure_mlflow(config("gone"), ws)
+        store.configure_mlflow(mlflow_config("gone"), ws)
 
 
 def test_git_commit_inside_and_outside_git(tmp_path):
