@@ -20,7 +20,7 @@ from rotmnist.learning.recipe import PIPELINE_RECIPE_KEYS, recipe
 from rotmnist.learning.training import fit
 from rotmnist.paths import Paths
 from rotmnist.tracking import store
-from rotmnist.tracking import tune as sweep
+from rotmnist.tracking.tune import run_sweep
 
 
 def as_dataset(dataset: Any) -> Dataset:
@@ -60,7 +60,7 @@ def as_dataset(dataset: Any) -> Dataset:
 def learn_model(dataset: Any, *, config: Config | None = None, paths: Paths | None = None) -> RawImageClassifier:
     """Tune on a validation split of `dataset` (k-fold CV when tune.cv_folds > 1), then train the best; return it.
 
-    The same sweep as the stage `tune` (`sweep.run_sweep`, logged to MLflow), on `dataset` instead of the
+    The same sweep as the stage `tune` (`run_sweep`, logged to MLflow), on `dataset` instead of the
     split files; the returned RawImageClassifier has `.predict(x)` -> digits. Settings come from
     params.yaml unless `config` is given.
     """
@@ -83,7 +83,7 @@ def learn_model(dataset: Any, *, config: Config | None = None, paths: Paths | No
         "data_hash": store.array_digest(ds.x, ds.y),
         "stage": "learn_model",
     }
-    result = sweep.run_sweep(folds, config, paths, data_hash=tags["data_hash"], tags=tags)
+    result = run_sweep(folds, config, paths, data_hash=tags["data_hash"], tags=tags)
     hp = recipe(config, result.hyper, config.train.epochs, PIPELINE_RECIPE_KEYS)
     device = resolve_device(config.train.device)
     fitted = fit(result.spec, fit_part, val_part, hp, device=device, seed=config.train.seed, desc="learn_model")

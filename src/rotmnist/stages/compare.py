@@ -16,14 +16,14 @@ from typing import Any
 from rotmnist import io
 from rotmnist.config import Config
 from rotmnist.errors import PipelineError
-from rotmnist.learning import compare as comparison
 from rotmnist.learning import plots
+from rotmnist.learning.compare import load_pipeline_model, mark_pareto, score, train_configuration
 from rotmnist.learning.device import apply_threads, resolve_device
 from rotmnist.learning.recipe import Hyper, hyper_dict, recipe
 from rotmnist.paths import Paths
 from rotmnist.spec import CONFIGURATIONS, PIPELINE_CONFIGURATION, describe, split_configuration
-from rotmnist.tracking import compare as compare_runs
 from rotmnist.tracking import store
+from rotmnist.tracking.compare import configuration_run, log_row, log_summary, parent_run, training_record
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +35,11 @@ def _model(name: str, config: Config, train: io.Dataset, hp: Hyper, device: Any,
     if name != PIPELINE_CONFIGURATION:
         family, data = split_configuration(name)
         spec = getattr(config.compare.specs, family)
-        model, record = comparison.train_configuration(name, config.compare, train, hp, device)
+        model, record = train_configuration(name, config.compare, train, hp, device)
     else:  # `train`'s model, trained on the whole (rotated) train split; its record is in its MLflow run
         model, reference = pipeline
         spec, data = reference["spec"], "rotated"
-        record = compare_runs.training_record(str(reference.get("run_id", "")))
+        record = training_record(str(reference.get("run_id", "")))
         record = record or {"train_images": 0, "train_seconds": 0.0, "trained_by": "train (run not in this store)"}
     return model, {"model": describe(spec), "training_data": data}, spec, record
 
@@ -78,7 +78,7 @@ def main(config: Config, paths: Paths) -> None:
     if len(test) == 0:
         raise PipelineError(f"the test split {paths.split('test')} is empty; check the split stage")
     listed = PIPELINE_CONFIGURATION in cfg.configurations
-    pipeline = comparison.load_pipeline_model(paths.model_file, paths.run_reference) if listed else None
+    pipeline = load_pipeline_model(paths.model_file, paths.run_reference) if listed else None
     hp = recipe(config, cfg.model_dump(include={"lr", "weight_decay", "batch_size"}), epochs=1)
     device = resolve_device(config.train.device)
     store.configure_mlflow(config, paths)
@@ -86,16 +86,16 @@ def main(config: Config, paths: Paths) -> None:
     params = {**hyper_dict(hp, device), "budget_images": cfg.train_images, "seed": cfg.seed, "device": device.type}
     rows: dict[str, dict[str, Any]] = {}
     run_ids: dict[str, str] = {}
-    with compare_runs.parent_run("compare", tags, params | {"configurations": ",".join(cfg.configurations)}) as parent:
+    with parent_run("compare", tags, params | {"configurations": ",".join(cfg.configurations)}) as parent:
         for name in cfg.configurations:
-            with compare_runs.configuration_run(parent, name, tags, params) as run_ids[name]:
+            with configuration_run(parent, name, tags, params) as run_ids[name]:
                 model, described, spec, record = _model(name, config, train, hp, device, pipeline)
-                rows[name] = described | comparison.score(model, test, cfg, config.latency) | record
-                compare_runs.log_row(rows[name], spec)
+                rows[name] = described | score(model, test, cfg, config.latency) | record
+                log_row(rows[name], spec)
             _announce(name, rows[name])
-        rows = io.rounded(comparison.mark_pareto(rows))
+        rows = io.rounded(mark_pareto(rows))
         files = write_outputs(paths, config, rows, time.perf_counter() - start)
-        compare_runs.log_summary(run_ids, rows, files)
+        log_summary(run_ids, rows, files)
     log.info("compared %d configurations in %.0f s; table in %s", len(rows), time.perf_counter() - start, METRICS_FILE)
 
 

@@ -1,4 +1,4 @@
-"""Stage `curriculum`: the drift story simulated end to end (`drift_sim`), tracked in MLflow and reported.
+"""Stage `curriculum`: the drift story simulated end to end (`learning.curriculum`), tracked in MLflow and reported.
 
 A small fixed model (`curriculum.model`) is trained on part of the upright training digits and deployed;
 rotated digits arrive in the order of `curriculum.arrivals`; on each drift flag it is retrained with
@@ -17,22 +17,21 @@ import numpy as np
 
 from rotmnist import io
 from rotmnist.config import Config
-from rotmnist.learning import curriculum as drift_sim
-from rotmnist.learning import plots
+from rotmnist.learning import curriculum, plots
 from rotmnist.learning.device import apply_threads, resolve_device
 from rotmnist.learning.recipe import Hyper, hyper_dict, recipe
 from rotmnist.paths import Paths
 from rotmnist.spec import describe
-from rotmnist.tracking import curriculum as curriculum_runs
 from rotmnist.tracking import store
+from rotmnist.tracking.curriculum import log_summary, round_logger, start_curriculum_run
 
 log = logging.getLogger(__name__)
 
 
-def plan_of(config: Config) -> tuple[drift_sim.Plan, Hyper]:
+def plan_of(config: Config) -> tuple[curriculum.Plan, Hyper]:
     """The simulation's plan and training settings from `curriculum` (and the shared recipe in `train`)."""
     c = config.curriculum
-    plan = drift_sim.Plan(
+    plan = curriculum.Plan(
         arrivals=c.arrivals,
         initial_sources=c.initial_sources,
         increment=c.increment,
@@ -49,12 +48,12 @@ def plan_of(config: Config) -> tuple[drift_sim.Plan, Hyper]:
     return plan, hp
 
 
-def write_plots(folder: Path, sim: drift_sim.Simulation, plan: drift_sim.Plan) -> list[Path]:
+def write_plots(folder: Path, sim: curriculum.Simulation, plan: curriculum.Plan) -> list[Path]:
     """CSV for `dvc plots` (one row per round) and the three figures as PNG."""
-    rows = drift_sim.round_rows(sim)
+    rows = curriculum.round_rows(sim)
     angles = sorted(sim.rounds[0].holdout_accuracy)
     labels = [f"{p.angle:+d}°" if p.angle else "0°" for p in sim.phases]
-    matrix = drift_sim.accuracy_matrix(sim.rounds, tuple(angles))
+    matrix = curriculum.accuracy_matrix(sim.rounds, tuple(angles))
     arrived = np.array([[a in r.arrived for a in angles] for r in sim.rounds])
     round_labels = [f"{r.step}: {labels[r.phase]} r{r.round}{' ✗' if r.drift else ''}" for r in sim.rounds]
     io.write_csv(folder / "rounds.csv", rows)
@@ -85,13 +84,13 @@ def main(config: Config, paths: Paths) -> None:
     policy = f"{'warm' if plan.warm_start else 'scratch'}-{'replay' if plan.replay else 'noreplay'}"
     params = config.curriculum.model_dump(exclude={"model"}) | spec | hyper_dict(hp, device) | {"device": device.type}
     params["arrivals"] = " ".join(str(a) for a in plan.arrivals)
-    with curriculum_runs.start_curriculum_run(f"curriculum-{describe(spec)}-{policy}", tags, params) as run_id:
-        on_round = curriculum_runs.round_logger(run_id, tags)
-        sim = drift_sim.simulate(spec, hp, plan, train, holdout, device=device, on_round=on_round)
-        report = drift_sim.report(sim, plan)
+    with start_curriculum_run(f"curriculum-{describe(spec)}-{policy}", tags, params) as run_id:
+        on_round = round_logger(run_id, tags)
+        sim = curriculum.simulate(spec, hp, plan, train, holdout, device=device, on_round=on_round)
+        report = curriculum.report(sim, plan)
         io.write_metrics(paths.metrics / "curriculum.json", report)
         files = [paths.metrics / "curriculum.json", *write_plots(paths.plots / "curriculum", sim, plan)]
-        curriculum_runs.log_summary(summary_metrics(report), files)
+        log_summary(summary_metrics(report), files)
     log.info(
         "curriculum: %d rounds, %s, final holdout accuracy %.2f%% at the worst angle; ACC %.4f BWT %+.4f FWT %+.4f"
         " (%.0f s)",

@@ -27,7 +27,7 @@ from rotmnist.learning.training import evaluate, fit
 from rotmnist.paths import Paths
 from rotmnist.spec import describe
 from rotmnist.tracking import store
-from rotmnist.tracking import train as training_run
+from rotmnist.tracking.train import current_uri, log_epoch, log_split_inputs, log_training_results, start_run
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +116,8 @@ def main(config: Config, paths: Paths) -> None:
     tags |= {"tuned_by": str(best.get("parent_run_id", "")), "tuned_trial": str(best.get("trial", ""))}
     name = f"train-{describe(spec)}-e{hp.epochs}"
     params = {**spec, **hyper_dict(hp, device), "train_images": len(train), "device": device.type}
-    with training_run.start_run(name, tags, params) as run_id:
-        training_run.log_split_inputs(splits, paths, tags["data_hash"])
+    with start_run(name, tags, params) as run_id:
+        log_split_inputs(splits, paths, tags["data_hash"])
         fitted = fit(
             spec,
             train,
@@ -125,7 +125,7 @@ def main(config: Config, paths: Paths) -> None:
             hp,
             device=device,
             seed=config.train.seed,
-            on_epoch=training_run.log_epoch,
+            on_epoch=log_epoch,
             desc=name,
             score_every=config.train.val_every,
         )
@@ -134,13 +134,13 @@ def main(config: Config, paths: Paths) -> None:
         val_scores = evaluate(model, val.x, val.y) if len(val) else {}
         lat = measure_latency(model, test.x, config.latency)
         plot_files = write_plots(paths, fitted.history, report)
-        model_uri = training_run.log_training_results(
+        model_uri = log_training_results(
             model, run_metrics(report, val_scores, lat), plot_files, best, test.x[:5].astype(np.float32)
         )
     with io.atomic_path(paths.model_file) as tmp:
         torch.save(model.state_dict(), tmp)
     reference = {"run_id": run_id, "model_uri": model_uri, "experiment_id": experiment_id, "spec": spec}
-    io.write_json(paths.run_reference, reference | {"tracking_uri": training_run.current_uri()})
+    io.write_json(paths.run_reference, reference | {"tracking_uri": current_uri()})
     seconds = time.perf_counter() - start
     metrics = summary(report, val_scores, fitted.history, hp.epochs, len(train)) | lat | {"seconds": seconds}
     io.write_metrics(paths.metrics / "train.json", io.rounded(metrics))

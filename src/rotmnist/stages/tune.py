@@ -15,7 +15,7 @@ from rotmnist.data.sources import make_folds, sweep_subsets
 from rotmnist.learning.device import apply_threads
 from rotmnist.paths import Paths
 from rotmnist.tracking import store
-from rotmnist.tracking import tune as sweep
+from rotmnist.tracking.tune import best_params_document, run_sweep
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +31,8 @@ def main(config: Config, paths: Paths) -> None:
     store.configure_mlflow(config, paths)
     tags = store.standard_tags(paths, "data/splits") | {"stage": "tune"}
     log.info("sweep on %d train / %s val images", len(train), len(val) if val is not None else "CV")
-    result = sweep.run_sweep(folds, config, paths, data_hash=tags["data_hash"], tags=tags, source=paths.splits)
-    io.write_json(paths.best_params, sweep.best_params_document(result))
+    result = run_sweep(folds, config, paths, data_hash=tags["data_hash"], tags=tags, source=paths.splits)
+    io.write_json(paths.best_params, best_params_document(result))
     io.write_metrics(
         paths.metrics / "tune.json",
         {

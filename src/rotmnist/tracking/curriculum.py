@@ -1,6 +1,6 @@
 """The MLflow runs of the drift story: one curriculum run, and under it one nested run per round.
 
-Used by the stage `curriculum` only; the simulation itself (`drift_sim`) knows nothing of MLflow and
+Used by the stage `curriculum` only; the simulation itself (`learning.curriculum`) knows nothing of MLflow and
 reports each round through a callback, which `round_logger` turns into a nested run.
 """
 
