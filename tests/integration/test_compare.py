@@ -49,10 +49,10 @@ TINY = {
         "lr": 0.01,
         "batch_size": 64,
         "specs": {"cnn": {"blocks": 1, "channels": 4, "dense": 16}, "mlp": {"layers": 1, "width": 32}},
-        "latency": {"warmup": 2, "single_calls": 20, "batch_size": 32, "batch_calls": 2},
         # Between the upright-only models (~30 % at ±30°) and the rotated ones on this data, and no latency limit.
         "sla": {"min_worst_angle_accuracy": 0.6, "max_p99_latency_ms": 1000.0},
     },
+    "latency": {"warmup": 2, "single_calls": 20, "batch_size": 32, "batch_calls": 2},
     "train": {"num_threads": 1},
     "mlflow": {"experiment": EXPERIMENT},
 }
