@@ -4,6 +4,9 @@
   or one raw `image/*` body) prepared the way MNIST was made (`rotmnist.data.images`, shared with `predict`).
 - `POST /invocations`: MLflow's scoring protocol (`{"inputs": ...}` -> `{"predictions": ...}`).
 - `GET /health`, `GET /version`, `POST /reload`, and `GET /`: a page to draw or upload a digit.
+- `GET /openapi.json`: the API as the handlers really read and answer (the schemas live in `requests`);
+  `GET /docs`: Swagger UI on it, from the files of the `fastapi-offline` package, served by the app itself
+  (the page loads nothing from another server).
 
 The pieces live by job: the model and its hot reload in `model_source`, the micro-batching of concurrent
 requests in `batcher`, reading requests and writing answers in `requests`; this module wires them into
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,16 +25,27 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from fastapi import APIRouter, FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 from starlette.requests import ClientDisconnect, Request  # at run time: FastAPI reads the endpoints' annotations
 
 from rotmnist.serving.batcher import Batcher
 from rotmnist.serving.requests import (
+    HEALTH_RESPONSES,
+    INVOCATIONS_BODY,
+    INVOCATIONS_RESPONSES,
+    RELOAD_RESPONSES,
+    SCORE_BODY,
+    SCORE_RESPONSES,
+    VERSION_RESPONSES,
     BodyLimit,
     HTTPProblem,
     invocation_images,
     media_type,
     off_loop,
+    schemas,
     score_answer,
     score_images,
     uploaded_images,
@@ -43,21 +58,67 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PAGE = Path(__file__).with_name("static") / "index.html"
+OPENAPI_URL = "/openapi.json"
+DOCS_URL = "/docs"
+ASSETS_URL = "/docs/static"  # Swagger UI's JavaScript, CSS and icon
 
 router = APIRouter()
 
 
 def create_app(keeper: Keeper, settings: ServeConfig) -> FastAPI:
     """The FastAPI app serving `keeper`'s model with the limits and batching of `settings`."""
-    app = FastAPI(title="rotmnist", lifespan=_lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(
+        title="rotmnist",
+        summary="Scores handwritten digits, upright or rotated, with the registry's champion model.",
+        lifespan=_lifespan,
+        docs_url=None,  # our own /docs route: Swagger UI from the installed files, not a CDN
+        redoc_url=None,
+        openapi_url=OPENAPI_URL,
+    )
     app.state.keeper, app.state.settings = keeper, settings
     app.state.batcher = Batcher(keeper, settings.batch_images, settings.batch_wait_ms / 1000, settings.threads)
     app.state.page_html = PAGE.read_text()
     app.add_exception_handler(HTTPProblem, _problem)
     app.add_exception_handler(ClientDisconnect, _gone)
     app.include_router(router)
+    app.mount(ASSETS_URL, StaticFiles(directory=assets_folder()), name="docs-assets")
+    _publish(app, settings)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     return app
+
+
+def _publish(app: FastAPI, settings: ServeConfig) -> None:
+    """Make `app.openapi()` the routes' schema with the components of `settings` (built once, on first use)."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            doc.setdefault("components", {}).setdefault("schemas", {}).update(schemas(settings))
+            app.openapi_schema = doc
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def assets_folder() -> Path:
+    """Swagger UI's files as installed with the `fastapi-offline` package (found without importing it)."""
+    spec = importlib.util.find_spec("fastapi_offline")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the fastapi-offline package (Swagger UI's files) is not installed")
+    return Path(next(iter(spec.submodule_search_locations))) / "static"
+
+
+def _docs_page(request: Request) -> HTMLResponse:
+    """Swagger UI on `/openapi.json`, every file from this server (under the app's root path, behind a proxy)."""
+    root = request.scope.get("root_path", "").rstrip("/")
+    return get_swagger_ui_html(
+        openapi_url=root + OPENAPI_URL,
+        title="rotmnist API",
+        swagger_js_url=f"{root}{ASSETS_URL}/swagger-ui-bundle.js",
+        swagger_css_url=f"{root}{ASSETS_URL}/swagger-ui.css",
+        swagger_favicon_url=f"{root}{ASSETS_URL}/favicon.png",
+        swagger_ui_parameters={"validatorUrl": None},  # Swagger UI would ask validator.swagger.io for a badge
+    )
 
 
 @contextlib.asynccontextmanager
@@ -94,7 +155,12 @@ async def _scored(request: Request, x: np.ndarray) -> tuple[np.ndarray, Served]:
         raise HTTPProblem(503, f"the model failed to score the images ({type(err).__name__})") from None
 
 
-@router.post("/score")
+@router.post(
+    "/score",
+    summary="Score a batch of digits",
+    openapi_extra={"requestBody": SCORE_BODY},
+    responses=SCORE_RESPONSES,
+)
 async def score(request: Request) -> Response:
     settings: ServeConfig = request.app.state.settings
     kind = media_type(request)
@@ -109,7 +175,12 @@ async def score(request: Request) -> Response:
     return JSONResponse(score_answer(probs, served, names))
 
 
-@router.post("/invocations")
+@router.post(
+    "/invocations",
+    summary="Score digits with MLflow's protocol",
+    openapi_extra={"requestBody": INVOCATIONS_BODY},
+    responses=INVOCATIONS_RESPONSES,
+)
 async def invocations(request: Request) -> Response:
     if media_type(request) != "application/json":
         raise HTTPProblem(415, 'send application/json: {"inputs": [...]} (MLflow\'s tensor input)')
@@ -118,7 +189,7 @@ async def invocations(request: Request) -> Response:
     return JSONResponse({"predictions": probs.astype(float).tolist()})
 
 
-@router.get("/health")
+@router.get("/health", summary="Whether the service serves, and which model", responses=HEALTH_RESPONSES)
 async def health(request: Request) -> Response:
     keeper: Keeper = request.app.state.keeper
     body: dict[str, Any] = {"status": "ok", "model": keeper.describe(), "version": keeper.served.version}
@@ -127,12 +198,12 @@ async def health(request: Request) -> Response:
     return JSONResponse(body)
 
 
-@router.get("/version")
+@router.get("/version", summary="The served model", responses=VERSION_RESPONSES)
 async def version(request: Request) -> Response:
     return JSONResponse(request.app.state.keeper.served.info)
 
 
-@router.post("/reload")
+@router.post("/reload", summary="Load the champion now if it changed", responses=RELOAD_RESPONSES)
 async def reload(request: Request) -> Response:
     keeper: Keeper = request.app.state.keeper
     swapped = await keeper.reload()
@@ -142,6 +213,11 @@ async def reload(request: Request) -> Response:
     )
 
 
-@router.get("/", response_class=HTMLResponse)
+@router.get("/", response_class=HTMLResponse, include_in_schema=False)
 async def page(request: Request) -> Response:
     return HTMLResponse(request.app.state.page_html)
+
+
+@router.get(DOCS_URL, include_in_schema=False)
+async def docs(request: Request) -> Response:
+    return _docs_page(request)

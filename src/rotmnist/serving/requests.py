@@ -2,7 +2,9 @@
 
 Every refusal is an `HTTPProblem`: a status and a message that never echoes the payload. JSON batches
 are 28x28 pixels 0-255; image files are prepared the way MNIST was made (`rotmnist.data.images`, shared
-with `predict`).
+with `predict`). The routes publish what they read and answer in OpenAPI terms (`SCORE_BODY`,
+`SCORE_RESPONSES`, ..., and the JSON Schemas of `schemas`), kept here beside the parser they describe:
+the handlers read raw bodies themselves, so FastAPI cannot infer them.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Callable
+from itertools import chain
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -105,8 +108,12 @@ def parse_json(body: bytes) -> Any:
         raise HTTPProblem(400, "the body is not valid JSON") from None
 
 
-def image_batch(data: Any, what: str, max_images: int) -> np.ndarray:
-    """A JSON array of 28x28 images (pixels 0-255) as float32 (N, 28, 28); 422 naming the problem, 413 if too many."""
+def image_batch(data: Any, what: str, max_images: int, maybe_bools: bool = True) -> np.ndarray:
+    """A JSON array of 28x28 images (pixels 0-255) as float32 (N, 28, 28); 422 naming the problem, 413 if too many.
+
+    `maybe_bools=False` (the JSON text holds no `true`/`false`) skips the scan for booleans among numbers,
+    which numpy would otherwise read as pixels 1 and 0.
+    """
     if not isinstance(data, list):
         raise HTTPProblem(422, f"{what} must be a list of 28x28 images")
     if not data:
@@ -121,6 +128,8 @@ def image_batch(data: Any, what: str, max_images: int) -> np.ndarray:
         raise HTTPProblem(422, f"{what} must have shape (N, 28, 28), got {x.shape}")
     if len(x) > max_images:
         raise HTTPProblem(413, f"{what} holds {len(x)} images, over serve.max_images ({max_images})")
+    if maybe_bools and bool in set(map(type, chain.from_iterable(chain.from_iterable(data)))):
+        raise HTTPProblem(422, f"{what} must hold numbers only (pixel values 0-255), not true or false")
     problem = pixel_problem(x)
     if problem:
         raise HTTPProblem(422, f"{what}: {problem}")
@@ -132,7 +141,7 @@ def score_images(body: bytes, max_images: int) -> np.ndarray:
     data = parse_json(body)
     if not isinstance(data, dict) or "images" not in data:
         raise HTTPProblem(422, 'expected a JSON object {"images": [...]} of 28x28 images')
-    return image_batch(data["images"], "images", max_images)
+    return image_batch(data["images"], "images", max_images, _may_hold_bools(body))
 
 
 def invocation_images(body: bytes, max_images: int) -> np.ndarray:
@@ -141,7 +150,15 @@ def invocation_images(body: bytes, max_images: int) -> np.ndarray:
     if not isinstance(data, dict) or not ({"inputs", "instances"} & set(data)):
         raise HTTPProblem(422, 'expected {"inputs": [...]} or {"instances": [...]} of 28x28 images')
     key = "inputs" if "inputs" in data else "instances"
-    return image_batch(data[key], key, max_images)
+    return image_batch(data[key], key, max_images, _may_hold_bools(body))
+
+
+def _may_hold_bools(body: bytes) -> bool:
+    """Whether a JSON body could hold `true` or `false` (a byte search: most bodies skip the scan for them).
+
+    A body that is not ASCII may be UTF-16 or UTF-32 JSON (which `json.loads` reads), where the search finds nothing.
+    """
+    return not body.isascii() or b"true" in body or b"false" in body
 
 
 async def off_loop(parse: Callable[[bytes, int], Any], body: bytes, max_images: int) -> Any:
@@ -186,3 +203,198 @@ def score_answer(probs: np.ndarray, served: Served, names: list[str] | None = No
             row = {"name": names[i]} | row
         rows.append(row)
     return {"model": {"name": served.info["name"], "version": served.version}, "predictions": rows}
+
+
+# ---- the published API: what the routes read and answer, in OpenAPI terms ----------------------------
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(name: str) -> dict[str, Any]:
+    return {"application/json": {"schema": _ref(name)}}
+
+
+def _problem(description: str) -> dict[str, Any]:
+    return {"description": description, "content": _json("Problem")}
+
+
+_TOO_LARGE = "the body is over serve.max_body_bytes, or it holds more than serve.max_images images"
+_MODEL_FAILED = _problem("the model failed to score the images")
+
+SCORE_BODY: dict[str, Any] = {
+    "required": True,
+    "description": "A JSON batch of 28x28 images (pixels 0-255), image files in a multipart form (any field, "
+    "several files), or one raw image body. Files are prepared the way MNIST was made.",
+    "content": {
+        "application/json": {"schema": _ref("ScoreRequest")},
+        "multipart/form-data": {"schema": _ref("ImageUpload")},
+        "image/*": {
+            "schema": {
+                "type": "string",
+                "format": "binary",
+                "description": "one image file: PNG, JPEG or another format Pillow reads",
+            }
+        },
+    },
+}
+
+SCORE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "per image: the digit, its probability and the ten probabilities", "content": _json("Scores")},
+    400: _problem("the body is not valid JSON, the form cannot be parsed, or a file is not an image"),
+    413: _problem(_TOO_LARGE + ", or an uploaded image is over serve.max_image_pixels"),
+    415: _problem("the content type is not application/json, multipart/form-data or image/*"),
+    422: _problem(
+        "the JSON is not a batch of 28x28 images of pixels 0-255 (pixels scaled to 0..1 are refused), "
+        "or the form holds no file"
+    ),
+    503: _MODEL_FAILED,
+}
+
+INVOCATIONS_BODY: dict[str, Any] = {
+    "required": True,
+    "description": "MLflow's tensor input: `inputs` (or `instances`) is a batch of 28x28 images, pixels 0-255.",
+    "content": _json("InvocationRequest"),
+}
+
+INVOCATIONS_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "MLflow's answer: the ten probabilities of each image", "content": _json("Predictions")},
+    400: _problem("the body is not valid JSON"),
+    413: _problem(_TOO_LARGE),
+    415: _problem("the content type is not application/json"),
+    422: _problem("the JSON is not a batch of 28x28 images of pixels 0-255 (pixels scaled to 0..1 are refused)"),
+    503: _MODEL_FAILED,
+}
+
+HEALTH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "`stale` when the last reload failed and the old model still serves",
+        "content": _json("Health"),
+    }
+}
+VERSION_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "the served model: registry name, version, alias and training run",
+        "content": _json("ModelInfo"),
+    }
+}
+RELOAD_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "the champion was checked (and loaded when it changed)", "content": _json("Reload")},
+    413: _problem("the request carries a body over serve.max_body_bytes"),
+    503: {"description": "the new champion did not load; the old model still serves", "content": _json("Reload")},
+}
+
+
+def _nullable(kind: str) -> dict[str, Any]:
+    return {"type": [kind, "null"]}
+
+
+def schemas(settings: ServeConfig) -> dict[str, Any]:
+    """The JSON Schemas the routes refer to, with the limits of `settings`."""
+    rows, cols = IMAGE_SHAPE
+    pixel = {"type": "number", "minimum": 0, "maximum": 255}
+    image = {
+        "type": "array",
+        "minItems": rows,
+        "maxItems": rows,
+        "items": {"type": "array", "minItems": cols, "maxItems": cols, "items": pixel},
+    }
+    images = {
+        "type": "array",
+        "minItems": 1,
+        "maxItems": settings.max_images,
+        "items": _ref("Image"),
+        "description": "28x28 images, pixels 0-255 (white digit on black, as MNIST)",
+    }
+    probabilities = {"type": "array", "minItems": 10, "maxItems": 10, "items": {"type": "number"}}
+    prediction = {
+        "type": "object",
+        "required": ["digit", "probability", "probabilities"],
+        "properties": {
+            "name": {"type": "string", "description": "the uploaded file's name (uploads only)"},
+            "digit": {"type": "integer", "minimum": 0, "maximum": 9},
+            "probability": {"type": "number"},
+            "probabilities": probabilities,
+        },
+    }
+    problem = {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}}
+    return {
+        "Image": image,
+        "Images": images,
+        "ScoreRequest": {"type": "object", "required": ["images"], "properties": {"images": _ref("Images")}},
+        "InvocationRequest": {
+            "oneOf": [
+                {"type": "object", "required": ["inputs"], "properties": {"inputs": _ref("Images")}},
+                {
+                    "type": "object",
+                    "required": ["instances"],
+                    "properties": {"instances": _ref("Images")},
+                    "not": {"required": ["inputs"]},
+                },
+            ]
+        },
+        "ImageUpload": {
+            "type": "object",
+            "required": ["file"],
+            "properties": {
+                "file": {
+                    "type": "string",
+                    "format": "binary",
+                    "description": "an image file: PNG, JPEG or another format Pillow reads",
+                }
+            },
+            "description": f"image files in any fields, at most {settings.max_images}",
+        },
+        "Problem": problem,
+        "Scores": {
+            "type": "object",
+            "required": ["model", "predictions"],
+            "properties": {
+                "model": {
+                    "type": "object",
+                    "required": ["name", "version"],
+                    "properties": {"name": _nullable("string"), "version": _nullable("string")},
+                },
+                "predictions": {"type": "array", "items": prediction},
+            },
+        },
+        "Predictions": {
+            "type": "object",
+            "required": ["predictions"],
+            "properties": {"predictions": {"type": "array", "items": probabilities}},
+        },
+        "Health": {
+            "type": "object",
+            "required": ["status", "model", "version"],
+            "properties": {
+                "status": {"enum": ["ok", "stale"]},
+                "model": {"type": "string"},
+                "version": _nullable("string"),
+                "reload_error": {"type": "string"},
+                "failed_version": _nullable("string"),
+            },
+        },
+        "ModelInfo": {
+            "type": "object",
+            "required": ["uri", "name", "version", "alias", "training_run_id", "holdout_accuracy", "loaded_at"],
+            "properties": {
+                "uri": {"type": "string"},
+                "name": _nullable("string"),
+                "version": _nullable("string"),
+                "alias": _nullable("string"),
+                "training_run_id": _nullable("string"),
+                "holdout_accuracy": _nullable("number"),
+                "loaded_at": {"type": "string"},
+            },
+        },
+        "Reload": {
+            "type": "object",
+            "required": ["reloaded", "version", "error"],
+            "properties": {
+                "reloaded": {"type": "boolean"},
+                "version": _nullable("string"),
+                "error": _nullable("string"),
+            },
+        },
+    }

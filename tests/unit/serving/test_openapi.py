@@ -1,0 +1,89 @@
+"""The published request schemas accept exactly what the parser accepts (one documented exception)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from jsonschema import Draft202012Validator
+
+from rotmnist.config import ServeConfig
+from rotmnist.serving.app import assets_folder
+from rotmnist.serving.requests import HTTPProblem, invocation_images, schemas, score_images
+
+MAX = 2
+BLANK = [[0] * 28] * 28
+SHORT = [[0] * 28] * 27
+HOT = [[0] * 27 + [256]] + [[0] * 28] * 27
+NEGATIVE = [[-1] + [0] * 27] + [[0] * 28] * 27
+BOOLEAN = [[True] + [0] * 27] + [[0] * 28] * 27
+TEXT = [["7"] + [0] * 27] + [[0] * 28] * 27
+FLOATS = [[254.5] + [0.25] * 27] + [[0] * 28] * 27
+
+
+def valid(name: str, body) -> bool:
+    doc = {"$ref": f"#/components/schemas/{name}", "components": {"schemas": schemas(ServeConfig(max_images=MAX))}}
+    return Draft202012Validator(doc).is_valid(body)
+
+
+def parsed(parse, body) -> bool:
+    try:
+        parse(json.dumps(body).encode(), MAX)
+    except HTTPProblem:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"images": [BLANK]},
+        {"images": [BLANK, FLOATS], "note": "extra keys are ignored"},
+        {"images": [BLANK] * (MAX + 1)},
+        {"images": []},
+        {"images": [SHORT]},
+        {"images": [HOT]},
+        {"images": [NEGATIVE]},
+        {"images": [BOOLEAN]},
+        {"images": [TEXT]},
+        {"images": BLANK},
+        {"inputs": [BLANK]},
+        [BLANK],
+    ],
+)
+def test_the_score_schema_accepts_what_the_parser_accepts(body):
+    assert valid("ScoreRequest", body) == parsed(score_images, body)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"inputs": [BLANK]},
+        {"instances": [BLANK]},
+        {"inputs": [BLANK], "instances": [SHORT]},  # the parser reads `inputs` when both are there
+        {"inputs": [SHORT], "instances": [BLANK]},
+        {"inputs": [BLANK] * (MAX + 1)},
+        {"instances": [HOT]},
+        {"images": [BLANK]},
+        {},
+    ],
+)
+def test_the_invocations_schema_accepts_what_the_parser_accepts(body):
+    assert valid("InvocationRequest", body) == parsed(invocation_images, body)
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-16", "utf-32"])
+def test_true_and_false_among_the_pixels_are_refused_in_any_json_encoding(encoding):
+    body = json.dumps({"images": [BOOLEAN]}).encode(encoding)
+    with pytest.raises(HTTPProblem, match="numbers only") as refused:
+        score_images(body, MAX)
+    assert refused.value.status == 422
+
+
+def test_pixels_scaled_to_0_1_are_the_one_refusal_the_schema_cannot_say():
+    scaled = {"images": [[[0.5] * 28] * 28]}
+    assert valid("ScoreRequest", scaled) and not parsed(score_images, scaled)
+
+
+def test_swagger_uis_files_are_installed():
+    assert {"swagger-ui-bundle.js", "swagger-ui.css", "favicon.png"} <= {p.name for p in assets_folder().iterdir()}
