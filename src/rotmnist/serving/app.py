@@ -4,7 +4,7 @@
   or one raw `image/*` body) prepared the way MNIST was made (`rotmnist.data.images`, shared with `predict`).
 - `POST /invocations`: MLflow's scoring protocol (`{"inputs": ...}` -> `{"predictions": ...}`).
 - `GET /health`, `GET /version`, `POST /reload`, and `GET /`: a page to draw or upload a digit.
-- `GET /openapi.json`: the API as the handlers really read and answer (the schemas live in `requests`);
+- `GET /openapi.json`: the API as the handlers really read and answer (the schemas live in `openapi`);
   `GET /docs`: Swagger UI on it, from the files of the `fastapi-offline` package, served by the app itself
   (the page loads nothing from another server).
 
@@ -32,7 +32,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.requests import ClientDisconnect, Request  # at run time: FastAPI reads the endpoints' annotations
 
 from rotmnist.serving.batcher import Batcher
-from rotmnist.serving.requests import (
+from rotmnist.serving.openapi import (
     HEALTH_RESPONSES,
     INVOCATIONS_BODY,
     INVOCATIONS_RESPONSES,
@@ -40,12 +40,14 @@ from rotmnist.serving.requests import (
     SCORE_BODY,
     SCORE_RESPONSES,
     VERSION_RESPONSES,
+    schemas,
+)
+from rotmnist.serving.requests import (
     BodyLimit,
     HTTPProblem,
     invocation_images,
     media_type,
     off_loop,
-    schemas,
     score_answer,
     score_images,
     uploaded_images,

@@ -9,7 +9,8 @@ from jsonschema import Draft202012Validator
 
 from rotmnist.config import ServeConfig
 from rotmnist.serving.app import assets_folder
-from rotmnist.serving.requests import HTTPProblem, invocation_images, schemas, score_images
+from rotmnist.serving.openapi import schemas
+from rotmnist.serving.requests import HTTPProblem, invocation_images, score_images
 
 MAX = 2
 BLANK = [[0] * 28] * 28

@@ -1,0 +1,210 @@
+"""The published API of `rotmnist serve`: what its routes read and answer, in OpenAPI terms.
+
+`/openapi.json` is built from these (the handlers read raw bodies themselves, for several content
+types and the body limit, so the bodies and answers are declared here rather than derived from
+type hints); the limits come from the server's settings.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from rotmnist.io import IMAGE_SHAPE
+
+if TYPE_CHECKING:
+    from rotmnist.config import ServeConfig
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(name: str) -> dict[str, Any]:
+    return {"application/json": {"schema": _ref(name)}}
+
+
+def _problem(description: str) -> dict[str, Any]:
+    return {"description": description, "content": _json("Problem")}
+
+
+_TOO_LARGE = "the body is over serve.max_body_bytes, or it holds more than serve.max_images images"
+_MODEL_FAILED = _problem("the model failed to score the images")
+
+SCORE_BODY: dict[str, Any] = {
+    "required": True,
+    "description": "A JSON batch of 28x28 images (pixels 0-255), image files in a multipart form (any field, "
+    "several files), or one raw image body. Files are prepared the way MNIST was made.",
+    "content": {
+        "application/json": {"schema": _ref("ScoreRequest")},
+        "multipart/form-data": {"schema": _ref("ImageUpload")},
+        "image/*": {
+            "schema": {
+                "type": "string",
+                "format": "binary",
+                "description": "one image file: PNG, JPEG or another format Pillow reads",
+            }
+        },
+    },
+}
+
+SCORE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "per image: the digit, its probability and the ten probabilities", "content": _json("Scores")},
+    400: _problem("the body is not valid JSON, the form cannot be parsed, or a file is not an image"),
+    413: _problem(_TOO_LARGE + ", or an uploaded image is over serve.max_image_pixels"),
+    415: _problem("the content type is not application/json, multipart/form-data or image/*"),
+    422: _problem(
+        "the JSON is not a batch of 28x28 images of pixels 0-255 (pixels scaled to 0..1 are refused), "
+        "or the form holds no file"
+    ),
+    503: _MODEL_FAILED,
+}
+
+INVOCATIONS_BODY: dict[str, Any] = {
+    "required": True,
+    "description": "MLflow's tensor input: `inputs` (or `instances`) is a batch of 28x28 images, pixels 0-255.",
+    "content": _json("InvocationRequest"),
+}
+
+INVOCATIONS_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "MLflow's answer: the ten probabilities of each image", "content": _json("Predictions")},
+    400: _problem("the body is not valid JSON"),
+    413: _problem(_TOO_LARGE),
+    415: _problem("the content type is not application/json"),
+    422: _problem("the JSON is not a batch of 28x28 images of pixels 0-255 (pixels scaled to 0..1 are refused)"),
+    503: _MODEL_FAILED,
+}
+
+HEALTH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "`stale` when the last reload failed and the old model still serves",
+        "content": _json("Health"),
+    }
+}
+VERSION_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "the served model: registry name, version, alias and training run",
+        "content": _json("ModelInfo"),
+    }
+}
+RELOAD_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "the champion was checked (and loaded when it changed)", "content": _json("Reload")},
+    413: _problem("the request carries a body over serve.max_body_bytes"),
+    503: {"description": "the new champion did not load; the old model still serves", "content": _json("Reload")},
+}
+
+
+def _nullable(kind: str) -> dict[str, Any]:
+    return {"type": [kind, "null"]}
+
+
+_PROBABILITIES = {"type": "array", "minItems": 10, "maxItems": 10, "items": {"type": "number"}}
+_PREDICTION = {
+    "type": "object",
+    "required": ["digit", "probability", "probabilities"],
+    "properties": {
+        "name": {"type": "string", "description": "the uploaded file's name (uploads only)"},
+        "digit": {"type": "integer", "minimum": 0, "maximum": 9},
+        "probability": {"type": "number"},
+        "probabilities": _PROBABILITIES,
+    },
+}
+# What the routes answer: the same whatever the settings.
+ANSWERS: dict[str, Any] = {
+    "Problem": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
+    "Scores": {
+        "type": "object",
+        "required": ["model", "predictions"],
+        "properties": {
+            "model": {
+                "type": "object",
+                "required": ["name", "version"],
+                "properties": {"name": _nullable("string"), "version": _nullable("string")},
+            },
+            "predictions": {"type": "array", "items": _PREDICTION},
+        },
+    },
+    "Predictions": {
+        "type": "object",
+        "required": ["predictions"],
+        "properties": {"predictions": {"type": "array", "items": _PROBABILITIES}},
+    },
+    "Health": {
+        "type": "object",
+        "required": ["status", "model", "version"],
+        "properties": {
+            "status": {"enum": ["ok", "stale"]},
+            "model": {"type": "string"},
+            "version": _nullable("string"),
+            "reload_error": {"type": "string"},
+            "failed_version": _nullable("string"),
+        },
+    },
+    "ModelInfo": {
+        "type": "object",
+        "required": ["uri", "name", "version", "alias", "training_run_id", "holdout_accuracy", "loaded_at"],
+        "properties": {
+            "uri": {"type": "string"},
+            "name": _nullable("string"),
+            "version": _nullable("string"),
+            "alias": _nullable("string"),
+            "training_run_id": _nullable("string"),
+            "holdout_accuracy": _nullable("number"),
+            "loaded_at": {"type": "string"},
+        },
+    },
+    "Reload": {
+        "type": "object",
+        "required": ["reloaded", "version", "error"],
+        "properties": {
+            "reloaded": {"type": "boolean"},
+            "version": _nullable("string"),
+            "error": _nullable("string"),
+        },
+    },
+}
+
+
+def schemas(settings: ServeConfig) -> dict[str, Any]:
+    """The JSON Schemas the routes refer to: the requests, with the limits of `settings`, and the answers."""
+    rows, cols = IMAGE_SHAPE
+    pixel = {"type": "number", "minimum": 0, "maximum": 255}
+    image = {
+        "type": "array",
+        "minItems": rows,
+        "maxItems": rows,
+        "items": {"type": "array", "minItems": cols, "maxItems": cols, "items": pixel},
+    }
+    images = {
+        "type": "array",
+        "minItems": 1,
+        "maxItems": settings.max_images,
+        "items": _ref("Image"),
+        "description": "28x28 images, pixels 0-255 (white digit on black, as MNIST)",
+    }
+    upload = {
+        "type": "string",
+        "format": "binary",
+        "description": "an image file: PNG, JPEG or another format Pillow reads",
+    }
+    invocation = [
+        {"type": "object", "required": ["inputs"], "properties": {"inputs": _ref("Images")}},
+        {
+            "type": "object",
+            "required": ["instances"],
+            "properties": {"instances": _ref("Images")},
+            "not": {"required": ["inputs"]},
+        },
+    ]
+    return {
+        "Image": image,
+        "Images": images,
+        "ScoreRequest": {"type": "object", "required": ["images"], "properties": {"images": _ref("Images")}},
+        "InvocationRequest": {"oneOf": invocation},
+        "ImageUpload": {
+            "type": "object",
+            "required": ["file"],
+            "properties": {"file": upload},
+            "description": f"image files in any fields, at most {settings.max_images}",
+        },
+        **ANSWERS,
+    }
