@@ -9,7 +9,7 @@ import torch
 from rotmnist import io
 from rotmnist.config import SlaConfig
 from rotmnist.errors import PipelineError
-from rotmnist.learning import compare as comparison
+from rotmnist.learning import compare
 from rotmnist.learning.model import classifier_from_spec, predict_proba
 
 
@@ -26,10 +26,10 @@ def _dataset(angles: list[int]) -> io.Dataset:
 
 def test_the_upright_pool_holds_only_angle_zero_and_the_rotated_pool_everything():
     train = _dataset([0, 10, -30, 0, 30])
-    assert comparison.training_pool(train, "upright").angle.tolist() == [0, 0]
-    assert len(comparison.training_pool(train, "rotated")) == 5
+    assert compare.training_pool(train, "upright").angle.tolist() == [0, 0]
+    assert len(compare.training_pool(train, "rotated")) == 5
     with pytest.raises(PipelineError, match="no upright images"):
-        comparison.training_pool(_dataset([10, 20]), "upright")
+        compare.training_pool(_dataset([10, 20]), "upright")
 
 
 SLA = SlaConfig(min_worst_angle_accuracy=0.99, max_p99_latency_ms=5.0)
@@ -40,17 +40,17 @@ def _row(accuracy: float, p99: float) -> dict:
 
 
 def test_the_sla_is_met_within_both_thresholds_including_the_boundaries():
-    assert comparison.sla_verdict(_row(0.995, 1.0), SLA) == {"sla_met": True, "sla_reasons": "none"}
-    assert comparison.sla_verdict(_row(0.99, 5.0), SLA)["sla_met"]
+    assert compare.sla_verdict(_row(0.995, 1.0), SLA) == {"sla_met": True, "sla_reasons": "none"}
+    assert compare.sla_verdict(_row(0.99, 5.0), SLA)["sla_met"]
 
 
 def test_the_sla_verdict_says_which_threshold_failed():
-    low = comparison.sla_verdict(_row(0.9812, 1.0), SLA)
+    low = compare.sla_verdict(_row(0.9812, 1.0), SLA)
     assert not low["sla_met"]
     assert low["sla_reasons"] == "worst-angle accuracy 98.12% at +30° < 99.00%"
-    slow = comparison.sla_verdict(_row(0.999, 7.5), SLA)
+    slow = compare.sla_verdict(_row(0.999, 7.5), SLA)
     assert slow["sla_reasons"] == "single-image p99 7.50 ms > 5 ms"
-    both = comparison.sla_verdict(_row(0.5, 50.0), SLA)
+    both = compare.sla_verdict(_row(0.5, 50.0), SLA)
     assert not both["sla_met"] and both["sla_reasons"].count(";") == 1
 
 
@@ -63,13 +63,13 @@ def test_the_pareto_front_keeps_exactly_the_undominated_points():
         "slower_twin": (0.99, 3.0),  # as accurate as `accurate`, slower
         "tie": (0.90, 0.1),  # equal to `fast`: neither beats the other
     }
-    assert comparison.pareto_front(points) == {"fast", "accurate", "middle", "tie"}
-    rows = comparison.mark_pareto({n: {"worst_angle_accuracy": a, "latency_ms_p99": t} for n, (a, t) in points.items()})
+    assert compare.pareto_front(points) == {"fast", "accurate", "middle", "tie"}
+    rows = compare.mark_pareto({n: {"worst_angle_accuracy": a, "latency_ms_p99": t} for n, (a, t) in points.items()})
     assert [n for n, r in rows.items() if r["pareto"]] == ["fast", "accurate", "middle", "tie"]
 
 
 def test_model_size_counts_parameters_and_the_saved_bytes():
-    size = comparison.model_size(classifier_from_spec({"family": "logreg"}))
+    size = compare.model_size(classifier_from_spec({"family": "logreg"}))
     assert size["parameters"] == 28 * 28 * 10 + 10
     assert size["model_bytes"] > 4 * size["parameters"]
 
@@ -80,7 +80,7 @@ def test_the_pipeline_model_loads_from_its_state_dict_and_spec(tmp_path):
     model = classifier_from_spec(spec, 30.0, 70.0).eval()
     torch.save(model.state_dict(), tmp_path / "model.pt")
     io.write_json(tmp_path / "run.json", {"run_id": "r", "spec": spec})
-    loaded, reference = comparison.load_pipeline_model(tmp_path / "model.pt", tmp_path / "run.json")
+    loaded, reference = compare.load_pipeline_model(tmp_path / "model.pt", tmp_path / "run.json")
     x = np.random.default_rng(0).integers(0, 256, (4, 28, 28)).astype(np.uint8)
     assert np.allclose(predict_proba(loaded, x), predict_proba(model, x))
     assert reference["spec"] == spec
@@ -89,10 +89,10 @@ def test_the_pipeline_model_loads_from_its_state_dict_and_spec(tmp_path):
 def test_a_missing_or_mismatched_pipeline_model_says_to_run_train(tmp_path):
     io.write_json(tmp_path / "run.json", {"run_id": "r", "spec": {"family": "mlp", "layers": 1, "width": 16}})
     with pytest.raises(PipelineError, match="run `rotmnist train` first"):
-        comparison.load_pipeline_model(tmp_path / "model.pt", tmp_path / "run.json")
+        compare.load_pipeline_model(tmp_path / "model.pt", tmp_path / "run.json")
     torch.save(classifier_from_spec({"family": "logreg"}).state_dict(), tmp_path / "model.pt")
     with pytest.raises(PipelineError, match="does not load as the model"):
-        comparison.load_pipeline_model(tmp_path / "model.pt", tmp_path / "run.json")
+        compare.load_pipeline_model(tmp_path / "model.pt", tmp_path / "run.json")
     io.write_json(tmp_path / "run.json", {"run_id": "r"})
     with pytest.raises(PipelineError, match="lacks the model spec"):
-        comparison.load_pipeline_model(tmp_path / "model.pt", tmp_path / "run.json")
+        compare.load_pipeline_model(tmp_path / "model.pt", tmp_path / "run.json")

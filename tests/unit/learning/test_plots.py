@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rotmnist.data import mnist as mnist_sources
+from rotmnist.data import mnist
 from rotmnist.learning import plots
 from rotmnist.stages import monitor
 from tests.support.fakes import metrics_with
@@ -21,7 +21,7 @@ def arrays():
 def test_samples_plot_is_a_png_whose_width_follows_the_samples_per_class(tmp_path, arrays):
     from PIL import Image
 
-    ds = mnist_sources.to_dataset(mnist_sources.MnistArrays(*arrays))
+    ds = mnist.to_dataset(mnist.MnistArrays(*arrays))
     plots.plot_samples(ds, tmp_path / "wide.png", per_class=10)
     plots.plot_samples(ds, tmp_path / "narrow.png", per_class=2)
     for name in ("wide.png", "narrow.png"):

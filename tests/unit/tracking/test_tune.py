@@ -7,7 +7,7 @@ import pytest
 from optuna.trial import TrialState
 
 from rotmnist.errors import PipelineError
-from rotmnist.tracking import tune as sweep
+from rotmnist.tracking import tune
 
 
 def test_summary_falls_back_to_the_best_pruned_trial_when_none_completed():
@@ -19,8 +19,8 @@ def test_summary_falls_back_to_the_best_pruned_trial_when_none_completed():
         trial.report(value / 2, 1)
         trial.report(value, 2)
         study.tell(trial, state=TrialState.PRUNED)
-    result = sweep._summarise(study, "parent")
+    result = tune._summarise(study, "parent")
     assert result.value == 0.6 and result.best_trial == 1 and result.spec == {"family": "logreg"}
     assert result.counts == {"complete": 0, "pruned": 2, "failed": 0}
     with pytest.raises(PipelineError, match="no trial completed"):
-        sweep._summarise(optuna.create_study(direction="maximize"), "parent")
+        tune._summarise(optuna.create_study(direction="maximize"), "parent")
