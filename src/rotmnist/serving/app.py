@@ -110,19 +110,6 @@ def assets_folder() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "static"
 
 
-def _docs_page(request: Request) -> HTMLResponse:
-    """Swagger UI on `/openapi.json`, every file from this server (under the app's root path, behind a proxy)."""
-    root = request.scope.get("root_path", "").rstrip("/")
-    return get_swagger_ui_html(
-        openapi_url=root + OPENAPI_URL,
-        title="rotmnist API",
-        swagger_js_url=f"{root}{ASSETS_URL}/swagger-ui-bundle.js",
-        swagger_css_url=f"{root}{ASSETS_URL}/swagger-ui.css",
-        swagger_favicon_url=f"{root}{ASSETS_URL}/favicon.png",
-        swagger_ui_parameters={"validatorUrl": None},  # Swagger UI would ask validator.swagger.io for a badge
-    )
-
-
 @contextlib.asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Run the batcher, and the champion poll when the app follows the champion, while the app serves."""
@@ -222,4 +209,13 @@ async def page(request: Request) -> Response:
 
 @router.get(DOCS_URL, include_in_schema=False)
 async def docs(request: Request) -> Response:
-    return _docs_page(request)
+    """Swagger UI on `/openapi.json`, every file from this server (under the app's root path, behind a proxy)."""
+    root = request.scope.get("root_path", "").rstrip("/")
+    return get_swagger_ui_html(
+        openapi_url=root + OPENAPI_URL,
+        title="rotmnist API",
+        swagger_js_url=f"{root}{ASSETS_URL}/swagger-ui-bundle.js",
+        swagger_css_url=f"{root}{ASSETS_URL}/swagger-ui.css",
+        swagger_favicon_url=f"{root}{ASSETS_URL}/favicon.png",
+        swagger_ui_parameters={"validatorUrl": None},  # Swagger UI would ask validator.swagger.io for a badge
+    )
