@@ -1,11 +1,15 @@
-"""Helpers of the serving tests: a template-matching digit model, a registered champion, a server in a thread."""
+"""Helpers of the serving tests: a template-matching digit model, a registered champion, a server in a thread
+or the real `rotmnist serve` in a subprocess."""
 
 from __future__ import annotations
 
 import contextlib
 import io
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.parse
@@ -100,20 +104,38 @@ def register_champion(module, name: str, experiment: str = "serve-test") -> str:
     return str(version.version)
 
 
+def promote_again(name: str) -> str:
+    """Register the champion's logged model once more as a new version of `name` and move the alias to it.
+
+    A promotion that costs milliseconds (no training, no export): the server sees a new champion version
+    and loads it as it would any other.
+    """
+    import mlflow
+    from mlflow import MlflowClient
+
+    champion = MlflowClient().get_model_version_by_alias(name, "champion")
+    version = mlflow.register_model(champion.source, name, tags=champion.tags)
+    MlflowClient().set_registered_model_alias(name, "champion", version.version)
+    return str(version.version)
+
+
 @contextlib.contextmanager
-def champion_store(folder: Path, empty_store: Path, name: str) -> Iterator[Path]:
-    """A SQLite store in `folder` (a copy of `empty_store`) whose `name@champion` is the template model.
+def champion_store(folder: Path, empty_store: Path | None, name: str) -> Iterator[Path]:
+    """A SQLite store in `folder` (a copy of `empty_store`, else new) whose `name@champion` is the template model.
 
     The tracking URI and the working directory (where MLflow puts a new experiment's artifacts) point
     there while the block runs, and are restored afterwards.
     """
-    import os
     import shutil
 
     import mlflow
+    from mlflow import MlflowClient
 
-    shutil.copy(empty_store, folder / "mlflow.db")
     uri = f"sqlite:///{folder / 'mlflow.db'}"
+    if empty_store is None:
+        MlflowClient(uri).search_experiments()  # creates the tables
+    else:
+        shutil.copy(empty_store, folder / "mlflow.db")
     old_uri, old_cwd = os.environ.get("MLFLOW_TRACKING_URI"), os.getcwd()
     os.environ["MLFLOW_TRACKING_URI"] = uri
     mlflow.set_tracking_uri(uri)
@@ -156,6 +178,43 @@ def serving(app) -> Iterator[str]:
         server.should_exit = True
         thread.join(15)
         sock.close()
+
+
+@contextlib.contextmanager
+def rotmnist_serve(folder: Path, params: dict, timeout: float = 90.0) -> Iterator[tuple[subprocess.Popen, str]]:
+    """The venv's `rotmnist serve` in a subprocess in `folder` with `params`, on a free loopback port.
+
+    Yields the process and its base URL once `/health` answers; its log goes to `folder/serve.log`. It uses
+    the MLflow store that MLFLOW_TRACKING_URI names (inside `champion_store`: that store).
+    """
+    import yaml
+
+    (folder / "params.yaml").write_text(yaml.safe_dump(params))
+    sock = free_socket()
+    port = sock.getsockname()[1]
+    sock.close()
+    env = {k: v for k, v in os.environ.items() if k != "ROTMNIST_STORE_ROOT"}  # the store lives in `folder`
+    command = Path(sys.executable).with_name("rotmnist")
+    cmd = [str(command), "--params", str(folder / "params.yaml"), "serve", "--port", str(port)]
+    with open(folder / "serve.log", "w") as log:
+        proc = subprocess.Popen(cmd, cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"rotmnist serve exited ({proc.returncode}):\n{(folder / 'serve.log').read_text()}")
+        return get_json(f"{url}/health")[0] == 200
+
+    try:
+        wait_for(healthy, timeout)
+        yield proc, url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def call(
