@@ -22,6 +22,7 @@ from rotmnist.paths import Paths
 from rotmnist.tracking import tune as sweep
 from rotmnist.tracking import tune_storage
 from tests.support.helpers import tiny_mnist
+from tests.support.postgres import fresh_database
 
 pytestmark = pytest.mark.slow  # each test starts several Python processes that train models
 
@@ -165,22 +166,27 @@ def assert_killed_trial_retried(study: optuna.Study, tracking: str, killed_at: f
     return retries[0].datetime_start.timestamp() - killed_at
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def pg(postgres) -> dict[str, str]:
-    """The PostgreSQL URLs, with MLflow's tables made once (workers started together would race to make them)."""
-    MlflowClient(postgres["mlflow"]).search_experiments()
-    return postgres
+    """Fresh, empty databases for each store: nothing made in advance, the workers race to make the tables."""
+    return fresh_stores(postgres, f"t{time.monotonic_ns()}")
 
 
-@pytest.mark.parametrize("n_workers", [2, 3])
-def test_workers_on_postgresql_share_one_study_and_one_parent_run(tmp_path, splits, pg, n_workers):
-    name = f"pg{n_workers}"
-    ws = workspace(tmp_path, splits, name)
-    workers = start_workers(ws, n_workers, pg["optuna"], pg["mlflow"])
+def fresh_stores(postgres: dict[str, str], suffix: str) -> dict[str, str]:
+    return {store: fresh_database(postgres[store], f"{store}_{suffix}") for store in ("optuna", "mlflow")}
+
+
+@pytest.mark.parametrize("round_", [1, 2, 3])
+def test_three_workers_started_together_on_an_empty_postgresql_share_one_study_and_one_parent_run(
+    tmp_path, splits, postgres, round_
+):
+    stores = fresh_stores(postgres, f"round{round_}")
+    ws = workspace(tmp_path, splits, "pg3")
+    workers = start_workers(ws, 3, stores["optuna"], stores["mlflow"])
     errors = finish(workers)
-    assert [w.returncode for w in workers] == [0] * n_workers, errors
+    assert [w.returncode for w in workers] == [0, 0, 0], errors
     assert not [e for e in errors if any(word in e for word in ERRORS)], errors
-    study = assert_one_study_one_parent(ws, pg["optuna"], pg["mlflow"], name, n_workers)
+    study = assert_one_study_one_parent(ws, stores["optuna"], stores["mlflow"], "pg3", 3)
     assert len({t.user_attrs["pid"] for t in study.trials}) > 1  # the work was shared
 
 
@@ -225,7 +231,7 @@ def server(request, tmp_path) -> str:
     if request.param == "sqlite":
         backend = f"sqlite:///{tmp_path / 'server.db'}"
     else:
-        backend = request.getfixturevalue("pg")["registry"]
+        backend = request.getfixturevalue("postgres")["registry"]
     (tmp_path / "server-artifacts").mkdir()
     with mlflow_server(backend, tmp_path / "server-artifacts") as url:
         yield url

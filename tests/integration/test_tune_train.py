@@ -245,8 +245,9 @@ def trial_running_after_one_finished(ws: Paths) -> bool:
     storage = tune_storage.open_storage(str(ws.optuna_journal), ws)
     for summary in optuna.get_all_study_summaries(storage):
         trials = optuna.load_study(study_name=summary.study_name, storage=storage).trials
-        states = [t.state for t in trials]
-        if TrialState.COMPLETE in states and TrialState.RUNNING in states:
+        # running: its params all sampled and its MLflow run started
+        running = [t for t in trials if t.state == TrialState.RUNNING and "mlflow_run_id" in t.user_attrs]
+        if running and any(t.state == TrialState.COMPLETE for t in trials):
             return True
     return False
 
@@ -284,13 +285,13 @@ def test_a_sweep_killed_mid_trial_and_restarted_ends_with_exactly_n_trials(ws):
     assert len(retries) == 1 and retries[0].params == failed[0].params
 
 
-def test_workers_that_each_start_a_parent_run_end_up_sharing_the_oldest(ws, monkeypatch):
-    monkeypatch.setattr(sweep, "PARENT_SETTLE_SECONDS", 0.0)
+def test_a_study_keeps_its_parent_run_and_replaces_one_that_was_deleted(ws):
     store.configure_mlflow(config(), ws)
     study = optuna.create_study(study_name="s", storage=optuna.storages.InMemoryStorage())
     first = sweep._parent_run(study, "s", {"study": "s"})
-    study.set_user_attr(sweep.PARENT_ATTR, "gone")  # a second worker that did not see the first one's run
+    assert sweep._parent_run(study, "s", {"study": "s"}) == first  # a second worker adopts the study's parent
+    MlflowClient().delete_run(first)
     second = sweep._parent_run(study, "s", {"study": "s"})
-    assert second == first and study.user_attrs[sweep.PARENT_ATTR] == first
+    assert second != first and study.user_attrs[sweep.PARENT_ATTR] == second
     sweeps = [r for r in runs(MlflowClient()) if r.data.tags.get(sweep.ROLE_TAG) == "sweep"]
-    assert [r.info.run_id for r in sweeps] == [first]  # the loser deleted its own parent run
+    assert [r.info.run_id for r in sweeps] == [second]

@@ -74,3 +74,12 @@ def postgres_cluster(databases: tuple[str, ...]) -> Iterator[dict[str, str]]:
     finally:
         run("pg_ctl", "-D", str(data), "-m", "immediate", "-w", "stop")
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def fresh_database(url: str, name: str) -> str:
+    """Create the empty database `name` on the cluster of `url` (any of its databases); return its URL."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return f"{url.rsplit('/', 1)[0]}/{name}"

@@ -214,3 +214,14 @@ def test_predict_refuses_bad_input_in_one_line(workspace, capsys, name, content,
     line = one_line_error(capsys, "predict")
     assert message in line, line
     assert not (workspace / "mlflow.db").exists()  # refused before any model or store is touched
+
+
+@pytest.mark.parametrize("key", ["mlflow", "tune"])
+def test_an_unreachable_database_is_one_line_naming_it(workspace, capsys, key):
+    tiny_splits(workspace)
+    url = "postgresql://someone:secret@127.0.0.1:9/rotmnist"
+    write_params(workspace, {"mlflow": {"tracking_uri": url}} if key == "mlflow" else {"tune": {"storage": url}})
+    assert cli.main(["tune"]) == 1
+    err = one_line_error(capsys, "tune")
+    assert "cannot reach the database postgresql://someone:***@127.0.0.1:9/rotmnist (OperationalError" in err
+    assert "secret" not in err and "check that it is running" in err

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from rotmnist.errors import PipelineError, first_line, retry
+from rotmnist.tracking.locks import store_lock
 
 if TYPE_CHECKING:
     from rotmnist.config import Config
@@ -45,18 +46,22 @@ def configure_mlflow(config: Config, paths: Paths) -> str:
 
     With a database or file store the experiment's artifacts go to `paths.mlflow_artifacts` (at the real
     repository root, also from a `dvc exp run --queue` copy); a tracking server decides for itself.
-    A store that cannot be reached or an experiment that was deleted is a PipelineError saying what to do.
+    Processes that start together on an empty database take turns to create MLflow's tables and the
+    experiment (`locks.store_lock`). A store that cannot be reached or an experiment that was deleted is
+    a PipelineError saying what to do.
     """
     import mlflow
     from mlflow.exceptions import MlflowException
+    from sqlalchemy.exc import SQLAlchemyError
 
     uri = tracking_uri(config, paths)
     try:
         if uri.startswith("sqlite:///"):
             Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         mlflow.set_tracking_uri(uri)
-        experiment_id = _experiment_id(config.mlflow.experiment, uri, paths)
-    except (MlflowException, OSError) as err:
+        with store_lock(uri, "mlflow tables"):
+            experiment_id = _experiment_id(config.mlflow.experiment, uri, paths)
+    except (MlflowException, SQLAlchemyError, OSError) as err:
         first = first_line(err)
         raise PipelineError(
             f"cannot use the MLflow store {redact(uri)} ({type(err).__name__}: {first}); check mlflow.tracking_uri "
@@ -83,7 +88,7 @@ def _experiment_id(name: str, uri: str, paths: Paths) -> str:
     location = None if _is_server(uri) else paths.mlflow_artifacts.resolve().as_uri()
     try:
         return mlflow.create_experiment(name, artifact_location=location)
-    except MlflowException:  # another worker created it in between
+    except MlflowException:  # through a tracking server (no lock), another worker created it in between
         experiment = mlflow.get_experiment_by_name(name)
         if experiment is None:
             raise

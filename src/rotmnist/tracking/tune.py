@@ -41,6 +41,7 @@ from rotmnist.tracking.tune_storage import (
     open_study,
     release_dead_trials,
     storage_url,
+    study_lock,
     study_name,
 )
 
@@ -63,7 +64,6 @@ EPOCH_METRICS = (
     "epoch_images",
     "images_per_second",
 )
-PARENT_SETTLE_SECONDS = 0.5
 ROLE_TAG = "role"  # "sweep" on a study's parent run
 
 
@@ -81,7 +81,10 @@ class SweepResult:
 
 
 def _parent_run(study: optuna.Study, name: str, tags: dict[str, str]) -> str:
-    """The sweep's parent MLflow run: the study's own when it still exists, else a new one."""
+    """The sweep's parent MLflow run: the study's own when it still exists, else a new one it records.
+
+    Called under the study's lock (`run_sweep`), so workers started together agree on one parent.
+    """
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -95,18 +98,8 @@ def _parent_run(study: optuna.Study, name: str, tags: dict[str, str]) -> str:
         log.warning("the study's parent MLflow run %s is missing from this store; starting a new one", run_id)
     with mlflow.start_run(run_name=f"sweep-{name}", tags=tags | {ROLE_TAG: "sweep"}) as run:
         pass
-    # Workers started together may each have created a parent: after a moment every worker adopts the
-    # oldest active one of this study (the same for all), and deletes its own if it is not that one.
-    time.sleep(PARENT_SETTLE_SECONDS)
-    parents = mlflow.search_runs(
-        filter_string=f"tags.study = '{name}' and tags.{ROLE_TAG} = 'sweep'", output_format="list"
-    )
-    winner = min(parents, key=lambda r: (r.info.start_time, r.info.run_id)).info.run_id if parents else run.info.run_id
-    if winner != run.info.run_id:
-        log.info("another worker started this sweep's parent run %s; using it", winner)
-        mlflow.delete_run(run.info.run_id)
-    study.set_user_attr(PARENT_ATTR, winner)
-    return winner
+    study.set_user_attr(PARENT_ATTR, run.info.run_id)
+    return run.info.run_id
 
 
 def _flat_params(config: Config, spec: dict[str, Any], hp: Hyper, n_folds: int, device: torch.device) -> dict[str, Any]:
@@ -210,12 +203,13 @@ def run_sweep(
     import mlflow
 
     cfg = config.tune
-    name = study_name(config, data_hash)
-    study = open_study(config, paths, name)
+    name, url = study_name(config, data_hash), storage_url(config, paths)
+    with study_lock(url, paths, name):  # workers started together: one creates the study and its parent run
+        study = open_study(config, paths, name)
+        parent_id = _parent_run(study, name, tags | {"study": name})
     # On PostgreSQL Optuna's heartbeats find dead workers before each trial; on a journal file we do.
-    beats = not is_rdb(storage_url(config, paths))
+    beats = not is_rdb(url)
     released = release_dead_trials(study, cfg.grace_period) if beats else []
-    parent_id = _parent_run(study, name, tags | {"study": name})
     device = resolve_device(config.train.device)
     inputs = (folds, data_hash, source)
     objective = _objective(config, folds, parent_id, tags | {"study": name}, device, inputs, beats)
@@ -229,7 +223,7 @@ def run_sweep(
         if not mlflow.get_run(parent_id).data.params:
             _log_sweep_settings(config, name, folds)
             log_inputs(*inputs)
-        mlflow.set_tags({"n_trials": str(cfg.n_trials), "storage": store.redact(storage_url(config, paths))})
+        mlflow.set_tags({"n_trials": str(cfg.n_trials), "storage": store.redact(url)})
         _optimize(study, objective, cfg, release)
         result = _summarise(study, parent_id)
         _log_result(result, time.perf_counter() - start)

@@ -24,11 +24,12 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from rotmnist.errors import PipelineError, first_line, retry
+from rotmnist.errors import PipelineError, first_line
 from rotmnist.io import pid_alive
 from rotmnist.learning.recipe import PIPELINE_RECIPE_KEYS
 from rotmnist.spec import check_optuna_storage
 from rotmnist.tracking import store
+from rotmnist.tracking.locks import store_lock
 
 if TYPE_CHECKING:
     from rotmnist.config import Config, TuneConfig
@@ -40,7 +41,6 @@ STORAGE_ENV = "ROTMNIST_OPTUNA_STORAGE"
 STATE_TAG = "state"  # complete | pruned | failed, on every trial's MLflow run
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 HEARTBEAT_ATTR = "heartbeat"  # a trial's last sign of life (Unix time), on journal storage
-RDB_OPEN_ATTEMPTS = 4
 HEARTBEAT_KEYS = ("heartbeat_interval", "grace_period")  # how dead workers are found, not what a trial is
 
 
@@ -76,16 +76,26 @@ def open_storage(
         raise PipelineError(
             f"Optuna storage {url!r} is not supported; use a journal file path (or journal:<path>) or postgresql://..."
         )
-    path = Path(url.removeprefix("journal:")).expanduser()
-    path = path if path.is_absolute() else paths.store_root / path
+    path = journal_path(url, paths)
     path.parent.mkdir(parents=True, exist_ok=True)
     return JournalStorage(JournalFileBackend(str(path)))
+
+
+def journal_path(url: str, paths: Paths) -> Path:
+    """The journal file a storage URL names (`journal:<path>` or a path; relative to the store root)."""
+    path = Path(url.removeprefix("journal:")).expanduser()
+    return path if path.is_absolute() else paths.store_root / path
+
+
+def study_lock(url: str, paths: Paths, name: str) -> contextlib.AbstractContextManager[None]:
+    """The lock workers hold while they create or load study `name` and agree on its parent run."""
+    target = url if "://" in url else str(journal_path(url, paths))
+    return store_lock(target, f"study {name}")
 
 
 def _open_rdb(url: str, heartbeat_interval: int | None, grace_period: int | None) -> optuna.storages.RDBStorage:
     """RDBStorage with heartbeats; a PipelineError saying what to check when the database cannot be used."""
     from optuna.storages import RDBStorage
-    from sqlalchemy.exc import IntegrityError
 
     beats: dict[str, Any] = {}
     if heartbeat_interval is not None:
@@ -95,15 +105,13 @@ def _open_rdb(url: str, heartbeat_interval: int | None, grace_period: int | None
             "heartbeat_stale_trial_callback": fail_and_retry,
         }
 
-    def open_once() -> optuna.storages.RDBStorage:
-        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 5
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return RDBStorage(url, **beats)
-
     try:
-        # Workers started together on a fresh database race to create Optuna's tables; the loser's
-        # CREATE TABLE hits a unique key. A moment later the tables exist and opening succeeds.
-        return retry(open_once, IntegrityError, RDB_OPEN_ATTEMPTS, 0.5)
+        # Workers started together on a fresh database would race to create Optuna's tables: they take turns.
+        with store_lock(url, "optuna tables"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats are "experimental"
+            return RDBStorage(url, **beats)
+    except PipelineError:
+        raise
     except ImportError as err:  # no driver
         raise PipelineError(f"cannot open {store.redact(url)}: {err}; install psycopg[binary]") from None
     except Exception as err:  # sqlalchemy's OperationalError and friends: server down, bad password
