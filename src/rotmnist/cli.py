@@ -57,6 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--host", default=None, help="address to bind (default: serve.host, 127.0.0.1)")
     serve.add_argument("--port", type=int, default=None, help="port (default: serve.port, 8000)")
+    serve.add_argument(
+        "--insecure",
+        action="store_true",
+        help="serve on a non-loopback address without a token (POST /reload then answers 401 to everyone)",
+    )
     return parser
 
 
@@ -70,7 +75,8 @@ def run(args: argparse.Namespace) -> None:
     if args.command in STAGES:
         importlib.import_module(STAGES[args.command][0]).main(config, paths)
     elif args.command == "serve":
-        importlib.import_module(COMMANDS["serve"][0]).main(config, paths, args.model, args.host, args.port)
+        serve = importlib.import_module(COMMANDS["serve"][0])
+        serve.main(config, paths, args.model, args.host, args.port, args.insecure)
     else:
         importlib.import_module(COMMANDS[args.command][0]).main(config, paths, args.images, args.model)
 

@@ -254,6 +254,8 @@ class ServeConfig(_Section):
     batch_images: int = Field(256, ge=1)  # most images scored in one forward pass when requests are batched
     batch_wait_ms: float = Field(0.0, ge=0.0, le=100.0)  # extra wait to gather a batch; 0 = what queued meanwhile
     threads: int = Field(1, ge=0)  # torch threads for scoring; 0 = torch's default
+    token_file: str | None = None  # a file holding the token (ROTMNIST_SERVE_TOKEN wins); see serving.auth
+    require_token_for_scoring: bool = False  # /score and /invocations need the token too
 
 
 class CompareSpecs(_Section):

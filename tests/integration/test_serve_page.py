@@ -8,6 +8,7 @@ import pytest
 
 from rotmnist.config import ServeConfig
 from rotmnist.serving.app import create_app
+from rotmnist.serving.auth import Access
 from rotmnist.serving.model_source import Keeper, ModelSource
 from tests.support.serving import STROKES, champion_store, drawing, ellipse_points, serving
 
@@ -28,13 +29,29 @@ pytestmark = [
 ]
 
 
+TOKEN = "page-token-7"
+
+
 @pytest.fixture(scope="module")
-def url(tmp_path_factory, empty_store):
+def keeper(tmp_path_factory, empty_store):
     with champion_store(tmp_path_factory.mktemp("page-store"), empty_store, "digits"):
         source = ModelSource("digits")
-        keeper = Keeper(source, source.load_initial())
-        with serving(create_app(keeper, ServeConfig(poll_seconds=0))) as base:
-            yield base
+        yield Keeper(source, source.load_initial())
+
+
+@pytest.fixture(scope="module")
+def url(keeper):
+    with serving(create_app(keeper, ServeConfig(poll_seconds=0))) as base:
+        yield base
+
+
+@pytest.fixture(scope="module")
+def protected_url(keeper):
+    """A server whose scoring needs the token."""
+    settings = ServeConfig(poll_seconds=0, require_token_for_scoring=True)
+    access = Access.decide(settings, TOKEN, "127.0.0.1")
+    with serving(create_app(keeper, settings, access)) as base:
+        yield base
 
 
 @pytest.fixture(scope="module")
@@ -90,3 +107,35 @@ def test_an_uploaded_png_is_predicted_and_predict_on_an_empty_pad_asks_for_a_dra
     page.wait_for_function("document.getElementById('error').textContent.includes('Could not score')")
     assert "not an image that can be decoded" in page.inner_text("#error")
     page.close()
+
+
+def test_with_scoring_protected_the_page_asks_for_the_token_once_and_keeps_it_for_the_tab(browser, protected_url):
+    context = browser.new_context()
+    page = context.new_page()
+    asked: list[str] = []
+    answers = iter(["wrong", TOKEN])
+
+    def answer(dialog) -> None:
+        asked.append(dialog.message)
+        dialog.accept(next(answers))
+
+    page.on("dialog", answer)
+    page.goto(protected_url)
+    draw(page, STROKES[1])
+    page.click("#predict")  # asked, given a wrong token: refused, and forgotten
+    page.wait_for_function("document.getElementById('error').textContent.includes('Could not score')")
+    assert "needs the server's token" in page.inner_text("#error") and TOKEN not in page.content()
+    for _ in range(3):  # asked once more, then never again in this tab
+        page.click("#predict")
+        page.wait_for_function("document.getElementById('digit').textContent === '1'", timeout=10_000)
+        page.evaluate("document.getElementById('digit').textContent = ''")
+    assert len(asked) == 2 and "token" in asked[0]
+    assert page.evaluate("sessionStorage.getItem('rotmnist-token')") == TOKEN
+    second = context.new_page()  # a new tab asks for itself
+    second.on("dialog", lambda dialog: (asked.append(dialog.message), dialog.dismiss()))
+    second.goto(protected_url)
+    draw(second, STROKES[1])
+    second.click("#predict")
+    second.wait_for_function("document.getElementById('error').textContent.includes('Could not score')")
+    assert len(asked) == 3
+    context.close()

@@ -4,6 +4,8 @@
   or one raw `image/*` body) prepared the way MNIST was made (`rotmnist.data.images`, shared with `predict`).
 - `POST /invocations`: MLflow's scoring protocol (`{"inputs": ...}` -> `{"predictions": ...}`).
 - `GET /health`, `GET /version`, `POST /reload`, and `GET /`: a page to draw or upload a digit.
+- Tokens (`auth`): `POST /reload`, and scoring when `serve.require_token_for_scoring`, may need
+  `Authorization: Bearer <token>`; the schema marks the routes that do.
 - `GET /openapi.json`: the API as the handlers really read and answer (the schemas live in `openapi`);
   `GET /docs`: Swagger UI on it, from the files of the `fastapi-offline` package, served by the app itself
   (the page loads nothing from another server).
@@ -31,6 +33,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.requests import ClientDisconnect, Request  # at run time: FastAPI reads the endpoints' annotations
 
+from rotmnist.serving.auth import SCHEME, Access
 from rotmnist.serving.batcher import Batcher
 from rotmnist.serving.openapi import (
     HEALTH_RESPONSES,
@@ -39,6 +42,7 @@ from rotmnist.serving.openapi import (
     RELOAD_RESPONSES,
     SCORE_BODY,
     SCORE_RESPONSES,
+    UNAUTHORIZED_RESPONSE,
     VERSION_RESPONSES,
     schemas,
 )
@@ -67,8 +71,9 @@ ASSETS_URL = "/docs/static"  # Swagger UI's JavaScript, CSS and icon
 router = APIRouter()
 
 
-def create_app(keeper: Keeper, settings: ServeConfig) -> FastAPI:
-    """The FastAPI app serving `keeper`'s model with the limits and batching of `settings`."""
+def create_app(keeper: Keeper, settings: ServeConfig, access: Access | None = None) -> FastAPI:
+    """The FastAPI app serving `keeper`'s model with the limits and batching of `settings`, its routes
+    guarded by `access` (default: loopback without a token, every route open)."""
     app = FastAPI(
         title="rotmnist",
         summary="Scores handwritten digits, upright or rotated, with the registry's champion model.",
@@ -77,25 +82,35 @@ def create_app(keeper: Keeper, settings: ServeConfig) -> FastAPI:
         redoc_url=None,
         openapi_url=OPENAPI_URL,
     )
-    app.state.keeper, app.state.settings = keeper, settings
+    app.state.keeper, app.state.settings, app.state.access = keeper, settings, access or Access()
     app.state.batcher = Batcher(keeper, settings.batch_images, settings.batch_wait_ms / 1000, settings.threads)
     app.state.page_html = PAGE.read_text()
     app.add_exception_handler(HTTPProblem, _problem)
     app.add_exception_handler(ClientDisconnect, _gone)
     app.include_router(router)
     app.mount(ASSETS_URL, StaticFiles(directory=assets_folder()), name="docs-assets")
-    _publish(app, settings)
+    _publish(app, settings, app.state.access)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     return app
 
 
-def _publish(app: FastAPI, settings: ServeConfig) -> None:
-    """Make `app.openapi()` the routes' schema with the components of `settings` (built once, on first use)."""
+def _publish(app: FastAPI, settings: ServeConfig, access: Access) -> None:
+    """Make `app.openapi()` the routes' schema with the components of `settings` and the routes `access`
+    protects marked as needing the token (built once, on first use)."""
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
             doc.setdefault("components", {}).setdefault("schemas", {}).update(schemas(settings))
+            protected = [("/reload", access.protect_reload)]
+            protected += [(path, access.protect_scoring) for path in ("/score", "/invocations")]
+            if any(on for _, on in protected):
+                doc["components"]["securitySchemes"] = {SCHEME: {"type": "http", "scheme": "bearer"}}
+            for path, on in protected:
+                if on:
+                    operation = doc["paths"][path]["post"]
+                    operation["security"] = [{SCHEME: []}]
+                    operation["responses"]["401"] = UNAUTHORIZED_RESPONSE
             app.openapi_schema = doc
         return app.openapi_schema
 
@@ -128,7 +143,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 async def _problem(request: Request, err: HTTPProblem) -> Response:
-    return JSONResponse({"error": err.message}, status_code=err.status)
+    headers = {"WWW-Authenticate": "Bearer"} if err.status == 401 else None
+    return JSONResponse({"error": err.message}, status_code=err.status, headers=headers)
 
 
 async def _gone(request: Request, err: ClientDisconnect) -> Response:  # nobody reads this answer
@@ -151,6 +167,7 @@ async def _scored(request: Request, x: np.ndarray) -> tuple[np.ndarray, Served]:
     responses=SCORE_RESPONSES,
 )
 async def score(request: Request) -> Response:
+    request.app.state.access.check(request, scoring=True)
     settings: ServeConfig = request.app.state.settings
     kind = media_type(request)
     names = None
@@ -171,6 +188,7 @@ async def score(request: Request) -> Response:
     responses=INVOCATIONS_RESPONSES,
 )
 async def invocations(request: Request) -> Response:
+    request.app.state.access.check(request, scoring=True)
     if media_type(request) != "application/json":
         raise HTTPProblem(415, 'send application/json: {"inputs": [...]} (MLflow\'s tensor input)')
     x = await off_loop(invocation_images, await request.body(), request.app.state.settings.max_images)
@@ -194,6 +212,7 @@ async def version(request: Request) -> Response:
 
 @router.post("/reload", summary="Load the champion now if it changed", responses=RELOAD_RESPONSES)
 async def reload(request: Request) -> Response:
+    request.app.state.access.check(request, scoring=False)
     keeper: Keeper = request.app.state.keeper
     swapped = await keeper.reload()
     status = 200 if keeper.reload_error is None else 503

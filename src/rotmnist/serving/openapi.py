@@ -86,6 +86,8 @@ VERSION_RESPONSES: dict[int | str, dict[str, Any]] = {
         "content": _json("ModelInfo"),
     }
 }
+UNAUTHORIZED_RESPONSE = _problem("the route needs the server's token (Authorization: Bearer <token>), missing or wrong")
+
 RELOAD_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "the champion was checked (and loaded when it changed)", "content": _json("Reload")},
     413: _problem("the request carries a body over serve.max_body_bytes"),

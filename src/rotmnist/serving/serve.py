@@ -11,21 +11,34 @@ import logging
 from rotmnist.config import Config
 from rotmnist.paths import Paths
 from rotmnist.serving.app import create_app
+from rotmnist.serving.auth import Access, read_token
 from rotmnist.serving.model_source import Keeper, ModelSource
 from rotmnist.tracking import store
 
 log = logging.getLogger(__name__)
 
 
-def main(config: Config, paths: Paths, model_uri: str | None = None, host: str | None = None, port: int | None = None):
-    """Serve until interrupted; `host` and `port` override params.yaml's `serve.host` and `serve.port`."""
+def main(
+    config: Config,
+    paths: Paths,
+    model_uri: str | None = None,
+    host: str | None = None,
+    port: int | None = None,
+    insecure: bool = False,
+):
+    """Serve until interrupted; `host` and `port` override params.yaml's `serve.host` and `serve.port`.
+
+    A non-loopback `host` needs a token (`serving.auth`) unless `insecure`.
+    """
     import uvicorn
 
     settings = config.serve  # settings.threads applies in the scoring thread (batcher.Batcher)
+    host, port = host or settings.host, port or settings.port
+    access = Access.decide(settings, read_token(settings, paths), host, insecure)
     store.configure_mlflow(config, paths)
     source = ModelSource(config.monitor.model_name, model_uri)
     keeper = Keeper(source, source.load_initial())
-    app = create_app(keeper, settings)
-    host, port = host or settings.host, port or settings.port
+    app = create_app(keeper, settings, access)
     log.info("serving %s on http://%s:%d (page: /, API: /score, /invocations)", keeper.describe(), host, port)
+    log.info("%s", access.describe())
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, timeout_graceful_shutdown=10)
