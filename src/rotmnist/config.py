@@ -256,6 +256,11 @@ class ServeConfig(_Section):
     threads: int = Field(1, ge=0)  # torch threads for scoring; 0 = torch's default
     token_file: str | None = None  # a file holding the token (ROTMNIST_SERVE_TOKEN wins); see serving.auth
     require_token_for_scoring: bool = False  # /score and /invocations need the token too
+    log_requests: bool = True  # record every scored image in the request log (off the request path)
+    request_log: str = ""  # "" = SQLite (WAL) serving/requests.db at the store root, or postgresql://...
+    log_keep_rows: int = Field(1_000_000, ge=1)  # the newest rows kept; older ones are deleted
+    log_keep_days: float = Field(30.0, gt=0.0)  # rows older than this are deleted
+    log_queue: int = Field(10_000, ge=1)  # rows waiting for the writer; beyond it rows are dropped and counted
 
 
 class CompareSpecs(_Section):
@@ -344,6 +349,18 @@ class CurriculumConfig(_Section):
             raise ValueError(str(err)) from None
 
 
+class DriftConfig(_Section):
+    """`rotmnist drift`: the last logged inputs against a sample of `train`, on features that need no label."""
+
+    recent: int = Field(2000, ge=50)  # the last N logged inputs
+    reference: int = Field(10_000, ge=100)  # images sampled from data/splits/train
+    seed: int = 0
+    bins: int = Field(10, ge=2, le=100)  # quantile bins of the reference, for the population stability index
+    psi_threshold: float = Field(0.2, gt=0.0)  # a feature with PSI above this (and a test below p_value) drifted
+    p_value: float = Field(0.01, gt=0.0, lt=1.0)  # two-sample Kolmogorov-Smirnov test
+    outside_share: float = Field(0.05, gt=0.0, lt=1.0)  # harmful: more recent tilts outside the reference's range
+
+
 class MlflowConfig(_Section):
     experiment: str = Field("rotmnist", min_length=1)
     tracking_uri: str = ""
@@ -361,6 +378,7 @@ class Config(_Section):
     compare: CompareConfig = CompareConfig()
     curriculum: CurriculumConfig = CurriculumConfig()
     latency: LatencyConfig = LatencyConfig()
+    drift: DriftConfig = DriftConfig()
     mlflow: MlflowConfig = MlflowConfig()
 
 

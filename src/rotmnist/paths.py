@@ -109,6 +109,11 @@ class Paths:
     def optuna_journal(self) -> Path:
         return self.store_root / "optuna" / "journal.log"
 
+    @property
+    def request_log(self) -> Path:
+        """The server's default request log (SQLite), outside git and DVC."""
+        return self.store_root / "serving" / "requests.db"
+
     def cache_dir(self, configured: str) -> Path:
         """Download cache: relative paths are taken from the real repository root."""
         p = Path(configured).expanduser()
