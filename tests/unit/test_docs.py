@@ -263,3 +263,15 @@ def test_strict_build_renders_the_site_offline(tmp_path):
     pages = list(tmp_path.rglob("*.html"))
     assert len(pages) > 15
     assert [p for p in pages if "fonts.googleapis.com" in p.read_text()] == []
+
+
+def test_every_test_the_fault_table_names_exists():
+    import ast
+    import re
+
+    named = re.findall(r"`(tests/[\w/]+\.py)::(\w+)`", (DOCS / "reliability.md").read_text())
+    assert len(named) >= 15
+    for path, name in named:
+        tree = ast.parse((ROOT / path).read_text())
+        tests = {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}
+        assert name in tests, f"docs/reliability.md names {path}::{name}, which does not exist"
