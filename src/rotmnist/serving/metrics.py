@@ -45,7 +45,7 @@ LOG_COUNTS = {  # bind_log's keys -> (counter, help)
     "written": ("rotmnist_log_rows_written", "Rows the request log has written."),
     "dropped": ("rotmnist_log_rows_dropped", "Rows the request log dropped (its queue was full)."),
     "corrections": ("rotmnist_corrections", "Corrections (the true digit) received for logged predictions."),
-    "disagreeing": ("rotmnist_corrections_disagreeing", "Corrections whose digit differs from the prediction."),
+    "disagreements": ("rotmnist_corrections_disagreeing", "Corrections whose digit differs from the prediction."),
 }
 
 
@@ -120,8 +120,8 @@ class Telemetry:
         self.bind_model(lambda: {"name": name, "version": version})
 
     def bind_log(self, read: Callable[[], Mapping[str, int]]) -> None:
-        """Report the request log's counts, `read()` at each scrape: {"written", "dropped", "corrections",
-        "disagreeing"}, each a running total. Without a bound log these counters are absent."""
+        """Report the request log's running totals, `read()` at each scrape (e.g. `request_log.counts`): rows
+        "written" and "dropped", "corrections" and "disagreements"; other keys are ignored. Absent while unbound."""
         self._scraped.read_log = read
 
     def observe_request(self, route: str, status: int, seconds: float) -> None:

@@ -193,9 +193,9 @@ LOG_SERIES = (
 def test_the_request_log_counts_are_read_at_each_scrape_and_absent_without_a_log():
     telemetry = Telemetry()
     assert set(LOG_SERIES) & set(scraped(telemetry)) == set()
-    counts = {"written": 10, "dropped": 2, "corrections": 4, "disagreeing": 1}
+    counts = {"written": 10, "dropped": 2, "corrections": 4, "disagreements": 1}
     telemetry.bind_log(lambda: counts)
-    counts = {"written": 12, "dropped": 2, "corrections": 5, "disagreeing": 3}
+    counts = {"written": 12, "dropped": 2, "corrections": 5, "disagreements": 3, "waiting": 0}
     metrics = scraped(telemetry)
     assert [metrics[name][frozenset()] for name in LOG_SERIES] == [12, 2, 5, 3]
 
