@@ -1,7 +1,8 @@
 """`rotmnist serve`'s published API: `/openapi.json` checked by schemathesis against the real server, `/docs` offline.
 
-The server runs on loopback with the template champion of tests/support/serving.py; schemathesis generates
-requests from the schema (valid ones and invalid ones) and checks every answer against it.
+The server runs on loopback with the template champion of tests/support/serving.py and a request log in a
+temp folder; schemathesis generates requests from the schema (valid ones and invalid ones) and checks every
+answer against it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import pytest
 from rotmnist.config import ServeConfig
 from rotmnist.serving.app import create_app
 from rotmnist.serving.model_source import Keeper, ModelSource
+from rotmnist.serving.request_log import RequestLog
 from tests.support.serving import call, champion_store, get_json, serving
 
 pytestmark = pytest.mark.slow  # a real MLflow store, a server and a few hundred generated requests
@@ -24,13 +26,20 @@ pytestmark = pytest.mark.slow  # a real MLflow store, a server and a few hundred
 NAME = "digits"
 # Few images per request keeps generated batches small; the body limit sits above the largest valid batch.
 LIMITS = ServeConfig(poll_seconds=0, max_body_bytes=1024 * 1024, max_images=3, max_image_pixels=1_000_000)
-OPERATIONS = {"/score": "post", "/invocations": "post", "/health": "get", "/version": "get", "/reload": "post"}
+OPERATIONS = {
+    "/score": "post",
+    "/invocations": "post",
+    "/feedback": "post",
+    "/health": "get",
+    "/version": "get",
+    "/reload": "post",
+}
 EXAMPLES = 25  # per operation and phase: the whole run takes about 15 s
 
 # A batch over serve.max_images is refused with 413 (documented; clients rely on it), not schemathesis's 4xx list.
 # positive_data_acceptance expects 2xx for every request the schema allows. Two refusals are documented but
 # cannot be said in JSON Schema: random bytes that match `format: binary` are not an image (400), and a batch
-# of float pixels all within 0..1 is refused as scaled (422).
+# of float pixels all within 0..1 is refused as scaled (422). A valid correction names an id nobody was given (404).
 CONFIG = """
 [checks.negative_data_rejection]
 expected-statuses = ["400", "401", "403", "404", "405", "406", "409", "413", "415", "422", "428", "429"]
@@ -42,6 +51,10 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "422"]
 [[operations]]
 include-path = "/invocations"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "422"]
+
+[[operations]]
+include-path = "/feedback"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "404"]
 """
 
 
@@ -50,7 +63,8 @@ def url(tmp_path_factory, empty_store):
     with champion_store(tmp_path_factory.mktemp("openapi-store"), empty_store, NAME):
         source = ModelSource(NAME)
         keeper = Keeper(source, source.load_initial())
-        with serving(create_app(keeper, LIMITS)) as base:
+        log = RequestLog(f"sqlite:///{tmp_path_factory.mktemp('openapi-log') / 'requests.db'}")
+        with serving(create_app(keeper, LIMITS, log=log)) as base:
             yield base
 
 
@@ -63,7 +77,9 @@ def test_the_schema_describes_every_route_with_its_bodies_and_refusals(url):
     assert set(score["responses"]) == {"200", "400", "413", "415", "422", "503"}
     invocations = doc["paths"]["/invocations"]["post"]
     assert set(invocations["requestBody"]["content"]) == {"application/json"}
-    for op in (score, invocations):
+    feedback = doc["paths"]["/feedback"]["post"]
+    assert set(feedback["responses"]) == {"200", "400", "404", "409", "413", "415", "422", "503"}
+    for op in (score, invocations, feedback):
         for code, answer in op["responses"].items():
             if code != "200":
                 assert answer["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Problem"}

@@ -10,6 +10,7 @@ from rotmnist.config import ServeConfig
 from rotmnist.serving.app import create_app
 from rotmnist.serving.auth import Access
 from rotmnist.serving.model_source import Keeper, ModelSource
+from rotmnist.serving.request_log import RequestLog
 from tests.support.serving import STROKES, champion_store, drawing, ellipse_points, serving
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -139,3 +140,62 @@ def test_with_scoring_protected_the_page_asks_for_the_token_once_and_keeps_it_fo
     second.wait_for_function("document.getElementById('error').textContent.includes('Could not score')")
     assert len(asked) == 3
     context.close()
+
+
+# ---- corrections: "Wrong? It was:" ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def log(tmp_path_factory):
+    return RequestLog(f"sqlite:///{tmp_path_factory.mktemp('page-log') / 'requests.db'}")
+
+
+@pytest.fixture(scope="module")
+def logged_url(keeper, log):
+    """A server that records what it scores, its scoring protected by the token."""
+    settings = ServeConfig(poll_seconds=0, require_token_for_scoring=True)
+    access = Access.decide(settings, TOKEN, "127.0.0.1")
+    with serving(create_app(keeper, settings, access, log)) as base:
+        yield base
+
+
+def predict(page, lines: list[list[tuple[int, int]]], digit: int) -> None:
+    page.click("#clear")
+    draw(page, lines)
+    page.click("#predict")
+    page.wait_for_function(f"document.getElementById('digit').textContent === '{digit}'", timeout=10_000)
+
+
+def test_after_a_prediction_the_page_stores_a_correction_with_the_tabs_token(browser, logged_url, log):
+    page = browser.new_page()
+    asked: list[str] = []
+    page.on("dialog", lambda dialog: (asked.append(dialog.message), dialog.accept(TOKEN)))
+    page.goto(logged_url)
+    assert page.locator("#feedback").is_hidden()
+    predict(page, STROKES[1], 1)
+    assert page.locator("#feedback").is_visible() and page.inner_text("#feedback").startswith("Wrong? It was:")
+    assert page.locator("#feedback button").all_inner_texts() == [str(d) for d in range(10)]
+    page.click("#feedback button[data-label='7']")
+    page.wait_for_function("document.getElementById('stored').textContent === 'Stored: it was a 7'")
+    assert page.locator("#feedback button:disabled").count() == 10 and len(asked) == 1  # the token, asked once
+    assert log.flush()
+    corrected = log.corrected()
+    assert corrected.sources == ["page"] and corrected.routes == ["/score"]
+    assert corrected.digits.tolist() == [1] and corrected.labels.tolist() == [7]
+    page.evaluate("document.querySelectorAll('#feedback button').forEach(b => { b.disabled = false; })")
+    page.click("#feedback button[data-label='1']")  # the same prediction again: refused, and said so
+    page.wait_for_function("document.getElementById('stored').textContent.startsWith('Could not store')")
+    assert "corrected before (as 7)" in page.inner_text("#stored")
+    predict(page, STROKES[7], 7)  # a new prediction: the buttons again, nothing stored yet
+    assert page.inner_text("#stored") == "" and page.locator("#feedback button:disabled").count() == 0
+    page.click("#clear")
+    assert page.locator("#feedback").is_hidden() and len(asked) == 1
+    page.close()
+
+
+def test_a_server_that_records_nothing_offers_no_correction(browser, url):
+    page = browser.new_page()
+    page.goto(url)
+    predict(page, STROKES[1], 1)
+    assert page.locator("#feedback").is_hidden()
+    page.close()

@@ -3,7 +3,11 @@
 - `POST /score`: a JSON batch `{"images": [...]}` of 28x28 pixels 0-255, or image files (multipart upload
   or one raw `image/*` body) prepared the way MNIST was made (`rotmnist.data.images`, shared with `predict`).
 - `POST /invocations`: MLflow's scoring protocol (`{"inputs": ...}` -> `{"predictions": ...}`).
+- `POST /feedback`: a person's correction `{"id": ..., "label": 0-9}` of a prediction in the request log.
 - `GET /health`, `GET /version`, `POST /reload`, and `GET /`: a page to draw or upload a digit.
+- The request log (`request_log`): every scored image, its prediction and its id, written off the request
+  path. `/score` answers each prediction's `id`; `/invocations` adds `ids` beside MLflow's `predictions`.
+  Without a log (`serve.log_requests: false`) the answers carry no ids and `/feedback` answers 404.
 - Tokens (`auth`): `POST /reload`, and scoring when `serve.require_token_for_scoring`, may need
   `Authorization: Bearer <token>`; the schema marks the routes that do.
 - `GET /openapi.json`: the API as the handlers really read and answer (the schemas live in `openapi`);
@@ -11,8 +15,8 @@
   (the page loads nothing from another server).
 
 The pieces live by job: the model and its hot reload in `model_source`, the micro-batching of concurrent
-requests in `batcher`, reading requests and writing answers in `requests`; this module wires them into
-routes. Imports no training code.
+requests in `batcher`, reading requests and writing answers in `requests`, the request log in
+`request_log`; this module wires them into routes. Imports no training code.
 """
 
 from __future__ import annotations
@@ -36,7 +40,10 @@ from starlette.requests import ClientDisconnect, Request  # at run time: FastAPI
 from rotmnist.serving.auth import SCHEME, Access
 from rotmnist.serving.batcher import Batcher
 from rotmnist.serving.openapi import (
+    FEEDBACK_BODY,
+    FEEDBACK_RESPONSES,
     HEALTH_RESPONSES,
+    ID_LENGTH,
     INVOCATIONS_BODY,
     INVOCATIONS_RESPONSES,
     RELOAD_RESPONSES,
@@ -46,12 +53,14 @@ from rotmnist.serving.openapi import (
     VERSION_RESPONSES,
     schemas,
 )
+from rotmnist.serving.request_log import LogUnavailable, Outcome
 from rotmnist.serving.requests import (
     BodyLimit,
     HTTPProblem,
     invocation_images,
     media_type,
     off_loop,
+    parse_json,
     score_answer,
     score_images,
     uploaded_images,
@@ -60,6 +69,7 @@ from rotmnist.serving.requests import (
 if TYPE_CHECKING:
     from rotmnist.config import ServeConfig
     from rotmnist.serving.model_source import Keeper, Served
+    from rotmnist.serving.request_log import RequestLog
 
 log = logging.getLogger(__name__)
 
@@ -67,13 +77,18 @@ PAGE = Path(__file__).with_name("static") / "index.html"
 OPENAPI_URL = "/openapi.json"
 DOCS_URL = "/docs"
 ASSETS_URL = "/docs/static"  # Swagger UI's JavaScript, CSS and icon
+SOURCE_HEADER = "x-rotmnist-source"  # `page` when the drawing page sent the image
+NOT_LOGGED = "this server records no predictions (serve.log_requests is false), so none can be corrected"
 
 router = APIRouter()
 
 
-def create_app(keeper: Keeper, settings: ServeConfig, access: Access | None = None) -> FastAPI:
+def create_app(
+    keeper: Keeper, settings: ServeConfig, access: Access | None = None, log: RequestLog | None = None
+) -> FastAPI:
     """The FastAPI app serving `keeper`'s model with the limits and batching of `settings`, its routes
-    guarded by `access` (default: loopback without a token, every route open)."""
+    guarded by `access` (default: loopback without a token, every route open), recording what it scores
+    in `log` (default: nothing recorded; `rotmnist serve` passes `RequestLog.from_settings`)."""
     app = FastAPI(
         title="rotmnist",
         summary="Scores handwritten digits, upright or rotated, with the registry's champion model.",
@@ -83,6 +98,7 @@ def create_app(keeper: Keeper, settings: ServeConfig, access: Access | None = No
         openapi_url=OPENAPI_URL,
     )
     app.state.keeper, app.state.settings, app.state.access = keeper, settings, access or Access()
+    app.state.log = log
     app.state.batcher = Batcher(keeper, settings.batch_images, settings.batch_wait_ms / 1000, settings.threads)
     app.state.page_html = PAGE.read_text()
     app.add_exception_handler(HTTPProblem, _problem)
@@ -103,7 +119,7 @@ def _publish(app: FastAPI, settings: ServeConfig, access: Access) -> None:
             doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
             doc.setdefault("components", {}).setdefault("schemas", {}).update(schemas(settings))
             protected = [("/reload", access.protect_reload)]
-            protected += [(path, access.protect_scoring) for path in ("/score", "/invocations")]
+            protected += [(path, access.protect_scoring) for path in ("/score", "/invocations", "/feedback")]
             if any(on for _, on in protected):
                 doc["components"]["securitySchemes"] = {SCHEME: {"type": "http", "scheme": "bearer"}}
             for path, on in protected:
@@ -127,10 +143,14 @@ def assets_folder() -> Path:
 
 @contextlib.asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Run the batcher, and the champion poll when the app follows the champion, while the app serves."""
+    """Run the batcher, the request log's writer, and the champion poll when the app follows the champion,
+    while the app serves."""
     keeper: Keeper = app.state.keeper
     settings: ServeConfig = app.state.settings
+    log: RequestLog | None = app.state.log
     app.state.batcher.start()
+    if log is not None:
+        log.start()
     poller = None
     if keeper.source.follows_champion and settings.poll_seconds > 0:
         poller = asyncio.get_running_loop().create_task(keeper.poll(settings.poll_seconds))
@@ -140,6 +160,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         if poller:
             poller.cancel()
         await app.state.batcher.stop()
+        if log is not None:
+            await asyncio.to_thread(log.stop)  # writes what is still queued
 
 
 async def _problem(request: Request, err: HTTPProblem) -> Response:
@@ -178,7 +200,11 @@ async def score(request: Request) -> Response:
     else:
         raise HTTPProblem(415, "send application/json, multipart/form-data (image files) or an image/* body")
     probs, served = await _scored(request, x)
-    return JSONResponse(score_answer(probs, served, names))
+    answer = score_answer(probs, served, names)
+    ids = _record(request, x, probs, served, "/score", "json" if names is None else "upload")
+    if ids is not None:
+        answer["predictions"] = [{"id": i} | p for i, p in zip(ids, answer["predictions"], strict=True)]
+    return JSONResponse(answer)
 
 
 @router.post(
@@ -192,8 +218,66 @@ async def invocations(request: Request) -> Response:
     if media_type(request) != "application/json":
         raise HTTPProblem(415, 'send application/json: {"inputs": [...]} (MLflow\'s tensor input)')
     x = await off_loop(invocation_images, await request.body(), request.app.state.settings.max_images)
-    probs, _ = await _scored(request, x)
-    return JSONResponse({"predictions": probs.astype(float).tolist()})
+    probs, served = await _scored(request, x)
+    answer: dict[str, Any] = {"predictions": probs.astype(float).tolist()}
+    ids = _record(request, x, probs, served, "/invocations", "json")
+    if ids is not None:
+        answer["ids"] = ids  # beside MLflow's `predictions`, which its clients read
+    return JSONResponse(answer)
+
+
+def _record(
+    request: Request, x: np.ndarray, probs: np.ndarray, served: Served, route: str, source: str
+) -> list[str | None] | None:
+    """Queue the scored images in the request log; their ids (None where dropped), or None without a log.
+
+    `source` is `page` when the drawing page says it sent the image (the header X-Rotmnist-Source: page).
+    """
+    log: RequestLog | None = request.app.state.log
+    if log is None:
+        return None
+    if request.headers.get(SOURCE_HEADER, "").strip().lower() == "page":
+        source = "page"
+    return log.record(x, probs, served.info["name"] or served.info["uri"], served.version, route, source)
+
+
+@router.post(
+    "/feedback",
+    summary="Correct a prediction: the digit it really was",
+    openapi_extra={"requestBody": FEEDBACK_BODY},
+    responses=FEEDBACK_RESPONSES,
+)
+async def feedback(request: Request) -> Response:
+    request.app.state.access.check(request, scoring=True)
+    if media_type(request) != "application/json":
+        raise HTTPProblem(415, 'send application/json: {"id": "...", "label": 0-9}')
+    id, label = read_correction(await request.body())
+    log: RequestLog | None = request.app.state.log
+    if log is None:
+        raise HTTPProblem(404, NOT_LOGGED)
+    try:
+        done = await asyncio.to_thread(log.feedback, id, label)
+    except LogUnavailable as err:
+        raise HTTPProblem(503, f"the correction could not be stored now ({err}); try again") from None
+    if done.outcome is Outcome.UNKNOWN:
+        raise HTTPProblem(404, "no recorded prediction has this id (never recorded, or deleted by the retention)")
+    if done.outcome is Outcome.CONFLICT:
+        raise HTTPProblem(409, f"this prediction was corrected before (as {done.label})")
+    return JSONResponse({"id": id, "label": label, "predicted": done.digit, "disagrees": done.disagrees})
+
+
+def read_correction(body: bytes) -> tuple[str, int]:
+    """The id and label of a `/feedback` body; 400 if it is not JSON, 422 if they are missing or wrong."""
+    data = parse_json(body)
+    if not isinstance(data, dict) or not isinstance(data.get("id"), str) or not 0 < len(data["id"]) <= ID_LENGTH:
+        raise HTTPProblem(
+            422, f'expected {{"id": "...", "label": 0-9}} with the prediction\'s id (1-{ID_LENGTH} characters)'
+        )
+    label = data.get("label")
+    # JSON Schema's integers include 7.0; true and false are not numbers
+    if isinstance(label, bool) or not isinstance(label, int | float) or label not in range(10):
+        raise HTTPProblem(422, "label must be an integer 0-9: the digit the image really was")
+    return data["id"], int(label)
 
 
 @router.get("/health", summary="Whether the service serves, and which model", responses=HEALTH_RESPONSES)

@@ -27,6 +27,7 @@ def _problem(description: str) -> dict[str, Any]:
     return {"description": description, "content": _json("Problem")}
 
 
+ID_LENGTH = 64  # the longest id `POST /feedback` reads (the log's ids are 32 hex digits)
 _TOO_LARGE = "the body is over serve.max_body_bytes, or it holds more than serve.max_images images"
 _MODEL_FAILED = _problem("the model failed to score the images")
 
@@ -74,6 +75,24 @@ INVOCATIONS_RESPONSES: dict[int | str, dict[str, Any]] = {
     503: _MODEL_FAILED,
 }
 
+FEEDBACK_BODY: dict[str, Any] = {
+    "required": True,
+    "description": "The digit a scored image really was: the prediction's `id` (from `/score` or `/invocations`) "
+    "and the `label` 0-9. Each prediction takes one correction.",
+    "content": _json("Feedback"),
+}
+
+FEEDBACK_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "the correction is stored", "content": _json("Correction")},
+    400: _problem("the body is not valid JSON"),
+    404: _problem("no recorded prediction has this id (or the request log is off: serve.log_requests is false)"),
+    409: _problem("this prediction was corrected before"),
+    413: _problem("the body is over serve.max_body_bytes"),
+    415: _problem("the content type is not application/json"),
+    422: _problem("the JSON is not an object with a string `id` and an integer `label` 0-9"),
+    503: _problem("the request log cannot store the correction now; try again"),
+}
+
 HEALTH_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "`stale` when the last reload failed and the old model still serves",
@@ -100,10 +119,16 @@ def _nullable(kind: str) -> dict[str, Any]:
 
 
 _PROBABILITIES = {"type": "array", "minItems": 10, "maxItems": 10, "items": {"type": "number"}}
+_ID = {
+    "type": ["string", "null"],
+    "description": "the prediction's id in the request log, for `POST /feedback`; null when it was not recorded "
+    "(the log's queue was full). Absent when the server records nothing (serve.log_requests: false).",
+}
 _PREDICTION = {
     "type": "object",
     "required": ["digit", "probability", "probabilities"],
     "properties": {
+        "id": _ID,
         "name": {"type": "string", "description": "the uploaded file's name (uploads only)"},
         "digit": {"type": "integer", "minimum": 0, "maximum": 9},
         "probability": {"type": "number"},
@@ -128,7 +153,25 @@ ANSWERS: dict[str, Any] = {
     "Predictions": {
         "type": "object",
         "required": ["predictions"],
-        "properties": {"predictions": {"type": "array", "items": _PROBABILITIES}},
+        "properties": {
+            "predictions": {"type": "array", "items": _PROBABILITIES},
+            "ids": {
+                "type": "array",
+                "items": _ID,
+                "description": "the predictions' ids in the request log, in the same order (not part of MLflow's "
+                "protocol: its clients read `predictions` only); absent when the server records nothing",
+            },
+        },
+    },
+    "Correction": {
+        "type": "object",
+        "required": ["id", "label", "predicted", "disagrees"],
+        "properties": {
+            "id": {"type": "string"},
+            "label": {"type": "integer", "minimum": 0, "maximum": 9},
+            "predicted": {"type": "integer", "minimum": 0, "maximum": 9},
+            "disagrees": {"type": "boolean", "description": "whether the label differs from the predicted digit"},
+        },
     },
     "Health": {
         "type": "object",
@@ -202,6 +245,14 @@ def schemas(settings: ServeConfig) -> dict[str, Any]:
         "Images": images,
         "ScoreRequest": {"type": "object", "required": ["images"], "properties": {"images": _ref("Images")}},
         "InvocationRequest": {"oneOf": invocation},
+        "Feedback": {
+            "type": "object",
+            "required": ["id", "label"],
+            "properties": {
+                "id": {"type": "string", "minLength": 1, "maxLength": ID_LENGTH, "description": "a prediction's id"},
+                "label": {"type": "integer", "minimum": 0, "maximum": 9, "description": "the digit it really was"},
+            },
+        },
         "ImageUpload": {
             "type": "object",
             "required": ["file"],

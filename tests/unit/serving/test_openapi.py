@@ -1,4 +1,4 @@
-"""The published request schemas accept exactly what the parser accepts (one documented exception)."""
+"""The published request schemas accept exactly what the parsers accept (one documented exception)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from rotmnist.config import ServeConfig
-from rotmnist.serving.app import assets_folder
+from rotmnist.serving.app import assets_folder, read_correction
 from rotmnist.serving.openapi import schemas
 from rotmnist.serving.requests import HTTPProblem, invocation_images, score_images
 
@@ -71,6 +71,30 @@ def test_the_score_schema_accepts_what_the_parser_accepts(body):
 )
 def test_the_invocations_schema_accepts_what_the_parser_accepts(body):
     assert valid("InvocationRequest", body) == parsed(invocation_images, body)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"id": "0f" * 16, "label": 7},
+        {"id": "x", "label": 0, "note": "extra keys are ignored"},
+        {"id": "x", "label": 9.0},  # JSON Schema's integers include 9.0
+        {"id": "x" * 64, "label": 3},
+        {"id": "x" * 65, "label": 3},
+        {"id": "", "label": 3},
+        {"id": 7, "label": 3},
+        {"id": "x", "label": 10},
+        {"id": "x", "label": -1},
+        {"id": "x", "label": 2.5},
+        {"id": "x", "label": True},
+        {"id": "x", "label": "7"},
+        {"id": "x"},
+        {"label": 7},
+        [{"id": "x", "label": 7}],
+    ],
+)
+def test_the_feedback_schema_accepts_what_the_parser_accepts(body):
+    assert valid("Feedback", body) == parsed(lambda raw, _: read_correction(raw), body)
 
 
 @pytest.mark.parametrize("encoding", ["utf-8", "utf-16", "utf-32"])
