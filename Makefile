@@ -37,6 +37,13 @@ PG_URL  := postgresql://postgres@127.0.0.1:$(PG_PORT)
 # `make server`: the tracking server's store; the SQLite file unless set, e.g. MLFLOW_BACKEND=$(PG_URL)/mlflow
 MLFLOW_BACKEND ?= sqlite:///$(CURDIR)/mlflow.db
 MLFLOW_PORT    ?= 5000
+# `make server AUTH=1`: MLflow's basic-auth app with config/mlflow-auth.ini (users in mlflow-auth.db). The first start
+# creates the user admin with the password in MLFLOW_AUTH_ADMIN_PASSWORD. The CSRF key of the login pages is
+# MLFLOW_FLASK_SERVER_SECRET_KEY, or a random one per start (set it when several servers share the users).
+MLFLOW_AUTH_CONFIG_PATH ?= $(CURDIR)/config/mlflow-auth.ini
+SERVER_APP := $(if $(filter 1,$(AUTH)),--app-name basic-auth)
+SERVER_ENV := $(if $(filter 1,$(AUTH)),MLFLOW_AUTH_CONFIG_PATH=$(MLFLOW_AUTH_CONFIG_PATH) \
+	MLFLOW_FLASK_SERVER_SECRET_KEY="$${MLFLOW_FLASK_SERVER_SECRET_KEY:-$$($(BIN)/python -c 'import secrets; print(secrets.token_hex(32))')}")
 
 .PHONY: setup repro test test-fast ui serve server postgres postgres-stop hooks lint bench clean-stores docs docs-serve
 
@@ -74,9 +81,10 @@ serve: setup
 
 ## MLflow tracking server on http://127.0.0.1:$(MLFLOW_PORT): store $(MLFLOW_BACKEND), artifacts proxied into mlartifacts/.
 ## Loopback only, MLflow's security middleware on (Host and CORS checks); docs/scaling-out.md says how to expose it.
+## AUTH=1: with MLflow's logins (basic-auth app); the first start needs MLFLOW_AUTH_ADMIN_PASSWORD, 12+ characters.
 server: setup
-	$(BIN)/mlflow server --host 127.0.0.1 --port $(MLFLOW_PORT) --backend-store-uri $(MLFLOW_BACKEND) \
-		--artifacts-destination $(CURDIR)/mlartifacts
+	$(SERVER_ENV) $(BIN)/mlflow server --host 127.0.0.1 --port $(MLFLOW_PORT) --backend-store-uri $(MLFLOW_BACKEND) \
+		--artifacts-destination $(CURDIR)/mlartifacts $(SERVER_APP)
 
 ## A local PostgreSQL on 127.0.0.1:$(PG_PORT) in .postgres/ with databases optuna and mlflow (make postgres-stop).
 postgres:
