@@ -33,6 +33,10 @@ COMMANDS = {
         "rotmnist.serving.serve",
         "serve the champion over HTTP (/score, /invocations) with a page to draw a digit",
     ),
+    "drift": (
+        "rotmnist.serving.drift",
+        "compare the digits the server logged with the training data, without labels: ok, narrower or harmful",
+    ),
 }
 
 log = logging.getLogger("rotmnist")
@@ -55,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--model", default=None, help="model URI (default: models:/<monitor.model_name>@champion, followed as it moves)"
     )
+    drift = sub.add_parser("drift", help=COMMANDS["drift"][1], description=COMMANDS["drift"][1])
+    drift.add_argument("--model", default=None, help="model URI (default: the one that served most logged images)")
     serve.add_argument("--host", default=None, help="address to bind (default: serve.host, 127.0.0.1)")
     serve.add_argument("--port", type=int, default=None, help="port (default: serve.port, 8000)")
     serve.add_argument(
@@ -77,6 +83,8 @@ def run(args: argparse.Namespace) -> None:
     elif args.command == "serve":
         serve = importlib.import_module(COMMANDS["serve"][0])
         serve.main(config, paths, args.model, args.host, args.port, args.insecure)
+    elif args.command == "drift":
+        importlib.import_module(COMMANDS["drift"][0]).main(config, paths, args.model)
     else:
         importlib.import_module(COMMANDS[args.command][0]).main(config, paths, args.images, args.model)
 

@@ -358,7 +358,7 @@ class DriftConfig(_Section):
     bins: int = Field(10, ge=2, le=100)  # quantile bins of the reference, for the population stability index
     psi_threshold: float = Field(0.2, gt=0.0)  # a feature with PSI above this (and a test below p_value) drifted
     p_value: float = Field(0.01, gt=0.0, lt=1.0)  # two-sample Kolmogorov-Smirnov test
-    outside_share: float = Field(0.05, gt=0.0, lt=1.0)  # harmful: more recent tilts outside the reference's range
+    outside_share: float = Field(0.05, gt=0.0, lt=1.0)  # harmful: tilts outside train's central 90 % pass 10 % by this
 
 
 class MlflowConfig(_Section):

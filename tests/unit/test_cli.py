@@ -64,18 +64,24 @@ def test_every_dvc_stage_is_one_hop_from_dvc_yaml(workspace, monkeypatch):
         assert config.train.epochs == 7 and paths.root == workspace
 
 
-def test_predict_and_serve_get_their_arguments(workspace, monkeypatch):
+def test_predict_serve_and_drift_get_their_arguments(workspace, monkeypatch):
     got = {}
     monkeypatch.setattr(
         "rotmnist.serving.predict.main", lambda config, paths, images, model: got.update(p=(images, model))
     )
     monkeypatch.setattr(
-        "rotmnist.serving.serve.main", lambda config, paths, model, host, port: got.update(s=(model, host, port))
+        "rotmnist.serving.serve.main",
+        lambda config, paths, model, host, port, insecure: got.update(s=(model, host, port, insecure)),
     )
+    monkeypatch.setattr("rotmnist.serving.drift.main", lambda config, paths, model: got.update(d=model))
     assert cli.main(["predict", "a.png", "b.npy", "--model", "models:/m/1"]) == 0
     assert got["p"] == (["a.png", "b.npy"], "models:/m/1")
     assert cli.main(["serve", "--host", "0.0.0.0", "--port", "8001"]) == 0
-    assert got["s"] == (None, "0.0.0.0", 8001)  # the port is a number
+    assert got["s"] == (None, "0.0.0.0", 8001, False)  # the port is a number
+    assert cli.main(["serve", "--host", "0.0.0.0", "--insecure"]) == 0
+    assert got["s"] == (None, "0.0.0.0", None, True)
+    assert cli.main(["drift", "--model", "models:/m/2"]) == 0
+    assert got["d"] == "models:/m/2"
 
 
 @pytest.mark.parametrize("argv", [[], ["no-such-stage"], ["serve", "--port", "eighty"], ["predict"]])
@@ -85,7 +91,7 @@ def test_unknown_commands_and_bad_arguments_exit_2(argv):
     assert stop.value.code == 2
 
 
-@pytest.mark.parametrize("command", [*STAGES, "predict", "serve"])
+@pytest.mark.parametrize("command", [*STAGES, "predict", "serve", "drift"])
 def test_help_of_each_command_exits_0(command, capsys):
     with pytest.raises(SystemExit) as stop:
         cli.main([command, "--help"])

@@ -220,12 +220,28 @@ def route_of(scope: Scope) -> str:
     """The path template of the app's route for this request (a full match first, else a path match with
     another method: 405), or `OTHER_ROUTE`."""
     app = scope.get("app")
-    routes = getattr(getattr(app, "router", None), "routes", ())
+    full, partial = _match(getattr(getattr(app, "router", None), "routes", ()), scope)
+    route = full or partial
+    return getattr(route, "path", None) or OTHER_ROUTE
+
+
+def _match(routes, scope: Scope) -> tuple[Any, Any]:
+    """The first route of `routes` that fully matches, and the first that matches the path only.
+
+    FastAPI wraps each included `APIRouter` in a route of its own that matches everything: look inside it.
+    """
     partial = None
     for route in routes:
+        inner = getattr(route, "original_router", None)
+        if inner is not None:
+            full, maybe = _match(inner.routes, scope)
+            if full is not None:
+                return full, None
+            partial = partial or maybe
+            continue
         match, _ = route.matches(scope)
         if match is Match.FULL:
-            return getattr(route, "path", OTHER_ROUTE) or OTHER_ROUTE
+            return route, None
         if match is Match.PARTIAL and partial is None:
             partial = route
-    return getattr(partial, "path", OTHER_ROUTE) or OTHER_ROUTE
+    return None, partial

@@ -134,13 +134,19 @@ def load_model(uri: str, version: str | None = None) -> Classifier:
 
 
 def champion_version(client: MlflowClient, name: str) -> ModelVersion | None:
-    """The version `name@champion` points to, or None when the model or the alias does not exist."""
+    """The version `name@champion` points to, or None when the model or the alias does not exist.
+
+    MLflow's basic-auth server answers 403, not 404, for a model that does not exist: a 403 on a model
+    nobody registered means "no champion"; on one that exists it is a real refusal.
+    """
     from mlflow.exceptions import MlflowException
 
     try:
         return client.get_model_version_by_alias(name, CHAMPION)
     except MlflowException as err:
         if err.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        if err.error_code == "PERMISSION_DENIED" and not client.search_registered_models(f"name = '{_quote(name)}'"):
             return None
         raise
 

@@ -65,7 +65,8 @@ def configure_mlflow(config: Config, paths: Paths) -> str:
         first = first_line(err)
         raise PipelineError(
             f"cannot use the MLflow store {redact(uri)} ({type(err).__name__}: {first}); check mlflow.tracking_uri "
-            "or MLFLOW_TRACKING_URI, and that the tracking server or database is running"
+            "or MLFLOW_TRACKING_URI, that the tracking server or database is running, and for a server with "
+            "logins MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
         ) from err
     mlflow.set_experiment(experiment_id=experiment_id)
     log.info("MLflow: experiment %r (%s) in %s", config.mlflow.experiment, experiment_id, redact(uri))

@@ -96,3 +96,29 @@ def test_load_champion_error_when_nothing_loads(loads):
         registry.load_champion("m", client=FakeClient(4, GATES))
     with pytest.raises(registry.RegistryError, match="has no version with alias 'champion'"):
         registry.load_champion("m", client=FakeClient(None, GATES))
+
+
+class _Refusing:
+    """A client of a server with logins: 403 for the alias, and the registered models it lists."""
+
+    def __init__(self, registered: list[str]):
+        self.registered = registered
+
+    def get_model_version_by_alias(self, name, alias):
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import PERMISSION_DENIED
+
+        raise MlflowException("Permission denied", error_code=PERMISSION_DENIED)
+
+    def search_registered_models(self, filter_string):
+        return [n for n in self.registered if f"'{n}'" in filter_string]
+
+
+def test_a_403_for_a_model_nobody_registered_means_no_champion():
+    from mlflow.exceptions import MlflowException
+
+    from rotmnist.tracking.registry import champion_version
+
+    assert champion_version(_Refusing([]), "digits") is None
+    with pytest.raises(MlflowException, match="Permission denied"):  # a real refusal on an existing model
+        champion_version(_Refusing(["digits"]), "digits")

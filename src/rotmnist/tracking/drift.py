@@ -1,0 +1,37 @@
+"""The MLflow run of `rotmnist drift`: one run per check, tagged `role = drift` and with its verdict."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+ROLE_TAG = "role"  # as on the sweep's parent run
+ROLE = "drift"
+
+
+def drift_metrics(report: dict[str, Any]) -> dict[str, float]:
+    """Per feature: PSI, KS statistic and p, the share outside the reference's range, drifted (1/0)."""
+    out: dict[str, float] = {"features_drifted": float(sum(f["drifted"] for f in report["features"].values()))}
+    for name, f in report["features"].items():
+        out |= {
+            f"{name}_psi": f["psi"],
+            f"{name}_ks": f["ks_statistic"],
+            f"{name}_p_value": f["p_value"],
+            f"{name}_outside_share": f["outside_share"],
+            f"{name}_recent_mean": f["recent_mean"],
+            f"{name}_drifted": float(f["drifted"]),
+        }
+    return out
+
+
+def log_drift_run(report: dict[str, Any], params: dict[str, Any], tags: dict[str, str], files: list[Path]) -> str:
+    """Log the check as a new MLflow run (its metrics, `params`, the report and plot files); return its id."""
+    import mlflow
+
+    run_tags = tags | {ROLE_TAG: ROLE, "verdict": report["verdict"]}
+    with mlflow.start_run(run_name=f"drift-{report['verdict']}", tags=run_tags) as run:
+        mlflow.log_params(params)
+        mlflow.log_metrics(drift_metrics(report))
+        for f in files:
+            mlflow.log_artifact(str(f), ROLE)
+    return run.info.run_id
