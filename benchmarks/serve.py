@@ -1,11 +1,14 @@
 """Benchmark of `rotmnist serve` against `mlflow models serve` on the same champion, over loopback.
 
-Usage: python benchmarks/serve.py [--duration 10] [--model-name rotmnist-cnn]
+Usage: python benchmarks/serve.py [--duration 10] [--model-name rotmnist-cnn] [--log-requests both]
 Uses the repository's MLflow store (MLFLOW_TRACKING_URI wins) and its champion; both servers get the same
 requests on MLflow's protocol (`POST /invocations`, `{"inputs": ...}`). The load comes from `wrk` (or `hey`),
 native programs that leave the two cores to the server; without either the benchmark says so and stops.
+`rotmnist serve` runs with the request log on, off, or both in turn (`--log-requests`), on a copy of
+params.yaml in a temp folder; with the log on it writes a SQLite file there, not the repository's.
 Prints a markdown table: time to the first healthy answer, single-image p50/p99 and requests/s at
-concurrency 1 and 10, and one 256-image batch (best of 5).
+concurrency 1 and 10, and one 256-image batch (best of 5); then the rows each logging server wrote and
+dropped.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -92,6 +96,28 @@ def load(tool: str, url: str, body: Path, concurrency: int, seconds: int) -> dic
     }
 
 
+def serve_params(tmp: Path, log_requests: bool) -> Path:
+    """A copy of params.yaml with `serve.log_requests` set; a log that is on goes to a SQLite file in `tmp`."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    serve = params.setdefault("serve", {})
+    serve["log_requests"] = log_requests
+    if log_requests:
+        serve["request_log"] = f"sqlite:///{tmp / 'serving' / 'requests.db'}"
+    path = tmp / f"params-log-{'on' if log_requests else 'off'}.yaml"
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
+def log_rows(base: str) -> dict[str, float]:
+    """The request log's rows written and dropped so far, from the server's `GET /metrics`."""
+    with urllib.request.urlopen(f"{base}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    return {
+        k: float(re.search(rf"^rotmnist_log_rows_{k}(?:_total)? ([\d.e+]+)$", text, re.M)[1])
+        for k in ("written", "dropped")
+    }
+
+
 def batch_ms(url: str, body: bytes, repeats: int = 5) -> float:
     best = float("inf")
     for _ in range(repeats):
@@ -108,6 +134,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=int, default=10, help="seconds of load per row")
     parser.add_argument("--model-name", default=None, help="registered model (default: params.yaml monitor.model_name)")
+    parser.add_argument(
+        "--log-requests",
+        choices=("on", "off", "both"),
+        default="both",
+        help="rotmnist serve's request log (serve.log_requests): on, off, or a row for each (default)",
+    )
     args = parser.parse_args()
     tool = next((t for t in ("wrk", "hey") if shutil.which(t)), None)
     if tool is None:
@@ -124,11 +156,17 @@ def main() -> None:
     one.write_text(json.dumps({"inputs": digits(1).tolist()}))
     batch = json.dumps({"inputs": digits(256).tolist()}).encode()
 
-    servers = {
-        "`rotmnist serve`": lambda port: (
-            [str(BIN / "rotmnist"), "serve", "--port", str(port)],
+    def rotmnist(params: Path):
+        return lambda port: (
+            [str(BIN / "rotmnist"), "--params", str(params), "serve", "--port", str(port)],
             f"http://127.0.0.1:{port}/health",
-        ),
+        )
+
+    log_modes = {"on": [True], "off": [False], "both": [True, False]}[args.log_requests]
+    servers = {
+        f"`rotmnist serve`, request log {'on' if on else 'off'}": rotmnist(serve_params(tmp, on)) for on in log_modes
+    }
+    servers |= {
         "`mlflow models serve`": lambda port: (
             [
                 str(BIN / "mlflow"),
@@ -146,7 +184,7 @@ def main() -> None:
             f"http://127.0.0.1:{port}/ping",
         ),
     }
-    rows = []
+    rows, logged = [], {}
     for label, make in servers.items():
         port = free_port()
         cmd, health = make(port)
@@ -157,13 +195,15 @@ def main() -> None:
             c1 = load(tool, url, one, 1, args.duration)
             c10 = load(tool, url, one, 10, args.duration)
             b = batch_ms(url, batch)
+            if label.endswith("request log on"):
+                logged[label] = log_rows(f"http://127.0.0.1:{port}")
         finally:
             proc.terminate()
             proc.wait(30)
         rows.append((label, startup, c1, c10, b))
         print(f"{label}: done", file=sys.stderr)
 
-    base = rows[1][3]["rps"]
+    base = rows[-1][3]["rps"]  # mlflow models serve
     print(
         f"\nLoad: {tool}, {args.duration} s per row, one thread; {os.cpu_count()} CPU cores shared with the server.\n"
     )
@@ -177,6 +217,8 @@ def main() -> None:
             f"| {label} | {startup:.1f} | {c1['p50']:.2f} / {c1['p99']:.2f} | {c1['rps']:,.0f} "
             f"| {c10['p50']:.2f} / {c10['p99']:.2f} | {c10['rps']:,.0f} | {c10['rps'] / base:.1f}x | {b:.0f} |"
         )
+    for label, counts in logged.items():
+        print(f"\n{label}: {counts['written']:,.0f} rows written, {counts['dropped']:,.0f} dropped.")
     shutil.rmtree(tmp, ignore_errors=True)
 
 
