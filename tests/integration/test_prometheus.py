@@ -17,7 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from rotmnist.serving.metrics import RequestMetrics, Telemetry
-from tests.support.serving import call, free_socket, serving
+from tests.support.serving import call, free_socket, serving, stop
 
 PROMETHEUS = Path("/usr/bin/prometheus")
 
@@ -84,12 +84,7 @@ def prometheus(folder: Path, target: str) -> Iterator[str]:
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
 
 
 def query(base: str, promql: str) -> list[dict]:

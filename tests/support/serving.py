@@ -209,12 +209,17 @@ def rotmnist_serve(folder: Path, params: dict, timeout: float = 90.0) -> Iterato
         wait_for(healthy, timeout)
         yield proc, url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
+
+
+def stop(proc: subprocess.Popen, wait: float = 30.0) -> None:
+    """SIGTERM `proc` and wait for it; SIGKILL it if it is still there after `wait` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(wait)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def call(
@@ -226,7 +231,8 @@ def call(
     try:
         headers = headers or {}
         chunked = headers.get("Transfer-Encoding") == "chunked"
-        conn.request(method, u.path or "/", body=body, headers=headers, encode_chunked=chunked)
+        target = (u.path or "/") + (f"?{u.query}" if u.query else "")
+        conn.request(method, target, body=body, headers=headers, encode_chunked=chunked)
         answer = conn.getresponse()
         return answer.status, answer.read()
     finally:
