@@ -132,14 +132,14 @@ def champion_store(folder: Path, empty_store: Path | None, name: str) -> Iterato
     from mlflow import MlflowClient
 
     uri = f"sqlite:///{folder / 'mlflow.db'}"
+    old_uri, old_cwd = os.environ.get("MLFLOW_TRACKING_URI"), os.getcwd()
+    os.chdir(folder)  # first: a store made here keeps its default artifact root ./mlruns in `folder`
     if empty_store is None:
         MlflowClient(uri).search_experiments()  # creates the tables
     else:
         shutil.copy(empty_store, folder / "mlflow.db")
-    old_uri, old_cwd = os.environ.get("MLFLOW_TRACKING_URI"), os.getcwd()
     os.environ["MLFLOW_TRACKING_URI"] = uri
     mlflow.set_tracking_uri(uri)
-    os.chdir(folder)
     try:
         register_champion(template_classifier(), name)
         yield folder
