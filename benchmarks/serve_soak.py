@@ -37,7 +37,7 @@ import tempfile
 import time
 from array import array
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -353,11 +353,7 @@ class Soak:
         """Promote a new champion every `promote_every` seconds of the run."""
         from tests.support.serving import promote_again
 
-        for k in itertools.count(1):
-            at = k * self.promote_every
-            if at >= self.seconds:
-                return
-            await asyncio.sleep(at - self.now())
+        async for _ in self.ticks(self.promote_every):
             started = self.now()
             version = await asyncio.to_thread(promote_again, NAME)
             self.promoted.append((started, version))
@@ -370,12 +366,17 @@ class Soak:
 
     async def report(self) -> None:
         """Close each window but the last (the run's end closes that one) as its time comes."""
+        async for at in self.ticks(self.window_seconds):
+            self.close_window(bisect.bisect_left(self.answers.end, at), at)
+
+    async def ticks(self, every: float) -> AsyncIterator[float]:
+        """Wake at each multiple of `every` seconds into the run, before its end; yield that time."""
         for k in itertools.count(1):
-            at = k * self.window_seconds
+            at = k * every
             if at >= self.seconds:
                 return
             await asyncio.sleep(at - self.now())
-            self.close_window(bisect.bisect_left(self.answers.end, at), at)
+            yield at
 
     def close_window(self, hi: int, end: float) -> None:
         """Sum up the answers since the last window, up to `hi` (the first answer at or after `end`)."""
