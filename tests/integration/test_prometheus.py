@@ -30,7 +30,7 @@ pytestmark = [
 def metrics_app() -> FastAPI:
     """A scoring route that records a fixed answer, and `/metrics`, with the metrics middleware outermost."""
     telemetry = Telemetry()
-    telemetry.set_model("rotmnist", "7")
+    telemetry.bind_model(lambda: {"name": "rotmnist", "version": "7"})
     app = FastAPI()
 
     @app.post("/score")

@@ -183,12 +183,18 @@ async def _gone(request: Request, err: ClientDisconnect) -> Response:  # nobody 
 
 
 async def _scored(request: Request, x: np.ndarray) -> tuple[np.ndarray, Served]:
-    """Probabilities of `x` from the app's batcher; 503 if the model fails."""
+    """Probabilities of `x` from the app's batcher, counted in the metrics; 503 if the model fails."""
     try:
-        return await request.app.state.batcher.score(x)
+        probs, served = await request.app.state.batcher.score(x)
     except Exception as err:
         log.exception("scoring failed")
         raise HTTPProblem(503, f"the model failed to score the images ({type(err).__name__})") from None
+    telemetry: Telemetry = request.app.state.telemetry
+    if len(x) <= INLINE_OBSERVE:
+        telemetry.observe_scores(x, probs)
+    else:  # about 11 ms for 1,024 images: not on the event loop
+        await asyncio.to_thread(telemetry.observe_scores, x, probs)
+    return probs, served
 
 
 @router.post(
@@ -210,7 +216,7 @@ async def score(request: Request) -> Response:
         raise HTTPProblem(415, "send application/json, multipart/form-data (image files) or an image/* body")
     probs, served = await _scored(request, x)
     answer = score_answer(probs, served, names)
-    ids = await _record(request, x, probs, served, "/score", "json" if names is None else "upload")
+    ids = _record(request, x, probs, served, "/score", "json" if names is None else "upload")
     if ids is not None:
         answer["predictions"] = [{"id": i} | p for i, p in zip(ids, answer["predictions"], strict=True)]
     return JSONResponse(answer)
@@ -229,25 +235,19 @@ async def invocations(request: Request) -> Response:
     x = await off_loop(invocation_images, await request.body(), request.app.state.settings.max_images)
     probs, served = await _scored(request, x)
     answer: dict[str, Any] = {"predictions": probs.astype(float).tolist()}
-    ids = await _record(request, x, probs, served, "/invocations", "json")
+    ids = _record(request, x, probs, served, "/invocations", "json")
     if ids is not None:
         answer["ids"] = ids  # beside MLflow's `predictions`, which its clients read
     return JSONResponse(answer)
 
 
-async def _record(
+def _record(
     request: Request, x: np.ndarray, probs: np.ndarray, served: Served, route: str, source: str
 ) -> list[str | None] | None:
-    """Count the scored images in the metrics and queue them in the request log; their ids (None where
-    dropped), or None without a log.
+    """Queue the scored images in the request log; their ids (None where dropped), or None without a log.
 
     `source` is `page` when the drawing page says it sent the image (the header X-Rotmnist-Source: page).
     """
-    telemetry: Telemetry = request.app.state.telemetry
-    if len(x) <= INLINE_OBSERVE:
-        telemetry.observe_scores(x, probs)
-    else:  # about 11 ms for 1,024 images: not on the event loop
-        await asyncio.to_thread(telemetry.observe_scores, x, probs)
     log: RequestLog | None = request.app.state.log
     if log is None:
         return None

@@ -61,6 +61,7 @@ def main(config: Config, paths: Paths, model_uri: str | None = None) -> dict[str
     cfg = config.drift
     requests = RequestLog(store_url(config.serve, paths))
     recent = requests.recent(cfg.recent)
+    requests.stop()  # read once: close its connections
     if len(recent.ids) < MIN_RECENT:
         raise PipelineError(
             f"the request log ({requests.describe()}) holds {len(recent.ids)} scored images; a drift check needs at "
@@ -81,12 +82,12 @@ def main(config: Config, paths: Paths, model_uri: str | None = None) -> dict[str
         "first_request": _utc(recent.times[0]),
         "last_request": _utc(recent.times[-1]),
     }
-    io.write_metrics(paths.metrics / "drift.json", report)
-    plot = paths.plots / "drift.png"
+    written, plot = paths.metrics / "drift.json", paths.plots / "drift.png"
+    io.write_metrics(written, report)
     plot_drift(reference, latest, report, plot)
     tags = store.standard_tags(paths, "data/splits")
     params = {"recent": cfg.recent, "reference": cfg.reference, "seed": cfg.seed, "bins": cfg.bins, "model": uri}
-    run_id = log_drift_run(report, params, tags, [paths.metrics / "drift.json", plot])
+    run_id = log_drift_run(report, params, tags, [written, plot])
     drifted = report["drifted"] or "none"
     log.info("drift: %s (features drifted: %s); MLflow run %s", report["verdict"], drifted, run_id)
     print(f"{report['verdict']}\t{drifted}")

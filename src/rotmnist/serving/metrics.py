@@ -115,10 +115,6 @@ class Telemetry:
         """
         self._scraped.read_model = read
 
-    def set_model(self, name: str | None, version: str | None) -> None:
-        """Report a fixed model `name` and `version` (None: an empty label)."""
-        self.bind_model(lambda: {"name": name, "version": version})
-
     def bind_log(self, read: Callable[[], Mapping[str, int]]) -> None:
         """Report the request log's running totals, `read()` at each scrape (e.g. `request_log.counts`): rows
         "written" and "dropped", "corrections" and "disagreements"; other keys are ignored. Absent while unbound."""

@@ -168,8 +168,7 @@ class RequestLog:
         self._file = Path(self._engine.url.database) if self._engine.dialect.name == "sqlite" else None
         self._cond = threading.Condition()
         self._items: list[_Item] = []
-        self._waiting = 0  # rows queued and not yet written or dropped
-        self._pending: set[str] = set()  # their ids
+        self._pending: set[str] = set()  # ids of the rows queued and not yet written or dropped
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._ready = False  # the table exists
@@ -196,7 +195,7 @@ class RequestLog:
             return {
                 "written": self.written,
                 "dropped": self.dropped,
-                "waiting": self._waiting,
+                "waiting": len(self._pending),
                 "corrections": self.corrections,
                 "disagreements": self.disagreements,
             }
@@ -214,11 +213,10 @@ class RequestLog:
         raw = os.urandom(16 * n).hex()
         ids = [raw[32 * i : 32 * (i + 1)] for i in range(n)]
         with self._cond:
-            if self._stopping or self._waiting + n > self.queue_rows:
+            if self._stopping or len(self._pending) + n > self.queue_rows:
                 self.dropped += n
                 return [None] * n
             self._items.append(_Item(ids, time.time(), model, version, route, source, x, probs))
-            self._waiting += n
             self._pending.update(ids)
             self._cond.notify()
         return [*ids]
@@ -242,7 +240,7 @@ class RequestLog:
     def flush(self, wait: float = STOP_WAIT_SECONDS) -> bool:
         """Wait until every queued row is written or dropped; False after `wait` seconds."""
         with self._cond:
-            return self._cond.wait_for(lambda: self._waiting == 0, wait)
+            return self._cond.wait_for(lambda: not self._pending, wait)
 
     def _run(self) -> None:
         while True:
@@ -279,7 +277,6 @@ class RequestLog:
         with self._cond:
             self.written += written
             self.dropped += n - written
-            self._waiting -= n
             for item in items:
                 self._pending.difference_update(item.ids)
             self._cond.notify_all()

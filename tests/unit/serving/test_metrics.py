@@ -178,7 +178,7 @@ def test_the_model_is_read_at_each_scrape():
     assert scraped(telemetry)["rotmnist_model_info"] == {frozenset({("name", "rotmnist"), ("version", "3")}): 1}
     served = {"name": "rotmnist", "version": "4"}  # a hot swap
     assert scraped(telemetry)["rotmnist_model_info"] == {frozenset({("name", "rotmnist"), ("version", "4")}): 1}
-    telemetry.set_model("a-file", None)
+    telemetry.bind_model(lambda: {"name": "a-file", "version": None})
     assert scraped(telemetry)["rotmnist_model_info"] == {frozenset({("name", "a-file"), ("version", "")}): 1}
 
 
