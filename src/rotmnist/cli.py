@@ -18,6 +18,10 @@ STAGES = {
     "download": ("rotmnist.stages.download", "fetch MNIST (70,000 images) into data/raw and profile it"),
     "augment": ("rotmnist.stages.augment", "rotate every image by every angle: data/augmented (490,000 images)"),
     "split": ("rotmnist.stages.split", "split by source image into train/val/holdout/test: data/splits"),
+    "feedback": (
+        "rotmnist.stages.feedback",
+        "export people's corrections from the request log into data/feedback (train, and a held-out slice)",
+    ),
     "tune": ("rotmnist.stages.tune", "Optuna sweep, one MLflow run per trial: models/best_params.json"),
     "train": ("rotmnist.stages.train", "train the final model and log it to MLflow: models/"),
     "monitor": ("rotmnist.stages.monitor", "holdout drift check, registration and gated promotion to champion"),

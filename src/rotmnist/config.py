@@ -229,6 +229,9 @@ class TrainConfig(_Section):
     rotations_per_epoch: int = Field(1, ge=0)  # rows of each source image per epoch, drawn afresh; 0 = all
     ema: float = Field(0.999, ge=0.0, lt=1.0)  # decay of the weight average the model is; 0 = the last weights
     val_every: int = Field(5, ge=1)  # epochs between scorings of the val split (and after the last)
+    feedback: bool = False  # also train on people's corrections (data/feedback/train); the sweep's subset too
+    feedback_cap: int = Field(0, ge=0)  # the newest corrections trained on; 0 = all
+    feedback_weight: float = Field(1.0, gt=0.0, le=100.0)  # a correction's weight in the loss (a digit of train: 1)
 
 
 class MonitorConfig(_Section):
@@ -236,6 +239,7 @@ class MonitorConfig(_Section):
     threshold: float = Field(0.01, ge=0.0, le=1.0)
     angle_threshold: float = Field(0.015, ge=0.0, le=1.0)
     tolerance: float = Field(0.002, ge=0.0, le=1.0)
+    feedback_threshold: float | None = Field(None, ge=0.0, le=1.0)  # max error on the feedback slice; null = off
 
 
 class PredictConfig(_Section):
@@ -349,6 +353,12 @@ class CurriculumConfig(_Section):
             raise ValueError(str(err)) from None
 
 
+class FeedbackConfig(_Section):
+    """`rotmnist feedback`: people's corrections from the request log into data/feedback."""
+
+    holdout_fraction: float = Field(0.2, ge=0.0, lt=1.0)  # of the corrections, by request id: the feedback slice
+
+
 class DriftConfig(_Section):
     """`rotmnist drift`: the last logged inputs against a sample of `train`, on features that need no label."""
 
@@ -379,6 +389,7 @@ class Config(_Section):
     curriculum: CurriculumConfig = CurriculumConfig()
     latency: LatencyConfig = LatencyConfig()
     drift: DriftConfig = DriftConfig()
+    feedback: FeedbackConfig = FeedbackConfig()
     mlflow: MlflowConfig = MlflowConfig()
 
 

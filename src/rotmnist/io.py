@@ -6,7 +6,7 @@ A dataset is a folder of five `.npy` arrays of equal length N:
 - `y`, uint8 (N,): digit label 0-9
 - `source_id`, int32 (N,): index of the original MNIST image (0-69,999)
 - `angle`, int8 (N,): rotation in degrees applied to the source (0 = upright)
-- `mnist_split`, int8 (N,): 0 = MNIST training set, 1 = MNIST test set
+- `mnist_split`, int8 (N,): 0 = MNIST training set, 1 = MNIST test set, 2 = a person's correction (data/feedback)
 
 A few large arrays keep `dvc status` fast and load with one read (or mmap).
 """
@@ -32,7 +32,7 @@ from rotmnist.errors import PipelineError
 IMAGE_SHAPE = (28, 28)
 IMAGE_CHUNK = 8192  # images per vectorised step over a whole dataset, to bound temporary memory on the full 70k
 N_CLASSES = 10  # digits 0-9
-MNIST_TRAIN, MNIST_TEST = 0, 1
+MNIST_TRAIN, MNIST_TEST, FEEDBACK = 0, 1, 2
 
 _DTYPES = {
     "x": np.uint8,

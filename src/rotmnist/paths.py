@@ -63,6 +63,17 @@ class Paths:
     def splits(self) -> Path:
         return self.root / "data" / "splits"
 
+    @property
+    def feedback(self) -> Path:
+        """People's corrections: `train` (trained on with train.feedback) and `holdout` (the monitor's slice)."""
+        return self.root / "data" / "feedback"
+
+    def lineage_data(self, feedback: bool) -> tuple[Path, ...]:
+        """The data outputs a model's `data_hash` covers: the splits, and (those there are of) the corrections if
+        it trained on them."""
+        corrections = (self.feedback / "train", self.feedback / "holdout") if feedback else ()
+        return (self.splits, *(p for p in corrections if p.exists()))
+
     def split(self, name: str) -> Path:
         if name not in SPLITS:
             raise ValueError(f"unknown split {name!r}; expected one of {list(SPLITS)}")

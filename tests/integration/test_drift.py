@@ -13,9 +13,9 @@ from scipy import ndimage
 
 from rotmnist import cli, io
 from rotmnist.data.rotation import rotate_batch
-from rotmnist.serving.request_log import RequestLog
 from rotmnist.spec import ALLOWED_ANGLES
 from rotmnist.tracking import registry
+from rotmnist.tracking.request_log import RequestLog
 from tests.support.helpers import tiny_mnist
 from tests.support.serving import champion_store
 

@@ -16,7 +16,7 @@ from rotmnist.config import ServeConfig
 from rotmnist.serving.app import create_app
 from rotmnist.serving.auth import Access
 from rotmnist.serving.model_source import Keeper, ModelSource
-from rotmnist.serving.request_log import RequestLog
+from rotmnist.tracking.request_log import RequestLog
 from tests.support.serving import (
     call,
     champion_store,

@@ -11,7 +11,7 @@ from rotmnist.config import ServeConfig
 from rotmnist.serving.app import create_app
 from rotmnist.serving.auth import Access
 from rotmnist.serving.model_source import Keeper, ModelSource
-from rotmnist.serving.request_log import RequestLog
+from rotmnist.tracking.request_log import RequestLog
 from tests.support.serving import call, champion_store, post_json, prepared, serving
 
 pytestmark = pytest.mark.slow  # a real MLflow store and a server

@@ -18,7 +18,7 @@ import pytest
 from rotmnist.config import ServeConfig
 from rotmnist.serving.app import create_app
 from rotmnist.serving.model_source import Keeper, ModelSource
-from rotmnist.serving.request_log import RequestLog
+from rotmnist.tracking.request_log import RequestLog
 from tests.support.serving import call, champion_store, get_json, serving
 
 pytestmark = pytest.mark.slow  # a real MLflow store, a server and a few hundred generated requests

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rotmnist.serving.request_log import RequestLog
+from rotmnist.tracking.request_log import RequestLog
 from tests.support.serving import champion_store, post_json, prepared, rotmnist_serve, wait_for
 
 pytestmark = pytest.mark.slow  # a registered model, two server subprocesses, seconds of load: 30-60 s

@@ -72,7 +72,9 @@ def imported_files(stage: str) -> set[str]:
     return {"src/" + m.replace(".", "/") + ".py" for m in found}
 
 
-@pytest.mark.parametrize("stage", ["download", "augment", "split", "tune", "train", "monitor", "compare", "curriculum"])
+@pytest.mark.parametrize(
+    "stage", ["download", "augment", "split", "feedback", "tune", "train", "monitor", "compare", "curriculum"]
+)
 def test_dvc_yaml_lists_exactly_the_modules_each_stage_imports(stage):
     deps = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"][stage]["deps"]
     listed = {d for d in deps if d.startswith("src/")}

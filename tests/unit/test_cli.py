@@ -21,7 +21,7 @@ from rotmnist.io import save_dataset
 from tests.support.helpers import tiny_mnist
 
 REPO = Path(__file__).resolve().parents[2]
-STAGES = ("download", "augment", "split", "tune", "train", "monitor", "compare", "curriculum")
+STAGES = ("download", "augment", "split", "feedback", "tune", "train", "monitor", "compare", "curriculum")
 
 
 @pytest.fixture

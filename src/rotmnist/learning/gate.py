@@ -118,14 +118,27 @@ class Gate:
         return GATE_PASSED if self.promoted else GATE_FAILED
 
 
+def feedback_reasons(feedback: dict[str, Any] | None, threshold: float | None) -> list[str]:
+    """Why the held-out corrections count as drift: their error above `monitor.feedback_threshold` (None: off)."""
+    if threshold is None or not feedback or not is_drift(feedback["error_rate"], threshold):
+        return []
+    return [f"error on the feedback slice {feedback['error_rate']:.2%} > monitor.feedback_threshold {threshold:.2%}"]
+
+
 def decide(
     candidate: dict[str, Any],
     champion: dict[str, Any] | None,
     cfg: MonitorConfig,
     champion_label: str = "the champion",
+    feedback: dict[str, Any] | None = None,
 ) -> Gate:
-    """Pass only with no drift and, if there is a champion, no slice worse than it beyond the tolerance."""
-    drift = drift_reasons(candidate, cfg.threshold, cfg.angle_threshold)
+    """Pass only with no drift and, if there is a champion, no slice worse than it beyond the tolerance.
+
+    `feedback`: the candidate's metrics on the held-out corrections, gated by `monitor.feedback_threshold`.
+    """
+    drift = drift_reasons(candidate, cfg.threshold, cfg.angle_threshold) + feedback_reasons(
+        feedback, cfg.feedback_threshold
+    )
     worse = regression_reasons(candidate, champion, cfg.tolerance, champion_label) if champion else []
     return Gate(drift=bool(drift), promoted=not drift and not worse, reasons=tuple(drift + worse))
 

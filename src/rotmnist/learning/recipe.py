@@ -34,6 +34,7 @@ class Hyper:
     precision: str = "fp32"  # of the training step's matmuls and convolutions; see resolve_precision
     rotations_per_epoch: int = 0  # rows of each source image an epoch trains on, drawn afresh per epoch; 0 = all
     ema: float = 0.0  # decay of the weights' exponential moving average that fit returns; 0 = the last weights
+    feedback_weight: float = 1.0  # the loss weight of a person's correction (rows with mnist_split FEEDBACK)
 
     def __post_init__(self) -> None:
         checks = {
@@ -47,6 +48,7 @@ class Hyper:
             "precision": self.precision in PRECISIONS,
             "rotations_per_epoch": isinstance(self.rotations_per_epoch, int) and self.rotations_per_epoch >= 0,
             "ema": 0 <= self.ema < 1,
+            "feedback_weight": self.feedback_weight > 0,
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
@@ -58,9 +60,10 @@ class Hyper:
 
 # The `train` keys every trial and the final model share (dvc.yaml lists them as the tune stage's params).
 RECIPE_KEYS = ("shift", "label_smoothing", "schedule", "precision")
-# The pipeline's own model (sweep trials, the final model, learn_model) also draws its epochs and averages its
-# weights the `train` way; `compare` and `curriculum` plan their own passes over their data and keep RECIPE_KEYS.
-PIPELINE_RECIPE_KEYS = (*RECIPE_KEYS, "rotations_per_epoch", "ema")
+# The pipeline's own model (sweep trials, the final model, learn_model) also draws its epochs, averages its
+# weights and weighs corrections the `train` way; `compare` and `curriculum` plan their own passes over their
+# data and keep RECIPE_KEYS.
+PIPELINE_RECIPE_KEYS = (*RECIPE_KEYS, "rotations_per_epoch", "ema", "feedback_weight")
 HYPER_KEYS = ("lr", "weight_decay", "batch_size")  # what the sweep tunes
 
 

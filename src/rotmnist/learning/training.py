@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from rotmnist.errors import PipelineError, first_line
-from rotmnist.io import Dataset
+from rotmnist.io import FEEDBACK, Dataset
 from rotmnist.learning.device import resolve_precision
 from rotmnist.learning.model import RawImageClassifier, classifier_from_spec
 from rotmnist.learning.recipe import Hyper
@@ -176,6 +176,7 @@ class _Step:
     hp: Hyper
     bf16: bool
     average: WeightAverage | None = None
+    weight: torch.Tensor | None = None  # per training row: the loss weight (None: every row weighs 1)
 
 
 def _train_epoch(
@@ -193,7 +194,11 @@ def _train_epoch(
         xb, yb = random_shift(x[idx], hp.shift, gen), y[idx]
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=step.bf16):
             logits = step.model.logits(xb)
-        loss = F.cross_entropy(logits.float(), yb, label_smoothing=hp.label_smoothing)
+        if step.weight is None:
+            loss = F.cross_entropy(logits.float(), yb, label_smoothing=hp.label_smoothing)
+        else:  # a weighted mean over the batch's images: a weight-1 row counts as in the unweighted loss
+            each = F.cross_entropy(logits.float(), yb, label_smoothing=hp.label_smoothing, reduction="none")
+            loss = (each * step.weight[idx]).mean()
         step.opt.zero_grad(set_to_none=True)
         loss.backward()
         step.opt.step()
@@ -221,6 +226,7 @@ def fit(
     """Train a model of `spec` on `train`; after each epoch call `on_epoch(metrics)`.
 
     `val` is scored every `score_every` epochs and after the last (its metrics then join that epoch's).
+    Rows of `train` that are people's corrections (mnist_split FEEDBACK) weigh `hp.feedback_weight` in the loss.
     With `hp.ema` the model scored and returned is the weights' moving average (`WeightAverage`).
 
     The model starts fresh, or from `init` (a model of the same spec, or its state dict: a warm start that
@@ -239,7 +245,8 @@ def fit(
     rows = EpochRows(train.source_id, hp.rotations_per_epoch)
     opt, sched = _optimizer(model, hp, hp.epochs * math.ceil(len(rows) / hp.batch_size))
     average = WeightAverage(model, hp.ema) if hp.ema else None
-    step = _Step(model, opt, sched, hp, bf16=resolve_precision(hp.precision, device) == "bf16", average=average)
+    bf16 = resolve_precision(hp.precision, device) == "bf16"
+    step = _Step(model, opt, sched, hp, bf16=bf16, average=average, weight=row_weights(train, hp, device))
     result = average.model if average else model  # what is scored and returned
     gen = torch.Generator().manual_seed(seed)
     history: list[dict[str, float]] = []
@@ -259,6 +266,17 @@ def fit(
             on_epoch(metrics)
     result.eval()
     return Fitted(model=result, history=history)
+
+
+def row_weights(train: Dataset, hp: Hyper, device: torch.device) -> torch.Tensor | None:
+    """The loss weight of each training row: `hp.feedback_weight` for people's corrections, 1 for the rest.
+
+    None (the plain mean loss) when no row is a correction or the weight is 1: the same model as before.
+    """
+    is_feedback = train.mnist_split == FEEDBACK
+    if hp.feedback_weight == 1.0 or not is_feedback.any():
+        return None
+    return torch.from_numpy(np.where(is_feedback, hp.feedback_weight, 1.0).astype(np.float32)).to(device)
 
 
 def _epoch_metrics(epoch: int, total_loss: float, correct: int, n: int, sched, seconds: float) -> dict[str, float]:

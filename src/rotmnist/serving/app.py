@@ -56,7 +56,6 @@ from rotmnist.serving.openapi import (
     VERSION_RESPONSES,
     schemas,
 )
-from rotmnist.serving.request_log import LogUnavailable, Outcome
 from rotmnist.serving.requests import (
     BodyLimit,
     HTTPProblem,
@@ -68,11 +67,12 @@ from rotmnist.serving.requests import (
     score_images,
     uploaded_images,
 )
+from rotmnist.tracking.request_log import LogUnavailable, Outcome
 
 if TYPE_CHECKING:
     from rotmnist.config import ServeConfig
     from rotmnist.serving.model_source import Keeper, Served
-    from rotmnist.serving.request_log import RequestLog
+    from rotmnist.tracking.request_log import RequestLog
 
 log = logging.getLogger(__name__)
 

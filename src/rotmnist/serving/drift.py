@@ -1,6 +1,6 @@
 """`rotmnist drift`: have the served digits moved away from what the model was trained on? No labels needed.
 
-Reads the last `drift.recent` images the server logged (`serving.request_log`) and a sample of
+Reads the last `drift.recent` images the server logged (`tracking.request_log`) and a sample of
 `drift.reference` images of `data/splits/train`, scored by the model that served most of the recent
 ones (or `--model`). Compares their tilt, ink mass, bounding box and top probability
 (`learning.drift`), then writes `metrics/drift.json` (`dvc metrics show metrics/drift.json`),
@@ -23,9 +23,9 @@ from rotmnist.data.features import bbox_size, ink_mass, tilt_degrees
 from rotmnist.errors import PipelineError
 from rotmnist.learning.drift import compare, plot_drift
 from rotmnist.paths import Paths
-from rotmnist.serving.request_log import RequestLog, store_url
 from rotmnist.tracking import registry, store
 from rotmnist.tracking.drift import log_drift_run
+from rotmnist.tracking.request_log import RequestLog, store_url
 
 log = logging.getLogger(__name__)
 

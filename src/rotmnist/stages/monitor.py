@@ -7,7 +7,8 @@ normal outcome: the stage succeeds, reports why, and the champion stays where it
 
 `metrics/monitor.json` holds no null (DVC cannot show one): a key that would have no value is left out.
 `registry.champion_before`, `registry.compared_with`, `registry.champion_after` and `champion_holdout`
-appear only when there is such a champion.
+appear only when there is such a champion; `feedback` (accuracy on the held-out corrections,
+data/feedback/holdout, beside the holdout's angles) only when there are corrections.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy as np
 
 from rotmnist import io
 from rotmnist.config import Config, MonitorConfig
+from rotmnist.data import feedback as corrections
 from rotmnist.errors import PipelineError
 from rotmnist.io import N_CLASSES, Dataset, read_json
 from rotmnist.learning import plots
@@ -60,6 +62,8 @@ def flat_metrics(report: dict[str, Any], prefix: str = "holdout") -> dict[str, f
     dist = report["class_distribution"]
     out |= {f"{prefix}_pred_chi2": dist["chi2"]} if "chi2" in dist else {}
     out |= {f"{prefix}_pred_chi2_pvalue": dist["p_value"]} if "p_value" in dist else {}
+    fb = report.get("feedback", {})
+    out |= {f"feedback_{k}": fb[k] for k in ("accuracy", "champion_accuracy") if k in fb}
     out["gate_passed"] = float(report["gate"]["passed"])
     out["gate_drift"] = float(report["gate"]["drift"])
     return out
@@ -80,6 +84,8 @@ def version_tags(report: dict[str, Any], commit: str, data_hash: str) -> dict[st
         "threshold": str(g["threshold"]),
         "angle_threshold": str(g["angle_threshold"]),
         "tolerance": str(g["tolerance"]),
+        **({"feedback_accuracy": f"{report['feedback']['accuracy']:.6f}"} if "feedback" in report else {}),
+        **({"feedback_n": str(report["feedback"]["n"])} if "feedback" in report else {}),
         "git_commit": commit,
         "data_hash": data_hash,
         "training_run_id": report["training_run_id"],
@@ -117,6 +123,7 @@ def build_report(
     champion_metrics: dict[str, Any] | None,
     distribution: dict[str, Any],
     roc: dict[str, Any] | None = None,
+    feedback: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The content of metrics/monitor.json: decision, registry state, every slice metric (no lists, no nulls: DVC)."""
     before = int(previous.version) if previous else None
@@ -142,10 +149,24 @@ def build_report(
         "training_run_id": run_id,
         "holdout": metrics,
         "champion_holdout": champion_metrics,
+        "feedback": feedback or None,
         "roc_auc": roc or None,
         "class_distribution": distribution,
     }
     return {k: v for k, v in report.items() if v is not None}
+
+
+def feedback_slice(
+    held_out: Dataset, candidate: registry.Classifier, champion: registry.Classifier | None
+) -> dict[str, Any] | None:
+    """Accuracy of the candidate (and the champion) on the held-out corrections; None without any."""
+    if len(held_out) == 0:
+        return None
+    right = candidate.predict_proba(held_out.x).argmax(axis=1) == held_out.y
+    out = {"n": len(held_out), "accuracy": float(right.mean()), "error_rate": float(1 - right.mean())}
+    if champion is not None:
+        out["champion_accuracy"] = float((champion.predict_proba(held_out.x).argmax(axis=1) == held_out.y).mean())
+    return out
 
 
 def load_candidate(client: MlflowClient, name: str, version: str, model_uri: str) -> registry.Classifier:
@@ -238,11 +259,22 @@ def main(config: Config, paths: Paths) -> None:
     if previous is not None and str(previous.version) != v:  # re-running on the champion itself: nothing to compare
         champion, champion_metrics = evaluate_champion(client, name, holdout)
     champion_v = champion.version if champion else None
-    gate = decide(metrics, champion_metrics, cfg, champion_label=f"champion v{champion_v}")
+    held_out = feedback_slice(corrections.load(paths.feedback / "holdout").data, candidate, champion)
+    gate = decide(metrics, champion_metrics, cfg, champion_label=f"champion v{champion_v}", feedback=held_out)
     distribution = class_distribution(holdout.y, probs.argmax(axis=1))
     curves = one_vs_rest_roc(holdout.y, probs)
     report = build_report(
-        cfg, gate, v, previous, champion_v, run["run_id"], metrics, champion_metrics, distribution, roc_auc(curves)
+        cfg,
+        gate,
+        v,
+        previous,
+        champion_v,
+        run["run_id"],
+        metrics,
+        champion_metrics,
+        distribution,
+        roc_auc(curves),
+        held_out,
     )
 
     # The report first, the registry's decision last (champion alias the very last write): a crash in
@@ -252,7 +284,8 @@ def main(config: Config, paths: Paths) -> None:
     plot_dir = paths.plots / "monitor"
     write_plots(plot_dir, holdout, probs, report, 1 - cfg.angle_threshold, curves)
     registry.record_on_training_run(client, run["run_id"], report, flat_metrics(report), plot_dir)
-    tags = version_tags(report, store.git_commit(paths), store.data_digest(paths, paths.splits))
+    lineage = store.data_digest(paths, *paths.lineage_data(config.train.feedback))
+    tags = version_tags(report, store.git_commit(paths), lineage)
     registry.record_decision(client, name, v, tags, promoted=gate.promoted)
     _announce(report, gate)
 
@@ -269,6 +302,10 @@ def _announce(report: dict[str, Any], gate: Gate) -> None:
         report.get("roc_auc", {}).get("macro", "n/a"),
         report["class_distribution"].get("p_value", "n/a"),
     )
+    if "feedback" in report:
+        fb = report["feedback"]
+        champion = f" (champion {100 * fb['champion_accuracy']:.2f}%)" if "champion_accuracy" in fb else ""
+        log.info("feedback slice: %d held-out corrections, accuracy %.2f%%%s", fb["n"], 100 * fb["accuracy"], champion)
     if gate.promoted:
         log.info("gate PASSED: %s version %s is now the champion", r["model_name"], r["version"])
         return

@@ -1,8 +1,9 @@
 """Stage `train`: the tuned model trained on the whole train split, evaluated, logged to MLflow; `models/`.
 
 Reads the sweep's choice (`models/best_params.json`), trains it with the shared recipe for
-`train.epochs`, scores it on `val` and on `test` (per angle and per class), logs the run and the
-model (`torch.export`, no pickle) to MLflow, and writes the DVC outputs `monitor` reads.
+`train.epochs` (with `train.feedback`, on people's corrections too: data/feedback/train), scores it
+on `val` and on `test` (per angle and per class), logs the run and the model (`torch.export`, no
+pickle) to MLflow, and writes the DVC outputs `monitor` reads.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 
 from rotmnist import io
 from rotmnist.config import Config
+from rotmnist.data import feedback
 from rotmnist.errors import PipelineError
 from rotmnist.learning.device import apply_threads, resolve_device
 from rotmnist.learning.latency import measure_latency
@@ -109,13 +111,20 @@ def main(config: Config, paths: Paths) -> None:
     train, val, test = splits["train"], splits["val"], splits["test"]
     if len(train) == 0 or len(test) == 0:
         raise PipelineError("the train and test splits must not be empty; check the split stage")
+    n_feedback = 0
+    if config.train.feedback:  # people's corrections join the train split (never val, holdout or test)
+        corrections = feedback.training_rows(paths.feedback / "train", config.train.feedback_cap)
+        log.info("training on %d of people's corrections too", len(corrections))
+        train, n_feedback = io.Dataset.concat([train, corrections]), len(corrections)
     hp = recipe(config, hyper, config.train.epochs, PIPELINE_RECIPE_KEYS)
     device = resolve_device(config.train.device)
     experiment_id = store.configure_mlflow(config, paths)
-    tags = store.standard_tags(paths, "data/splits") | {"stage": "train", "family": spec["family"]}
+    tags = store.standard_tags(paths, *paths.lineage_data(config.train.feedback))
+    tags |= {"stage": "train", "family": spec["family"]}
     tags |= {"tuned_by": str(best.get("parent_run_id", "")), "tuned_trial": str(best.get("trial", ""))}
     name = f"train-{describe(spec)}-e{hp.epochs}"
     params = {**spec, **hyper_dict(hp, device), "train_images": len(train), "device": device.type}
+    params["feedback_images"] = n_feedback
     with start_run(name, tags, params) as run_id:
         log_split_inputs(splits, paths, tags["data_hash"])
         fitted = fit(
@@ -143,6 +152,7 @@ def main(config: Config, paths: Paths) -> None:
     io.write_json(paths.run_reference, reference | {"tracking_uri": current_uri()})
     seconds = time.perf_counter() - start
     metrics = summary(report, val_scores, fitted.history, hp.epochs, len(train)) | lat | {"seconds": seconds}
+    metrics["feedback_images"] = n_feedback
     io.write_metrics(paths.metrics / "train.json", io.rounded(metrics))
     log.info(
         "test accuracy %.4f (upright %.4f, worst rotation %.4f) in %.0f s; model %s",

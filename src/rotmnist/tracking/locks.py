@@ -75,7 +75,8 @@ def _advisory_lock(url: str, name: str, wait: float) -> Iterator[None]:
             shown = engine.url.render_as_string(hide_password=True)
             raise PipelineError(
                 f"cannot reach the database {shown} ({type(err).__name__}: {first_line(err)}); check that it is "
-                "running and its URL (tune.storage, mlflow.tracking_uri or their environment variables)"
+                "running and its URL (tune.storage, mlflow.tracking_uri, serve.request_log or their environment "
+                "variables)"
             ) from None
         with conn:
             key, try_lock = {"key": lock_key(name)}, sqlalchemy.text("SELECT pg_try_advisory_lock(:key)")

@@ -162,18 +162,23 @@ def _lock_md5(paths: Paths, rel: str) -> str | None:
     return None
 
 
-def data_digest(paths: Paths, out: str | Path) -> str:
-    """The DVC hash of a data output (e.g. "data/splits"): from dvc.lock, else computed the same way from disk."""
-    rel = _relative(paths, out)
-    return _lock_md5(paths, rel) or folder_md5(paths.root / rel)
+def data_digest(paths: Paths, *outs: str | Path) -> str:
+    """The DVC hash of a data output (e.g. "data/splits"): from dvc.lock, else computed the same way from disk.
+
+    Of several outputs, an md5 of their hashes in order: one hash that changes when any of them does.
+    """
+    if not outs:
+        raise ValueError("data_digest needs at least one output")
+    digests = [_lock_md5(paths, rel) or folder_md5(paths.root / rel) for rel in (_relative(paths, o) for o in outs)]
+    return digests[0] if len(digests) == 1 else hashlib.md5("+".join(digests).encode()).hexdigest()
 
 
-def standard_tags(paths: Paths, data_out: str | Path) -> dict[str, str]:
+def standard_tags(paths: Paths, *data_outs: str | Path) -> dict[str, str]:
     """Tags every run carries: the git commit, the DVC hash of the data it read, and the DVC experiment if any."""
     tags = {
         "git_commit": git_commit(paths),
-        "data_path": _relative(paths, data_out),
-        "data_hash": data_digest(paths, data_out),
+        "data_path": "+".join(_relative(paths, o) for o in data_outs),
+        "data_hash": data_digest(paths, *data_outs),
     }
     if os.environ.get("DVC_EXP_NAME"):  # set by `dvc exp run`
         tags["dvc_exp_name"] = os.environ["DVC_EXP_NAME"]

@@ -183,3 +183,14 @@ def test_class_distribution_counts_only_the_classes_asked_for():
     three = gate.class_distribution(y, y, n_classes=3)
     assert three["actual"] == {"0": 1, "1": 2, "2": 3} and three["predicted"] == three["actual"]
     assert three["dof"] == 2 and three["chi2"] == 0.0
+
+
+def test_the_feedback_slice_gates_only_when_monitor_feedback_threshold_is_set():
+    good = metrics_with(0.995, {"0": 0.996, "-30": 0.99})
+    slice_ = {"n": 50, "accuracy": 0.9, "error_rate": 0.1}
+    assert gate.decide(good, None, CFG, feedback=slice_).promoted  # off by default
+    strict = CFG.model_copy(update={"feedback_threshold": 0.05})
+    g = gate.decide(good, None, strict, feedback=slice_)
+    assert g.drift and not g.promoted
+    assert g.reasons == ("error on the feedback slice 10.00% > monitor.feedback_threshold 5.00%",)
+    assert gate.decide(good, None, strict, feedback=None).promoted  # no corrections: nothing to gate on

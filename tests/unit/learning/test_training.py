@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from rotmnist.errors import PipelineError
+from rotmnist.io import FEEDBACK
 from rotmnist.learning import training
 from rotmnist.learning.recipe import Hyper
 from rotmnist.learning.training import fit, pixel_stats, random_shift
@@ -184,3 +185,18 @@ def test_fit_warm_starts_from_a_model_without_changing_it(splits):
     other = {**SPEC, "channels": 4}
     with pytest.raises(PipelineError, match="cannot warm-start"):
         fit(other, train, None, Hyper(epochs=1), init=first)
+
+
+def test_corrections_weigh_feedback_weight_in_the_loss_and_weight_one_changes_nothing():
+    train_ds = digit_dataset(200, seed=0)
+    marked = dataclasses.replace(train_ds, mnist_split=np.where(np.arange(200) < 20, FEEDBACK, 0).astype(np.int8))
+    hp = Hyper(lr=1e-2, batch_size=16, epochs=2)
+    weights = training.row_weights(marked, dataclasses.replace(hp, feedback_weight=3.0), torch.device("cpu"))
+    assert weights.tolist() == [3.0] * 20 + [1.0] * 180
+    assert training.row_weights(marked, hp, torch.device("cpu")) is None  # weight 1: the plain mean loss
+    assert training.row_weights(train_ds, dataclasses.replace(hp, feedback_weight=3.0), torch.device("cpu")) is None
+    plain = fit(SMALL_CNN, train_ds, None, hp, seed=1).model.state_dict()
+    same = fit(SMALL_CNN, marked, None, hp, seed=1).model.state_dict()
+    heavy = fit(SMALL_CNN, marked, None, dataclasses.replace(hp, feedback_weight=3.0), seed=1).model.state_dict()
+    assert all(torch.equal(plain[k], same[k]) for k in plain)
+    assert not all(torch.equal(plain[k], heavy[k]) for k in plain)

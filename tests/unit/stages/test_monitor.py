@@ -120,3 +120,36 @@ def test_flat_metrics_and_version_tags_carry_the_decision():
     assert tags["holdout_accuracy_angle_0"] == "1.000000" and tags["training_run_id"] == "r1"
     assert tags["git_commit"] == "abc123" and tags["data_hash"] == "md5:ff"
     assert all(isinstance(v, str) for v in tags.values())
+
+
+class _Fixed:
+    """A model whose predictions are given."""
+
+    def __init__(self, yhat):
+        self.yhat = np.asarray(yhat)
+
+    def predict_proba(self, x, progress=None):
+        return np.eye(10)[self.yhat]
+
+
+def test_the_feedback_slice_is_reported_beside_the_holdout_with_the_champion_and_tagged():
+    from tests.support.datasets import blank_dataset
+
+    held_out = blank_dataset([1, 2, 3, 4])
+    assert monitor.feedback_slice(held_out.take(np.zeros(4, bool)), _Fixed([]), None) is None
+    fb = monitor.feedback_slice(held_out, _Fixed([1, 2, 3, 0]), _Fixed([0, 0, 3, 0]))
+    assert fb == {"n": 4, "accuracy": 0.75, "error_rate": 0.25, "champion_accuracy": 0.25}
+    y = np.array([0, 1])
+    report = {
+        "gate": {"decision": "passed", "passed": True, "drift": False, "reasons": "none", "threshold": 0.01},
+        "registry": {},
+        "training_run_id": "r1",
+        "holdout": metrics.slice_metrics(y, y, np.zeros(2), np.arange(2)),
+        "class_distribution": gate.class_distribution(y, y),
+        "feedback": fb,
+    }
+    report["gate"] |= {"angle_threshold": 0.015, "tolerance": 0.002}
+    flat = monitor.flat_metrics(report)
+    assert flat["feedback_accuracy"] == 0.75 and flat["feedback_champion_accuracy"] == 0.25
+    tags = monitor.version_tags(report, "abc", "md5")
+    assert tags["feedback_accuracy"] == "0.750000" and tags["feedback_n"] == "4"

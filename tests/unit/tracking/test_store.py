@@ -114,3 +114,22 @@ def test_only_tracking_servers_choose_the_artifact_location(uri, server):
     # Every other store gets the repository's mlartifacts folder, so a `dvc exp run --queue` copy
     # does not leave its artifacts in a temporary directory.
     assert store._is_server(uri) is server
+
+
+def test_the_lineage_hash_covers_the_corrections_a_model_trained_on(tmp_path):
+    from rotmnist.data import feedback
+
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    paths = Paths(root=tmp_path, store_root=tmp_path)
+    (paths.splits / "train").mkdir(parents=True)
+    (paths.splits / "train" / "x.npy").write_bytes(b"digits")
+    assert paths.lineage_data(True) == (paths.splits,)  # no corrections exported yet
+    splits_only = store.standard_tags(paths, *paths.lineage_data(False))
+    for name in feedback.FOLDERS:
+        feedback.save(feedback.empty(), paths.feedback / name)
+    with_feedback = store.standard_tags(paths, *paths.lineage_data(True))
+    assert with_feedback["data_path"] == "data/splits+data/feedback/train+data/feedback/holdout"
+    assert with_feedback["data_hash"] != splits_only["data_hash"] == store.folder_md5(paths.splits)
+    (paths.feedback / "train" / "y.npy").write_bytes(b"changed")
+    assert store.data_digest(paths, *paths.lineage_data(True)) != with_feedback["data_hash"]
+    assert store.standard_tags(paths, *paths.lineage_data(False)) == splits_only

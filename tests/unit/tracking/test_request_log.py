@@ -13,7 +13,7 @@ import pytest
 from rotmnist.config import ServeConfig
 from rotmnist.errors import PipelineError
 from rotmnist.paths import Paths
-from rotmnist.serving.request_log import DAY, LogUnavailable, Outcome, RequestLog, store_url
+from rotmnist.tracking.request_log import DAY, LogUnavailable, Outcome, RequestLog, store_url
 
 RNG = np.random.default_rng(0)
 
@@ -152,7 +152,7 @@ def test_a_broken_store_never_raises_into_the_caller_and_counts_its_drops(tmp_pa
     (tmp_path / "file").write_text("not a folder")
     log = RequestLog(f"sqlite:///{tmp_path / 'file' / 'serving' / 'requests.db'}")
     log.start()
-    with caplog.at_level(logging.WARNING, logger="rotmnist.serving.request_log"):
+    with caplog.at_level(logging.WARNING, logger="rotmnist.tracking.request_log"):
         ids = record(log, 3)
         assert log.flush()
         more = record(log, 2)
@@ -174,7 +174,7 @@ def test_a_store_that_comes_back_is_written_again(tmp_path, caplog):
     record(log, 2)
     assert log.flush()
     blocker.unlink()
-    with caplog.at_level(logging.INFO, logger="rotmnist.serving.request_log"):
+    with caplog.at_level(logging.INFO, logger="rotmnist.tracking.request_log"):
         ids = record(log, 3)
         assert log.flush()
     assert log.counts()["dropped"] == 2 and log.counts()["written"] == 3

@@ -64,7 +64,7 @@ TABLE = sa.Table(
     sa.Column("corrected_at", sa.Float),
 )
 _READ = [TABLE.c[name] for name in ("seq", "id", "time", "model", "version", "route", "source", "image", "digit")]
-_READ += [TABLE.c.probabilities, TABLE.c.label]
+_READ += [TABLE.c.probabilities, TABLE.c.label, TABLE.c.corrected_at]
 
 
 class LogUnavailable(Exception):
@@ -104,6 +104,7 @@ class Logged:
     digits: np.ndarray  # int64 (n,): the predicted digits
     probabilities: np.ndarray  # float32 (n, 10)
     labels: np.ndarray  # int64 (n,): the corrections, -1 where there is none
+    corrected_at: np.ndarray  # float64 (n,): when each correction came (UTC seconds), NaN where there is none
 
 
 @dataclass(frozen=True)
@@ -182,6 +183,11 @@ class RequestLog:
             return None
         url = store_url(settings, paths)
         return cls(url, settings.log_keep_rows, settings.log_keep_days, settings.log_queue)
+
+    @property
+    def missing(self) -> bool:
+        """Whether the log is a SQLite file that does not exist (nothing was ever recorded there)."""
+        return self._file is not None and not self._file.exists()
 
     def describe(self) -> str:
         """Where rows go, for the server's log (no password)."""
@@ -355,9 +361,13 @@ class RequestLog:
         return self._read(sa.select(*_READ).where(where).order_by(TABLE.c.seq))
 
     def _read(self, query: sa.Select) -> Logged:
-        self._ensure_table()
-        with self._engine.connect() as conn:
-            rows = conn.execute(query).all()
+        """The rows `query` selects; a PipelineError on one line when the store cannot be read."""
+        try:
+            self._ensure_table()
+            with self._engine.connect() as conn:
+                rows = conn.execute(query).all()
+        except (sa.exc.SQLAlchemyError, OSError) as err:
+            raise PipelineError(f"cannot read the request log ({self.describe()}): {first_line(err)}") from None
         return _logged(rows)
 
 
@@ -416,4 +426,5 @@ def _logged(rows: Sequence[sa.Row]) -> Logged:
         digits=np.array([r.digit for r in rows], np.int64),
         probabilities=probs.astype(np.float32),
         labels=np.array([-1 if r.label is None else r.label for r in rows], np.int64),
+        corrected_at=np.array([np.nan if r.corrected_at is None else r.corrected_at for r in rows], np.float64),
     )

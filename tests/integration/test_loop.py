@@ -1,0 +1,56 @@
+"""The production loop of `benchmarks/loop.py` on the tiny pipeline: serve, correct, drift, export, retrain, swap."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from rotmnist.data import feedback
+from tests.integration.conftest import REPO, make_tiny_repo, run, set_params
+
+pytestmark = pytest.mark.slow
+
+
+def test_the_loop_turns_corrections_into_a_new_champion_the_running_server_picks_up(tmp_path):
+    repo = make_tiny_repo(tmp_path)
+    # The gate's thresholds are tested elsewhere; here every candidate passes, so the loop always swaps.
+    set_params(repo / "params.yaml", {"monitor": {"threshold": 1.0, "angle_threshold": 1.0, "tolerance": 1.0}})
+    run(["dvc", "repro", "monitor"], repo)
+    assert [len(feedback.load(repo / "data/feedback" / p)) for p in feedback.FOLDERS] == [0, 0]
+    out = tmp_path / "loop.json"
+    cmd = [sys.executable, str(REPO / "benchmarks/loop.py"), "--repo", str(repo), "--max-corrections", "40"]
+    proc = subprocess.run([*cmd, "--json", str(out)], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads(out.read_text())
+    stream, exported = report["stream"], report["exported"]
+    assert 0 < stream["corrected"] <= 40 and stream["corrected"] <= stream["wrong"] <= stream["sent"]
+    assert exported["train"] + exported["holdout"] == stream["corrected"]
+    assert report["drift"]["verdict"] in ("ok", "narrower", "harmful")
+    assert report["gate"] == "passed" and int(report["versions"]["after"]) == int(report["versions"]["before"]) + 1
+    assert set(report["after"]["trained"]) == {str(a) for a in (-30, -20, -10, 0, 10, 20, 30)}
+    assert "| 60 deg (unseen) |" in proc.stdout
+    # The corrections are train-split digits only, and the new model trained on the train share of them.
+    assert yaml.safe_load((repo / "params.yaml").read_text())["train"]["feedback"] is True
+    trained = json.loads((repo / "metrics/train.json").read_text())
+    assert trained["feedback_images"] == exported["train"]
+    monitor = json.loads((repo / "metrics/monitor.json").read_text())
+    if exported["holdout"]:
+        assert monitor["feedback"]["n"] == exported["holdout"]
+    held = feedback.load(repo / "data/feedback/holdout").request_id
+    assert not set(held) & set(feedback.load(repo / "data/feedback/train").request_id)
+    # The exported images are rotated train digits; none is a test or holdout image.
+    images = np.concatenate([feedback.load(repo / "data/feedback" / p).data.x for p in feedback.FOLDERS])
+    for split in ("holdout", "test"):
+        x = np.load(repo / "data/splits" / split / "x.npy")
+        assert not (images[:, None] == x[None]).all(axis=(2, 3)).any()
+    # Exporting again changes nothing DVC sees.
+    status = subprocess.run(
+        [str(Path(sys.executable).parent / "dvc"), "status", "feedback"], cwd=repo, capture_output=True, text=True
+    )
+    assert "up to date" in status.stdout or status.stdout.strip() == "", status.stdout
