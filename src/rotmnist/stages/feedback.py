@@ -41,15 +41,13 @@ def main(config: Config, paths: Paths) -> None:
     """Merge the log's corrections with data/feedback and write data/feedback/{train,holdout} again."""
     start = time.perf_counter()
     kept = [feedback.load(paths.feedback / name) for name in feedback.FOLDERS]
-    known = {i for part in kept for i in part.request_id.tolist()}
-    logged = logged_corrections(config, paths)
-    merged = feedback.merge(*kept, logged)
+    merged = feedback.merge(*kept, logged_corrections(config, paths))
     parts = feedback.split(merged, config.feedback.holdout_fraction)
     # Both folders or neither: they are written inside one temporary folder renamed into place.
     with atomic_path(paths.feedback, is_dir=True) as tmp:
         for name in feedback.FOLDERS:
             feedback.save(parts[name], tmp / name)
-    new = sum(i not in known for i in logged.request_id.tolist())
+    new = len(merged) - sum(len(part) for part in kept)  # the merge keeps every known request once
     log.info(
         "%d corrections (%d new from the request log): train %d, holdout %d, in %.1f s",
         len(merged),
