@@ -25,42 +25,23 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import yaml
 from PIL import Image
 
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # the HTTP helpers are the tests' (tests/support/serving.py)
+from tests.support.serving import free_socket, get_json, post_json, stop  # noqa: E402
+
 BIN = Path(sys.executable).parent
 BATCH = 256  # images per /invocations request when measuring
 STREAM_BATCH = 16  # images per request of the stream: small, as people's requests are
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def post(url: str, data: dict, timeout: float = 120) -> tuple[int, dict]:
-    req = urllib.request.Request(url, json.dumps(data).encode(), {"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return r.status, json.load(r)
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read() or b"{}")
-
-
-def get(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=30) as r:
-        return json.load(r)
 
 
 def rotated(x: np.ndarray, angle: float) -> np.ndarray:
@@ -89,7 +70,8 @@ class Server:
         params = yaml.safe_load((repo / "params.yaml").read_text())
         params["serve"] |= {"poll_seconds": 1.0, "log_requests": True}
         (tmp / "serve-params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-        port = free_port()
+        with free_socket() as sock:
+            port = sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{port}"
         cmd = [str(BIN / "rotmnist"), "--params", str(tmp / "serve-params.yaml"), "serve", "--port", str(port)]
         self.log = open(tmp / "serve.log", "w")  # noqa: SIM115 (open while the server runs)
@@ -103,8 +85,8 @@ class Server:
             if self.proc.poll() is not None:
                 sys.exit(f"rotmnist serve exited ({self.proc.returncode}); see {self.log.name}")
             try:
-                health = get(f"{self.url}/health")
-                if ready(health):
+                status, health = get_json(f"{self.url}/health")
+                if status == 200 and ready(health):
                     return str(health["version"])
             except OSError:
                 pass
@@ -115,7 +97,7 @@ class Server:
         """Predicted digits and request-log ids of images `x`, through `POST /invocations`."""
         digits, ids = [], []
         for i in range(0, len(x), BATCH):
-            status, answer = post(f"{self.url}/invocations", {"inputs": x[i : i + BATCH].tolist()})
+            status, answer = post_json(f"{self.url}/invocations", {"inputs": x[i : i + BATCH].tolist()})
             if status != 200:
                 sys.exit(f"/invocations answered {status}: {answer}")
             digits.append(np.asarray(answer["predictions"]).argmax(axis=1))
@@ -123,8 +105,7 @@ class Server:
         return np.concatenate(digits), ids
 
     def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(60)
+        stop(self.proc)
         self.log.close()
 
 
@@ -137,18 +118,19 @@ def accuracies(server: Server, test_x: np.ndarray, test_y: np.ndarray, angles: n
     return {"unseen": float(unseen.mean()), "trained": trained}
 
 
-def stream(server: Server, x: np.ndarray, y: np.ndarray, max_corrections: int) -> dict:
-    """Send `x` in small requests; correct each wrong answer with its label until `max_corrections`."""
+def stream(server: Server, x: np.ndarray, y: np.ndarray, angle: float, max_corrections: int) -> dict:
+    """Send `x` rotated by `angle` in small requests; correct each wrong answer with its label until
+    `max_corrections` (only the digits sent are rotated)."""
     sent = wrong = corrected = 0
     for i in range(0, len(x), STREAM_BATCH):
-        digits, ids = server.predict(x[i : i + STREAM_BATCH])
+        digits, ids = server.predict(rotated(np.asarray(x[i : i + STREAM_BATCH]), angle))
         sent += len(digits)
         for request_id, digit, label in zip(ids, digits, y[i : i + STREAM_BATCH], strict=True):
             if digit == label:
                 continue
             wrong += 1
             if corrected < max_corrections and request_id is not None:
-                status, answer = post(f"{server.url}/feedback", {"id": request_id, "label": int(label)})
+                status, answer = post_json(f"{server.url}/feedback", {"id": request_id, "label": int(label)})
                 if status != 200:
                     sys.exit(f"/feedback answered {status}: {answer}")
                 corrected += 1
@@ -182,8 +164,8 @@ def main() -> None:
             before = accuracies(server, test["x"], test["y"], test["angle"], args.angle)
             steps["measure before"] = time.perf_counter() - t0
             t0 = time.perf_counter()
-            sx = rotated(np.asarray(train["x"][order]), args.angle)
-            counts = stream(server, sx, np.asarray(train["y"][order]), args.max_corrections)
+            stream_x, stream_y = train["x"][order], np.asarray(train["y"][order])
+            counts = stream(server, stream_x, stream_y, args.angle, args.max_corrections)
             steps["stream and correct"] = time.perf_counter() - t0
             steps["rotmnist drift"], _ = run([str(BIN / "rotmnist"), "drift"], repo)
             drift = json.loads((repo / "metrics/drift.json").read_text())
