@@ -41,6 +41,10 @@ COMMANDS = {
         "rotmnist.serving.drift",
         "compare the digits the server logged with the training data, without labels: ok, narrower or harmful",
     ),
+    "workspace": (
+        "rotmnist.workspace",
+        "copy the pipeline into a folder of its own with params overlays (make quick): its own data and stores",
+    ),
 }
 
 log = logging.getLogger("rotmnist")
@@ -49,7 +53,8 @@ log = logging.getLogger("rotmnist")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rotmnist",
-        description="Rotation-robust MNIST: download -> augment -> split -> tune -> train -> monitor; compare.",
+        description="Rotation-robust MNIST. The pipeline: download -> augment -> split -> feedback -> tune -> train -> "
+        "monitor, and the reports compare and curriculum. Outside it: predict, serve, drift.",
     )
     parser.add_argument("--params", default=None, help="params file (default: params.yaml of the workspace)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks")
@@ -63,8 +68,6 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--model", default=None, help="model URI (default: models:/<monitor.model_name>@champion, followed as it moves)"
     )
-    drift = sub.add_parser("drift", help=COMMANDS["drift"][1], description=COMMANDS["drift"][1])
-    drift.add_argument("--model", default=None, help="model URI (default: the one that served most logged images)")
     serve.add_argument("--host", default=None, help="address to bind (default: serve.host, 127.0.0.1)")
     serve.add_argument("--port", type=int, default=None, help="port (default: serve.port, 8000)")
     serve.add_argument(
@@ -72,6 +75,17 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="serve on a non-loopback address without a token (POST /reload then answers 401 to everyone)",
     )
+    drift = sub.add_parser("drift", help=COMMANDS["drift"][1], description=COMMANDS["drift"][1])
+    drift.add_argument("--model", default=None, help="model URI (default: the one that served most logged images)")
+    workspace = sub.add_parser("workspace", help=COMMANDS["workspace"][1], description=COMMANDS["workspace"][1])
+    workspace.add_argument("dest", help="the workspace folder (made, or refreshed in place)")
+    workspace.add_argument(
+        "--overlay",
+        action="append",
+        default=[],
+        help="a params file of keys to change (repeatable; e.g. config/quick.yaml)",
+    )
+    workspace.add_argument("--repro", action="store_true", help="then run `dvc repro` there and commit the results")
     return parser
 
 
@@ -87,6 +101,8 @@ def run(args: argparse.Namespace) -> None:
     elif args.command == "serve":
         serve = importlib.import_module(COMMANDS["serve"][0])
         serve.main(config, paths, args.model, args.host, args.port, args.insecure)
+    elif args.command == "workspace":
+        importlib.import_module(COMMANDS["workspace"][0]).main(paths.root, args.dest, args.overlay, args.repro)
     elif args.command == "drift":
         importlib.import_module(COMMANDS["drift"][0]).main(config, paths, args.model)
     else:
