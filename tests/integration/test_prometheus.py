@@ -18,13 +18,16 @@ from fastapi.responses import JSONResponse, Response
 
 from rotmnist.serving.metrics import RequestMetrics, Telemetry
 from tests.support.serving import call, free_socket, serving, stop
+from tests.support.tools import require
 
 PROMETHEUS = Path("/usr/bin/prometheus")
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not PROMETHEUS.exists(), reason="needs Prometheus: apt-get install prometheus"),
-]
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module", autouse=True)
+def prometheus_installed():
+    require(PROMETHEUS.exists(), "Prometheus", "prometheus")
 
 
 def metrics_app() -> FastAPI:

@@ -12,6 +12,7 @@ from rotmnist.serving.auth import Access
 from rotmnist.serving.model_source import Keeper, ModelSource
 from rotmnist.tracking.request_log import RequestLog
 from tests.support.serving import STROKES, champion_store, drawing, ellipse_points, serving
+from tests.support.tools import require
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = [
@@ -23,11 +24,12 @@ ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Chromium: apt-get install chromium"),
-]
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def chromium_installed():
+    require(CHROMIUM.exists(), "Chromium", "chromium")
 
 
 TOKEN = "page-token-7"

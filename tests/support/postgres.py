@@ -12,9 +12,10 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from tests.support.tools import require
+
 # Debian keeps the server binaries in a versioned folder outside PATH.
 PG_BIN_DIRS = (*sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True), None)
-SKIP_REASON = "PostgreSQL server binaries (initdb, pg_ctl) not found: install the `postgresql` package"
 
 
 def pg_bin() -> Path | None:
@@ -49,10 +50,11 @@ def postgres_cluster(databases: tuple[str, ...]) -> Iterator[dict[str, str]]:
     """Start a cluster in a new temporary folder on a free loopback port (trust auth); yield {database: URL}.
 
     The folder sits directly in the system's temporary folder, which the unprivileged server user can reach
-    (pytest's own temporary folders are private to root). The cluster is stopped and removed afterwards.
+    (pytest's own temporary folders are private to root). The cluster is stopped and removed afterwards. Without
+    the server programs the calling test skips (fails under CI=true).
     """
     bin_dir = pg_bin()
-    assert bin_dir is not None, SKIP_REASON
+    require(bin_dir, "PostgreSQL's server programs (initdb, pg_ctl)", "postgresql")
     folder = Path(tempfile.mkdtemp(prefix="rotmnist-pg-"))
     data = folder / "data"
     port = free_port()

