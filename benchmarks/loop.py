@@ -174,7 +174,7 @@ def main() -> None:
             params["train"]["feedback"] = True
             (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
             steps[f"dvc repro {args.target}"], _ = run([str(BIN / "dvc"), "repro", args.target], repo)
-            monitor = json.loads((repo / "metrics/monitor.json").read_text())
+            monitor = json.loads((repo / "reports/monitor.json").read_text())
             t0 = time.perf_counter()
             promoted = monitor["gate"]["passed"]
             after_version = server.wait(lambda h: str(h["version"]) != before_version, 60) if promoted else "-"

@@ -20,7 +20,8 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -165,6 +166,30 @@ def write_metrics(path: str | Path, data: dict[str, Any]) -> None:
     if problems:
         raise ValueError(f"{path} would hold values DVC cannot show: {'; '.join(problems)}")
     write_json(path, data)
+
+
+def write_report(
+    report_path: str | Path,
+    headline_path: str | Path,
+    report: dict[str, Any],
+    headline: Callable[[dict[str, Any]], dict[str, Any]],
+    start: float,
+) -> dict[str, Any]:
+    """Write a stage's full report and the headline figures derived from it; return the report as written.
+
+    The report gains `seconds`, the stage's wall time since `start` (`time.perf_counter()`); the headline is
+    `headline(report)` less its keys without a value (DVC cannot show a null). It is checked before either file is
+    written: one number, bool or string per key, so that `dvc metrics show` and `dvc exp show` stay one short row.
+    """
+    report = report | {"seconds": round(time.perf_counter() - start, 1)}
+    figures = {k: v for k, v in headline(report).items() if v is not None}
+    problems = [f"{k}: holds more than one value" for k, v in figures.items() if isinstance(v, dict)]
+    problems += metrics_problems(figures)
+    if problems:
+        raise ValueError(f"{headline_path} would not be a flat row of values DVC can show: {'; '.join(problems)}")
+    write_json(report_path, report)
+    write_metrics(headline_path, figures)
+    return report
 
 
 def write_text(path: str | Path, text: str) -> None:

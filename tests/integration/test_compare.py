@@ -93,7 +93,7 @@ def _leaves(obj, prefix=""):
 def test_every_configuration_is_trained_scored_judged_plotted_and_logged(ws: Paths):
     compare.main(config_from_dict(TINY), ws)
 
-    doc = json.loads((ws.metrics / "compare.json").read_text())
+    doc = json.loads(ws.report("compare").read_text())
     rows = doc["configurations"]
     assert list(rows) == list(CONFIGURATIONS)
     nulls = [key for key, value in _leaves(doc) if value is None]
@@ -144,7 +144,7 @@ def test_listed_configurations_only_and_no_model_needed_without_the_pipeline_row
     ws.model_file.unlink()
     cfg = config_from_dict(TINY | {"compare": TINY["compare"] | {"configurations": ["logreg-upright"]}})
     compare.main(cfg, ws)
-    assert list(json.loads((ws.metrics / "compare.json").read_text())["configurations"]) == ["logreg-upright"]
+    assert list(json.loads(ws.report("compare").read_text())["configurations"]) == ["logreg-upright"]
     first = (ws.plots / "compare" / "angle_accuracy.csv").read_text().splitlines()[1].split(",")
     assert first[0] == "-30" and first[1 + CONFIGURATIONS.index("logreg-upright")] != ""
     assert first.count("") == len(CONFIGURATIONS) - 1  # the others are blank columns, so dvc plots still draws

@@ -37,11 +37,15 @@ def test_the_loop_turns_corrections_into_a_new_champion_the_running_server_picks
     assert "| 60 deg (unseen) |" in proc.stdout
     # The corrections are train-split digits only, and the new model trained on the train share of them.
     assert yaml.safe_load((repo / "params.yaml").read_text())["train"]["feedback"] is True
-    trained = json.loads((repo / "metrics/train.json").read_text())
+    trained = json.loads((repo / "reports/train.json").read_text())
     assert trained["feedback_images"] == exported["train"]
-    monitor = json.loads((repo / "metrics/monitor.json").read_text())
+    monitor = json.loads((repo / "reports/monitor.json").read_text())
+    headline = json.loads((repo / "metrics/monitor.json").read_text())
     if exported["holdout"]:
         assert monitor["feedback"]["n"] == exported["holdout"]
+        assert headline["feedback_accuracy"] == monitor["feedback"]["accuracy"]
+    else:
+        assert "feedback_accuracy" not in headline
     held = feedback.load(repo / "data/feedback/holdout").request_id
     assert not set(held) & set(feedback.load(repo / "data/feedback/train").request_id)
     # The exported images are rotated train digits; none is a test or holdout image.

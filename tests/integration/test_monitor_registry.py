@@ -28,6 +28,7 @@ from rotmnist.serving import predict
 from rotmnist.stages import monitor
 from rotmnist.tracking import registry, store
 from rotmnist.tracking import train as training_run
+from tests.support.headlines import expected_headline
 from tests.support.helpers import MONITOR_PLOTS, tiny_mnist
 
 pytestmark = pytest.mark.slow  # a real MLflow store and torch.export: seconds per test
@@ -95,11 +96,11 @@ def train_run(paths: Paths, module: nn.Module, config: Config | None = None) -> 
 
 
 def run_monitor(paths: Paths, module: nn.Module, config: Config | None = None) -> dict:
-    """Train-stage stand-in + the monitor stage; return metrics/monitor.json."""
+    """Train-stage stand-in + the monitor stage; return its report, reports/monitor.json."""
     config = config or make_config()
     train_run(paths, module, config)
     monitor.main(config, paths)
-    return json.loads((paths.metrics / "monitor.json").read_text())
+    return json.loads(paths.report("monitor").read_text())
 
 
 def alias(name: str, which: str) -> str | None:
@@ -129,6 +130,9 @@ def test_a_good_model_is_registered_and_promoted(ws):
     assert set(report["roc_auc"]["per_class"]) == {str(c) for c in range(10)} and 0.5 < report["roc_auc"]["macro"] <= 1
     assert io.metrics_problems(report) == []
     assert alias(NAME, "champion") == alias(NAME, "candidate") == "1"
+    headline = json.loads(ws.headline("monitor").read_text())
+    assert headline == expected_headline("monitor", report)
+    assert (headline["holdout_worst_angle"], headline["gate_passed"], headline["champion_version"]) == (30, True, 1)
 
     client = MlflowClient()
     tags = client.get_model_version(NAME, "1").tags
@@ -165,6 +169,9 @@ def test_a_drifting_candidate_is_registered_but_the_champion_stays(ws, caplog):
         "accuracy at 30 deg 90.00% is 10.00% below champion v1 (100.00%), beyond monitor.tolerance 2.00%",
     ]
     assert report["registry"]["version"] == 2 and report["registry"]["champion_after"] == 1
+    headline = json.loads(ws.headline("monitor").read_text())
+    assert (headline["gate_passed"], headline["version"], headline["champion_version"]) == (False, 2, 1)
+    assert (headline["holdout_worst_angle"], headline["holdout_worst_angle_accuracy"]) == (-30, 0.8)
     assert alias(NAME, "champion") == "1" and alias(NAME, "candidate") == "2"
     assert MlflowClient().get_model_version(NAME, "2").tags["gate"] == "failed"
     assert "version 2 was NOT promoted (champion stays version 1)" in caplog.text
@@ -176,6 +183,8 @@ def test_the_first_candidate_is_not_promoted_if_it_drifts(ws):
     report = run_monitor(ws, Oracle({0: 10}))
     assert report["gate"]["reasons"] == "error at 0 deg 10.00% > monitor.angle_threshold 8.00%"
     assert alias(NAME, "champion") is None and alias(NAME, "candidate") == "1"
+    headline = json.loads(ws.headline("monitor").read_text())
+    assert (headline["gate_passed"], headline["version"]) == (False, 1) and "champion_version" not in headline
 
 
 def test_a_candidate_worse_than_the_champion_beyond_the_tolerance_is_not_promoted(ws):
@@ -322,12 +331,12 @@ def test_a_crash_before_the_champion_moves_leaves_it_and_the_rerun_decides_the_s
     with pytest.raises(Crash):
         monitor.main(make_config(), ws)
     assert alias(NAME, "champion") == "1"  # the registry still says what the decision was compared with
-    crashed = json.loads((ws.metrics / "monitor.json").read_text())
+    crashed = json.loads(ws.report("monitor").read_text())
 
     monkeypatch.undo()
     monitor.main(make_config(), ws)  # the rerun
-    report = json.loads((ws.metrics / "monitor.json").read_text())
-    assert report == crashed  # the same decision, reached against the same champion
+    report = json.loads(ws.report("monitor").read_text())
+    assert report | {"seconds": 0} == crashed | {"seconds": 0}  # the same decision, against the same champion
     assert report["registry"] == {
         "model_name": NAME,
         "version": 2,

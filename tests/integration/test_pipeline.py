@@ -23,15 +23,17 @@ from rotmnist.learning.model import predict_labels
 from rotmnist.paths import SPLITS
 from rotmnist.spec import CONFIGURATIONS, DATA_ANGLES
 from tests.integration.conftest import make_tiny_repo, run, set_params
+from tests.support.headlines import HEADLINES, expected_headline
 from tests.support.helpers import tiny_mnist
 
 pytestmark = pytest.mark.slow
 
 N_TRAIN, N_TEST = 300, 60  # the tiny MNIST of tests/integration/conftest.py
 ANGLES = sorted(DATA_ANGLES)  # 0 and every rotation
-METRICS_FILES = {
-    f"metrics/{n}.json" for n in ("data_profile", "split_manifest", "tune", "train", "monitor", "compare", "curriculum")
-}
+# What `dvc metrics show` shows: each stage's headline figures, a flat row derived from its report.
+METRICS_FILES = {f"metrics/{n}.json" for n in HEADLINES}
+REPORT_FILES = {f"reports/{n}.json" for n in ("data_profile", "split_manifest", *HEADLINES)}
+MAX_METRICS = 30  # values in all metrics files together: one row per file that fits a wide terminal
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +73,7 @@ def test_download_writes_the_tiny_mnist_exactly_and_profiles_it(repo):
     np.testing.assert_array_equal(raw.source_id, np.arange(N_TRAIN + N_TEST))
     assert (raw.angle == 0).all()
     assert (raw.mnist_split == MNIST_TRAIN).sum() == N_TRAIN and (raw.mnist_split == MNIST_TEST).sum() == N_TEST
-    profile = read(repo, "metrics/data_profile.json")
+    profile = read(repo, "reports/data_profile.json")
     assert profile["counts"] == {"total": N_TRAIN + N_TEST, "train": N_TRAIN, "test": N_TEST}
     assert profile["classes"]["train"] == {str(c): int((y_train == c).sum()) for c in range(10)}
     assert profile["classes"]["test"] == {str(c): int((y_test == c).sum()) for c in range(10)}
@@ -95,7 +97,7 @@ def test_augment_puts_every_source_at_every_angle_once(repo):
 def test_split_keeps_sources_whole_and_its_manifest_counts_them(repo):
     raw = load_dataset(repo / "data" / "raw")
     splits = {name: load_dataset(repo / "data" / "splits" / name) for name in SPLITS}
-    manifest = read(repo, "metrics/split_manifest.json")
+    manifest = read(repo, "reports/split_manifest.json")
     assert set(manifest) == {"total", *SPLITS}
     assert manifest["total"] == {"images": (N_TRAIN + N_TEST) * len(ANGLES), "sources": N_TRAIN + N_TEST}
     sources = {name: set(s.source_id.tolist()) for name, s in splits.items()}
@@ -112,7 +114,7 @@ def test_split_keeps_sources_whole_and_its_manifest_counts_them(repo):
 
 
 def test_tune_runs_every_trial_and_keeps_the_best_inside_the_space(repo):
-    tuned, best = read(repo, "metrics/tune.json"), read(repo, "models/best_params.json")
+    tuned, best = read(repo, "reports/tune.json"), read(repo, "models/best_params.json")
     tune = params(repo)["tune"]
     assert set(tuned) == {"best_val_accuracy", "best_trial", "trials", "study", "seconds"}
     assert tuned["trials"] == {"complete": tune["n_trials"], "pruned": 0, "failed": 0}
@@ -129,7 +131,7 @@ def test_tune_runs_every_trial_and_keeps_the_best_inside_the_space(repo):
 
 
 def test_train_scores_the_saved_model_as_its_metrics_say(repo):
-    trained, reference = read(repo, "metrics/train.json"), read(repo, "models/run.json")
+    trained, reference = read(repo, "reports/train.json"), read(repo, "models/run.json")
     train = params(repo)["train"]
     splits = {name: load_dataset(repo / "data" / "splits" / name) for name in ("train", "test")}
     assert in_unit_range(
@@ -148,6 +150,8 @@ def test_train_scores_the_saved_model_as_its_metrics_say(repo):
     model, _ = load_pipeline_model(repo / "models" / "model.pt", repo / "models" / "run.json")
     accuracy = float(np.mean(predict_labels(model, splits["test"].x) == splits["test"].y))
     assert accuracy == pytest.approx(trained["test"]["accuracy"], abs=1e-6)
+    seconds = sum(m.value for m in client(repo).get_metric_history(reference["run_id"], "epoch_seconds"))
+    assert trained["images_per_second"] == pytest.approx(trained["images_trained"] / seconds, abs=0.06)
     run_ = client(repo).get_run(reference["run_id"])
     assert run_.info.status == "FINISHED" and run_.data.params["epochs"] == str(train["epochs"])
     assert run_.data.metrics["test_accuracy"] == pytest.approx(trained["test"]["accuracy"], abs=1e-6)
@@ -156,10 +160,10 @@ def test_train_scores_the_saved_model_as_its_metrics_say(repo):
 
 
 def test_monitor_registers_the_weak_candidate_and_does_not_promote_it(repo):
-    report, reference = read(repo, "metrics/monitor.json"), read(repo, "models/run.json")
+    report, reference = read(repo, "reports/monitor.json"), read(repo, "models/run.json")
     cfg = params(repo)["monitor"]
     holdout = load_dataset(repo / "data" / "splits" / "holdout")
-    assert set(report) == {"gate", "registry", "training_run_id", "holdout", "roc_auc", "class_distribution"}
+    assert set(report) == {"gate", "registry", "training_run_id", "holdout", "roc_auc", "class_distribution", "seconds"}
     assert report["training_run_id"] == reference["run_id"]
     assert report["holdout"]["n"] == len(holdout) == sum(s["n"] for s in report["holdout"]["per_angle"].values())
     assert sorted(int(a) for a in report["holdout"]["per_angle"]) == ANGLES
@@ -180,7 +184,7 @@ def test_monitor_registers_the_weak_candidate_and_does_not_promote_it(repo):
 
 
 def test_compare_has_one_consistent_row_per_configuration(repo):
-    report, trained = read(repo, "metrics/compare.json"), read(repo, "metrics/train.json")
+    report, trained = read(repo, "reports/compare.json"), read(repo, "reports/train.json")
     table = report["configurations"]
     assert set(table) == set(CONFIGURATIONS)
     sla = report["sla"]
@@ -214,7 +218,7 @@ def test_compare_has_one_consistent_row_per_configuration(repo):
 
 
 def test_curriculum_rounds_add_up_to_its_summary_and_its_runs(repo):
-    story = read(repo, "metrics/curriculum.json")
+    story = read(repo, "reports/curriculum.json")
     cfg = params(repo)["curriculum"]
     arrivals = cfg["arrivals"]
     assert list(story["phases"]) == [f"{i}_angle_{a}" for i, a in enumerate(arrivals)]
@@ -246,8 +250,19 @@ def test_curriculum_rounds_add_up_to_its_summary_and_its_runs(repo):
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
 
 
+def assert_each_headline_is_its_report(repo) -> None:
+    """metrics/<stage>.json holds exactly its headline keys, each the value (and type) its report holds."""
+    assert {p.relative_to(repo).as_posix() for p in (repo / "reports").glob("*.json")} == REPORT_FILES
+    for stage in HEADLINES:
+        headline = read(repo, f"metrics/{stage}.json")
+        expected = expected_headline(stage, read(repo, f"reports/{stage}.json"))
+        assert headline == expected, stage
+        assert {k: type(v) for k, v in headline.items()} == {k: type(v) for k, v in expected.items()}, stage
+        assert headline["seconds"] > 0, stage
+
+
 def assert_dvc_shows_every_metric(repo) -> None:
-    """`dvc metrics show` loads every metrics file whole: no warning, and DVC's values are the files' values."""
+    """`dvc metrics show` loads every metrics file whole, as written, at most MAX_METRICS headline values."""
     proc = run(["dvc", "metrics", "show", "--json"], repo)
     assert not proc.stderr.strip(), proc.stderr
     shown = json.loads(proc.stdout)[""]["data"]
@@ -256,9 +271,11 @@ def assert_dvc_shows_every_metric(repo) -> None:
     for path, content in files.items():
         assert "error" not in shown[path], (path, shown[path])
         assert shown[path]["data"] == content, path  # DVC silently drops a value it cannot show
+    assert sum(len(shown[path]["data"]) for path in shown) <= MAX_METRICS
+    assert_each_headline_is_its_report(repo)
 
 
-def test_dvc_shows_every_metric_and_renders_every_declared_plot(repo):
+def test_dvc_shows_at_most_30_headline_values_from_the_reports_and_every_declared_plot(repo):
     assert_dvc_shows_every_metric(repo)
     rendered = json.loads(run(["dvc", "plots", "show", "--json"], repo).stdout)
     assert not rendered.get("errors"), rendered["errors"]
@@ -273,10 +290,10 @@ def test_dvc_shows_every_metric_and_renders_every_declared_plot(repo):
 def test_a_second_repro_changes_nothing(repo):
     assert json.loads(run(["dvc", "status", "--json"], repo).stdout) == {}
     lock, runs = (repo / "dvc.lock").read_bytes(), len(experiment_runs(repo))
-    metrics = {p.name: p.read_bytes() for p in (repo / "metrics").glob("*.json")}
+    written = {p: p.read_bytes() for folder in ("metrics", "reports") for p in (repo / folder).glob("*.json")}
     run(["dvc", "repro"], repo)
     assert (repo / "dvc.lock").read_bytes() == lock
-    assert {p.name: p.read_bytes() for p in (repo / "metrics").glob("*.json")} == metrics
+    assert {p: p.read_bytes() for folder in ("metrics", "reports") for p in (repo / folder).glob("*.json")} == written
     assert len(experiment_runs(repo)) == runs  # no stage ran: no new MLflow run
 
 
@@ -305,12 +322,12 @@ def test_dvc_shows_every_metric_and_the_roc_curves_after_a_first_and_a_second_pr
     set_params(tiny_repo / "params.yaml", {"monitor": {"threshold": 1.0, "angle_threshold": 1.0, "tolerance": 1.0}})
     run(["git", "commit", "-qam", "a gate every tiny model passes"], tiny_repo)
     run(["dvc", "repro"], tiny_repo)
-    first = json.loads((tiny_repo / "metrics" / "monitor.json").read_text())
+    first = json.loads((tiny_repo / "reports" / "monitor.json").read_text())
     assert first["registry"] == {"model_name": "rotmnist-cnn", "version": 1, "champion_after": 1}
     assert_dvc_shows_every_metric(tiny_repo)
 
     run(["dvc", "exp", "run", "-S", "train.epochs=2"], tiny_repo)
-    second = json.loads((tiny_repo / "metrics" / "monitor.json").read_text())
+    second = json.loads((tiny_repo / "reports" / "monitor.json").read_text())
     assert second["gate"]["passed"] is True
     assert second["registry"] == {
         "model_name": "rotmnist-cnn",

@@ -101,7 +101,7 @@ def runs(client: MlflowClient) -> list:
 
 
 def study_of(ws: Paths, cfg) -> optuna.Study:
-    name = json.loads((ws.metrics / "tune.json").read_text())["study"]
+    name = json.loads(ws.report("tune").read_text())["study"]
     return optuna.load_study(study_name=name, storage=tune_storage.open_storage(str(ws.optuna_journal), ws))
 
 
@@ -135,7 +135,7 @@ def test_tune_logs_one_child_run_per_trial_and_train_logs_a_model_that_scores_an
     assert {"optuna/optimization_history.png", "optuna/param_importances.png", "optuna/trials.csv"} <= artifacts
 
     best = json.loads((ws.models / "best_params.json").read_text())
-    summary = json.loads((ws.metrics / "tune.json").read_text())
+    summary = json.loads(ws.report("tune").read_text())
     assert best["val_accuracy"] == pytest.approx(study.best_value) and best["trial"] == study.best_trial.number
     assert summary["trials"] == {"complete": 3, "pruned": 0, "failed": 0}
     assert parent.data.metrics["best_val_accuracy"] == pytest.approx(study.best_value)
@@ -147,7 +147,7 @@ def test_tune_logs_one_child_run_per_trial_and_train_logs_a_model_that_scores_an
     run = client.get_run(ref["run_id"])
     assert run.data.tags["stage"] == "train" and run.data.tags["tuned_by"] == parent.info.run_id
     assert len(client.get_metric_history(ref["run_id"], "val_accuracy")) == 2
-    metrics = json.loads((ws.metrics / "train.json").read_text())
+    metrics = json.loads(ws.report("train").read_text())
     assert set(metrics["test"]["per_angle"]) == {"-30", "0", "30"} and len(metrics["test"]["per_class"]) == 10
     assert run.data.metrics["test_accuracy"] == pytest.approx(metrics["test"]["accuracy"], abs=1e-6)
     for name in ("curves.csv", "test_angle_accuracy.csv", "test_class_accuracy.csv"):
@@ -177,7 +177,7 @@ def test_pruned_trials_are_marked(ws):
     assert len(children) == 2 and {c.data.tags["state"] for c in children} == {"pruned"}
     for child in children:
         assert len(MlflowClient().get_metric_history(child.info.run_id, "val_accuracy")) == 1  # stopped after epoch 1
-    summary = json.loads((ws.metrics / "tune.json").read_text())
+    summary = json.loads(ws.report("tune").read_text())
     assert summary["trials"] == {"complete": 0, "pruned": 2, "failed": 0}
     # With no complete trial, the best is the one whose last report was highest.
     last = {t.number: t.intermediate_values[max(t.intermediate_values)] for t in study.trials}
@@ -220,7 +220,7 @@ def test_a_resumed_study_neither_loses_nor_duplicates_trials(ws):
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent_id}
     killed = client.get_run(killed.info.run_id)
     assert killed.info.status == "KILLED" and killed.data.tags["state"] == "failed"
-    assert json.loads((ws.metrics / "tune.json").read_text())["trials"] == {"complete": 3, "pruned": 0, "failed": 1}
+    assert json.loads(ws.report("tune").read_text())["trials"] == {"complete": 3, "pruned": 0, "failed": 1}
 
     tune.main(cfg, ws)  # nothing left to do: no new trial, no new run
     assert len(study_of(ws, cfg).trials) == 4
@@ -273,7 +273,7 @@ def test_a_sweep_killed_mid_trial_and_restarted_ends_with_exactly_n_trials(ws):
     left = optuna.load_study(study_name=summary.study_name, storage=storage).get_trials(states=(TrialState.RUNNING,))
     assert len(left) == 1, "the kill did not land during a trial"
     subprocess.run(cmd, cwd=ws.root, env=env, check=True, capture_output=True)
-    summary = json.loads((ws.metrics / "tune.json").read_text())
+    summary = json.loads(ws.report("tune").read_text())
     assert summary["trials"]["complete"] + summary["trials"]["pruned"] == 3
     study = study_of(ws, config())
     assert tune_storage.count_finished(study) == 3

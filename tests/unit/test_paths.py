@@ -38,3 +38,13 @@ def test_cache_dir_relative_to_store_root(tmp_path):
     paths = Paths(tmp_path / "work", tmp_path / "repo")
     assert paths.cache_dir(".cache/x") == tmp_path / "repo" / ".cache" / "x"
     assert paths.cache_dir(str(tmp_path / "abs")) == tmp_path / "abs"
+
+
+def test_each_report_and_headline_has_one_path_and_an_unknown_name_is_refused(tmp_path):
+    paths = Paths(tmp_path, tmp_path)
+    assert paths.report("split_manifest") == tmp_path / "reports" / "split_manifest.json"
+    assert paths.headline("train") == tmp_path / "metrics" / "train.json"
+    with pytest.raises(ValueError, match="unknown report 'drift'"):
+        paths.report("drift")
+    with pytest.raises(ValueError, match="unknown headline 'split_manifest'"):
+        paths.headline("split_manifest")  # the split's manifest is a report only

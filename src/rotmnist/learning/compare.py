@@ -19,7 +19,7 @@ from rotmnist.data.sources import budget_rows
 from rotmnist.errors import PipelineError, first_line
 from rotmnist.io import Dataset, read_json
 from rotmnist.learning.latency import measure_latency
-from rotmnist.learning.metrics import slice_metrics
+from rotmnist.learning.metrics import slice_metrics, worst_angle
 from rotmnist.learning.model import RawImageClassifier, classifier_from_spec, predict_labels
 from rotmnist.learning.recipe import Hyper
 from rotmnist.learning.training import fit
@@ -85,12 +85,12 @@ def accuracy_report(model: RawImageClassifier, test: Dataset) -> dict[str, Any]:
     per_angle = {int(a): m["accuracy"] for a, m in report["per_angle"].items()}
     if UPRIGHT not in per_angle:
         raise PipelineError("the test split has no upright images; check the augment and split stages")
-    worst = min(sorted(per_angle), key=per_angle.__getitem__)
+    worst, worst_accuracy = worst_angle(per_angle)
     return {
         "accuracy": report["accuracy"],
         "upright_accuracy": per_angle[UPRIGHT],
         "worst_angle": worst,
-        "worst_angle_accuracy": per_angle[worst],
+        "worst_angle_accuracy": worst_accuracy,
         "angle_accuracy": {str(a): per_angle[a] for a in sorted(per_angle)},
     }
 

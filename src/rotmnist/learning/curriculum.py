@@ -327,7 +327,7 @@ def round_rows(sim: Simulation) -> list[dict[str, Any]]:
 
 
 def report(sim: Simulation, plan: Plan) -> dict[str, Any]:
-    """metrics/curriculum.json: per phase, the final per-angle accuracy, ACC/BWT/FWT; no nulls, no timings."""
+    """reports/curriculum.json (less its time): per phase, the final per-angle accuracy, ACC/BWT/FWT; no nulls."""
     ends = sim.phase_ends()
     arrivals = plan.arrivals
     matrix = accuracy_matrix(ends, arrivals)

@@ -5,6 +5,7 @@ Numpy only, so the stages that score predictions do not depend on each other's m
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -38,6 +39,15 @@ def slice_metrics(
     per_class = {str(int(c)): _slice(y[y == c], yhat[y == c]) for c in np.unique(y)}
     report = {**_slice(y, yhat), "per_angle": per_angle, "per_class": per_class}
     return report | ({"every_angle_errors": every_angle_errors(y, yhat, source_id)} if source_id is not None else {})
+
+
+def worst_angle(accuracy: Mapping[int | str, float]) -> tuple[int, float]:
+    """The angle (degrees) with the lowest accuracy, and that accuracy; on a tie, the smallest such angle."""
+    if not accuracy:
+        raise ValueError("no angle to choose the worst of")
+    by_angle = {int(a): v for a, v in accuracy.items()}
+    worst = min(sorted(by_angle), key=by_angle.__getitem__)
+    return worst, by_angle[worst]
 
 
 def every_angle_errors(y: np.ndarray, yhat: np.ndarray, source_id: np.ndarray) -> dict[str, float | int]:

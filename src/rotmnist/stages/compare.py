@@ -2,8 +2,8 @@
 
 Each model family (`compare.specs`) is trained on upright digits only and on the rotated train split with
 one budget (`compare.train_images`), seed and recipe; the model `train` wrote is the last row. Every
-configuration is an MLflow run nested under one `compare` run; the DVC outputs are `metrics/compare.json`
-and `plots/compare/`.
+configuration is an MLflow run nested under one `compare` run; the DVC outputs are the table
+(`reports/compare.json`), its headline figures (`metrics/compare.json`) and `plots/compare/`.
 """
 
 from __future__ import annotations
@@ -26,8 +26,6 @@ from rotmnist.tracking import store
 from rotmnist.tracking.compare import configuration_run, log_row, log_summary, parent_run, training_record
 
 log = logging.getLogger(__name__)
-
-METRICS_FILE = "compare.json"
 
 
 def _model(name: str, config: Config, train: io.Dataset, hp: Hyper, device: Any, pipeline: Any) -> tuple[Any, ...]:
@@ -53,20 +51,29 @@ def angle_table(rows: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
-def write_outputs(paths: Paths, config: Config, rows: dict[str, dict[str, Any]], seconds: float) -> list[Path]:
-    """metrics/compare.json, and plots/compare/: CSV for `dvc plots`, PNGs for people and MLflow."""
+def headline(report: dict[str, Any]) -> dict[str, Any]:
+    """metrics/compare.json from reports/compare.json: the pipeline's row (if run), the SLA count, the time."""
+    rows = report["configurations"]
+    pipeline = rows.get(PIPELINE_CONFIGURATION, {})
+    return {
+        "pipeline_worst_angle_accuracy": pipeline.get("worst_angle_accuracy"),
+        "pipeline_latency_ms_p99": pipeline.get("latency_ms_p99"),
+        "configurations_meeting_sla": sum(bool(r["sla_met"]) for r in rows.values()),
+        "seconds": report["seconds"],
+    }
+
+
+def write_outputs(paths: Paths, config: Config, rows: dict[str, dict[str, Any]], start: float) -> list[Path]:
+    """reports/compare.json, its headline metrics/compare.json, and plots/compare/: CSV for `dvc plots`, PNGs."""
     sla, folder = config.compare.sla, paths.plots / "compare"
+    report = {"configurations": rows, "sla": sla.model_dump(), "latency": config.latency.model_dump()}
+    io.write_report(paths.report("compare"), paths.headline("compare"), report, headline, start)
     with io.atomic_path(folder, is_dir=True) as tmp:
         io.write_csv(tmp / "angle_accuracy.csv", angle_table(rows))
         keys = ("latency_ms_p99", "worst_angle_accuracy", "latency_ms_p50", "sla_met", "pareto")
         io.write_csv(tmp / "pareto.csv", [{"configuration": n} | {k: r[k] for k in keys} for n, r in rows.items()])
         plots.plot_compare_angles(rows, tmp / "angle_accuracy.png", sla.min_worst_angle_accuracy)
         plots.plot_pareto(rows, tmp / "pareto.png", sla.min_worst_angle_accuracy, sla.max_p99_latency_ms)
-    latency = config.latency.model_dump()
-    io.write_metrics(
-        paths.metrics / METRICS_FILE,
-        {"configurations": rows, "sla": sla.model_dump(), "latency": latency, "seconds": round(seconds, 1)},
-    )
     return sorted(p for p in folder.rglob("*") if p.is_file())
 
 
@@ -94,9 +101,14 @@ def main(config: Config, paths: Paths) -> None:
                 log_row(rows[name], spec)
             _announce(name, rows[name])
         rows = io.rounded(mark_pareto(rows))
-        files = write_outputs(paths, config, rows, time.perf_counter() - start)
+        files = write_outputs(paths, config, rows, start)
         log_summary(run_ids, rows, files)
-    log.info("compared %d configurations in %.0f s; table in %s", len(rows), time.perf_counter() - start, METRICS_FILE)
+    log.info(
+        "compared %d configurations in %.0f s; table in %s",
+        len(rows),
+        time.perf_counter() - start,
+        paths.report("compare"),
+    )
 
 
 def _announce(name: str, row: dict[str, Any]) -> None:

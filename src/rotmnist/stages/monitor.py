@@ -5,15 +5,18 @@ scored on the holdout split (overall, per angle, per class) and, with the curren
 re-scored on the same images, moved to alias `champion` only if the gate passes. A failed gate is a
 normal outcome: the stage succeeds, reports why, and the champion stays where it was.
 
-`metrics/monitor.json` holds no null (DVC cannot show one): a key that would have no value is left out.
+The report, `reports/monitor.json`, holds no null: a key that would have no value is left out.
 `registry.champion_before`, `registry.compared_with`, `registry.champion_after` and `champion_holdout`
 appear only when there is such a champion; `feedback` (accuracy on the held-out corrections,
-data/feedback/holdout, beside the holdout's angles) only when there are corrections.
+data/feedback/holdout, beside the holdout's angles) only when there are corrections. Its headline figures,
+`metrics/monitor.json`, follow the same rule: `champion_version` only with a champion after the gate,
+`feedback_accuracy` only with held-out corrections.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +29,7 @@ from rotmnist.errors import PipelineError
 from rotmnist.io import N_CLASSES, Dataset, read_json
 from rotmnist.learning import plots
 from rotmnist.learning.gate import GATE_FAILED, GATE_TAG, Gate, class_distribution, decide
-from rotmnist.learning.metrics import auc, one_vs_rest_roc, roc_grid, sample_curve, slice_metrics
+from rotmnist.learning.metrics import auc, one_vs_rest_roc, roc_grid, sample_curve, slice_metrics, worst_angle
 from rotmnist.paths import Paths
 from rotmnist.tracking import registry, store
 
@@ -125,7 +128,7 @@ def build_report(
     roc: dict[str, Any] | None = None,
     feedback: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The content of metrics/monitor.json: decision, registry state, every slice metric (no lists, no nulls: DVC)."""
+    """The content of reports/monitor.json: decision, registry state, every slice metric (no lists, no nulls)."""
     before = int(previous.version) if previous else None
     after = int(version) if gate.promoted else before
     registry_state = {
@@ -154,6 +157,22 @@ def build_report(
         "class_distribution": distribution,
     }
     return {k: v for k, v in report.items() if v is not None}
+
+
+def headline(report: dict[str, Any]) -> dict[str, Any]:
+    """metrics/monitor.json from reports/monitor.json: holdout accuracy (overall, worst angle), the gate, versions."""
+    h, r = report["holdout"], report["registry"]
+    angle, accuracy = worst_angle({a: m["accuracy"] for a, m in h["per_angle"].items()})
+    return {
+        "holdout_accuracy": h["accuracy"],
+        "holdout_worst_angle": angle,
+        "holdout_worst_angle_accuracy": accuracy,
+        "feedback_accuracy": report.get("feedback", {}).get("accuracy"),
+        "gate_passed": report["gate"]["passed"],
+        "version": r["version"],
+        "champion_version": r.get("champion_after"),
+        "seconds": report["seconds"],
+    }
 
 
 def feedback_slice(
@@ -240,6 +259,7 @@ def main(config: Config, paths: Paths) -> None:
     """Score the candidate on the holdout, register it, promote it if the gate passes, write the report."""
     from mlflow import MlflowClient
 
+    start = time.perf_counter()
     cfg, name = config.monitor, config.monitor.model_name
     run = read_run_reference(paths.run_reference)
     holdout = io.load_dataset(paths.split("holdout"))
@@ -280,7 +300,7 @@ def main(config: Config, paths: Paths) -> None:
     # The report first, the registry's decision last (champion alias the very last write): a crash in
     # between leaves the champion where it was, so the rerun reuses this version, compares it with the
     # same champion and reaches the same decision and report.
-    io.write_metrics(paths.metrics / "monitor.json", report)
+    io.write_report(paths.report("monitor"), paths.headline("monitor"), report, headline, start)
     plot_dir = paths.plots / "monitor"
     write_plots(plot_dir, holdout, probs, report, 1 - cfg.angle_threshold, curves)
     registry.record_on_training_run(client, run["run_id"], report, flat_metrics(report), plot_dir)
@@ -292,13 +312,13 @@ def main(config: Config, paths: Paths) -> None:
 
 def _announce(report: dict[str, Any], gate: Gate) -> None:
     r, h = report["registry"], report["holdout"]
-    worst = min(h["per_angle"].items(), key=lambda kv: kv[1]["accuracy"])
+    angle, accuracy = worst_angle({a: m["accuracy"] for a, m in h["per_angle"].items()})
     log.info(
-        "holdout accuracy %.2f%% (worst angle %s deg: %.2f%%); mean one-vs-rest AUC %s; "
+        "holdout accuracy %.2f%% (worst angle %d deg: %.2f%%); mean one-vs-rest AUC %s; "
         "predicted-class chi-square p = %s",
         100 * h["accuracy"],
-        worst[0],
-        100 * worst[1]["accuracy"],
+        angle,
+        100 * accuracy,
         report.get("roc_auc", {}).get("macro", "n/a"),
         report["class_distribution"].get("p_value", "n/a"),
     )

@@ -9,12 +9,10 @@ from tqdm import tqdm
 
 from rotmnist.config import Config
 from rotmnist.data.split import build_manifest, row_splits
-from rotmnist.io import atomic_path, load_dataset, save_dataset, write_metrics
+from rotmnist.io import atomic_path, load_dataset, save_dataset, write_json
 from rotmnist.paths import SPLITS, Paths
 
 log = logging.getLogger(__name__)
-
-MANIFEST_FILE = "split_manifest.json"
 
 
 def main(config: Config, paths: Paths) -> None:
@@ -39,6 +37,12 @@ def main(config: Config, paths: Paths) -> None:
     with atomic_path(paths.splits, is_dir=True) as tmp:
         for code, name in enumerate(tqdm(SPLITS, desc="writing splits", unit="split", disable=None)):
             save_dataset(ds.take(codes == code), tmp / name)
-    write_metrics(paths.metrics / MANIFEST_FILE, manifest)
+    write_json(paths.report("split_manifest"), manifest)
     summary = ", ".join(f"{n} {manifest[n]['images']} images / {manifest[n]['sources']} sources" for n in SPLITS)
-    log.info("wrote %s (%s) and %s in %.1f s", paths.splits, summary, MANIFEST_FILE, time.perf_counter() - start)
+    log.info(
+        "wrote %s (%s) and %s in %.1f s",
+        paths.splits,
+        summary,
+        paths.report("split_manifest"),
+        time.perf_counter() - start,
+    )

@@ -3,7 +3,8 @@
 Reads the sweep's choice (`models/best_params.json`), trains it with the shared recipe for
 `train.epochs` (with `train.feedback`, on people's corrections too: data/feedback/train), scores it
 on `val` and on `test` (per angle and per class), logs the run and the model (`torch.export`, no
-pickle) to MLflow, and writes the DVC outputs `monitor` reads.
+pickle) to MLflow, and writes the DVC outputs `monitor` reads, the report (`reports/train.json`) and its
+headline figures (`metrics/train.json`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from rotmnist.data import feedback
 from rotmnist.errors import PipelineError
 from rotmnist.learning.device import apply_threads, resolve_device
 from rotmnist.learning.latency import measure_latency
-from rotmnist.learning.metrics import slice_metrics
+from rotmnist.learning.metrics import slice_metrics, worst_angle
 from rotmnist.learning.model import RawImageClassifier, predict_labels
 from rotmnist.learning.recipe import PIPELINE_RECIPE_KEYS, hyper_dict, read_best_params, recipe
 from rotmnist.learning.training import evaluate, fit
@@ -39,7 +40,7 @@ CURVE_KEYS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr")
 def test_report(model: RawImageClassifier, test: io.Dataset) -> dict[str, Any]:
     """Accuracy on the test split: overall, per angle (upright and each rotation) and per class.
 
-    `worst_rotated_accuracy` is there only when the split has rotated images (no null in a DVC metrics file).
+    `worst_rotated_accuracy` is there only when the split has rotated images (the report holds no null).
     `every_angle_errors` counts the digits misread at all their angles: the part of the error that no
     rotation robustness removes.
     """
@@ -86,26 +87,43 @@ def write_plots(paths: Paths, history: list[dict[str, float]], report: dict[str,
 def summary(
     report: dict[str, Any], val_scores: dict[str, float], history: list[dict[str, float]], hp_epochs: int, n_train: int
 ) -> dict[str, Any]:
-    """The content of metrics/train.json without timings: val and test accuracy (per angle, class), throughput.
+    """reports/train.json without latency and timings: val and test accuracy (per angle, class), throughput.
 
-    `train_images` is the size of the train split, `images_trained` what all epochs together trained on.
+    `train_images` is the size of the train split, `images_trained` what all epochs together trained on, and
+    `images_per_second` that count over the seconds the epochs took (the fit's throughput).
 
-    Keys without a value (no val split, no rotated test image) are left out: DVC cannot show a null.
+    Keys without a value (no val split, no rotated test image) are left out: the report holds no null.
     """
+    images = int(sum(m["epoch_images"] for m in history))
     return {
         **({"val_accuracy": val_scores["accuracy"]} if "accuracy" in val_scores else {}),
         "test": report,
         "epochs": hp_epochs,
         "train_images": n_train,
-        "images_trained": int(sum(m["epoch_images"] for m in history)),
-        "images_per_second": float(np.mean([m["images_per_second"] for m in history])),
+        "images_trained": images,
+        "images_per_second": round(images / sum(m["epoch_seconds"] for m in history), 1),
+    }
+
+
+def headline(report: dict[str, Any]) -> dict[str, Any]:
+    """metrics/train.json from reports/train.json: val and test accuracy (upright, worst angle), speed, time."""
+    test = report["test"]
+    angle, accuracy = worst_angle({a: m["accuracy"] for a, m in test["per_angle"].items()})
+    return {
+        "val_accuracy": report.get("val_accuracy"),
+        "test_accuracy": test["accuracy"],
+        "test_upright_accuracy": test["per_angle"].get("0", {}).get("accuracy"),
+        "test_worst_angle": angle,
+        "test_worst_angle_accuracy": accuracy,
+        "images_per_second": report["images_per_second"],
+        "seconds": report["seconds"],
     }
 
 
 def main(config: Config, paths: Paths) -> None:
-    """Train the tuned model on the whole train split; evaluate on val and test; log it; write models/ and metrics/."""
-    apply_threads(config.train.num_threads)
+    """Train the tuned model on the whole train split; evaluate on val and test; log it; write models/ and reports."""
     start = time.perf_counter()
+    apply_threads(config.train.num_threads)
     spec, hyper, best = read_best_params(paths.best_params)
     splits = {s: io.load_dataset(paths.split(s)) for s in ("train", "val", "test")}
     train, val, test = splits["train"], splits["val"], splits["test"]
@@ -150,15 +168,14 @@ def main(config: Config, paths: Paths) -> None:
         torch.save(model.state_dict(), tmp)
     reference = {"run_id": run_id, "model_uri": model_uri, "experiment_id": experiment_id, "spec": spec}
     io.write_json(paths.run_reference, reference | {"tracking_uri": current_uri()})
-    seconds = time.perf_counter() - start
-    metrics = summary(report, val_scores, fitted.history, hp.epochs, len(train)) | lat | {"seconds": seconds}
-    metrics["feedback_images"] = n_feedback
-    io.write_metrics(paths.metrics / "train.json", io.rounded(metrics))
+    detail = summary(report, val_scores, fitted.history, hp.epochs, len(train)) | lat
+    detail["feedback_images"] = n_feedback
+    detail = io.write_report(paths.report("train"), paths.headline("train"), io.rounded(detail), headline, start)
     log.info(
         "test accuracy %.4f (upright %.4f, worst rotation %.4f) in %.0f s; model %s",
         report["accuracy"],
         report["per_angle"].get("0", {}).get("accuracy", float("nan")),
         report.get("worst_rotated_accuracy", float("nan")),
-        seconds,
+        detail["seconds"],
         model_uri,
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 from rotmnist import io
 from rotmnist.config import Config
@@ -23,10 +24,19 @@ from rotmnist.tracking.tune import best_params_document, run_sweep
 log = logging.getLogger(__name__)
 
 
+def headline(report: dict[str, Any]) -> dict[str, Any]:
+    """metrics/tune.json from reports/tune.json: the best trial's val accuracy, the trials completed, the time."""
+    return {
+        "best_val_accuracy": report["best_val_accuracy"],
+        "trials_complete": report["trials"]["complete"],
+        "seconds": report["seconds"],
+    }
+
+
 def main(config: Config, paths: Paths) -> None:
-    """Run the sweep; write models/best_params.json and metrics/tune.json."""
-    apply_threads(config.train.num_threads)
+    """Run the sweep; write models/best_params.json, reports/tune.json and metrics/tune.json."""
     start = time.perf_counter()
+    apply_threads(config.train.num_threads)
     train = io.load_dataset(paths.split("train"))
     val = io.load_dataset(paths.split("val")) if config.tune.cv_folds == 1 else None
     train, val = sweep_subsets(train, val, config.tune)
@@ -41,14 +51,11 @@ def main(config: Config, paths: Paths) -> None:
     log.info("sweep on %d train / %s val images", len(train), len(val) if val is not None else "CV")
     result = run_sweep(folds, config, paths, data_hash=tags["data_hash"], tags=tags, source=paths.splits)
     io.write_json(paths.best_params, best_params_document(result))
-    io.write_metrics(
-        paths.metrics / "tune.json",
-        {
-            "best_val_accuracy": round(result.value, 6),
-            "best_trial": result.best_trial,
-            "trials": result.counts,
-            "study": result.study.study_name,
-            "seconds": round(time.perf_counter() - start, 1),
-        },
-    )
+    report = {
+        "best_val_accuracy": round(result.value, 6),
+        "best_trial": result.best_trial,
+        "trials": result.counts,
+        "study": result.study.study_name,
+    }
+    io.write_report(paths.report("tune"), paths.headline("tune"), report, headline, start)
     log.info("best trial %d: val accuracy %.4f with %s %s", result.best_trial, result.value, result.spec, result.hyper)

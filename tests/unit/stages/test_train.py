@@ -22,8 +22,8 @@ def test_train_metrics_leave_out_what_has_no_value(monkeypatch):
     monkeypatch.setattr(train, "predict_labels", lambda model, x: np.array([0, 1, 2, 0]))
     report = train.test_report(None, upright)
     assert report["accuracy"] == 0.75 and "worst_rotated_accuracy" not in report
-    summary = train.summary(report, {}, [{"images_per_second": 100.0, "epoch_images": 4}], 1, 4)
-    assert summary["images_trained"] == 4
+    summary = train.summary(report, {}, [{"epoch_seconds": 0.04, "epoch_images": 4}], 1, 4)
+    assert summary["images_trained"] == 4 and summary["images_per_second"] == 100.0
     assert "val_accuracy" not in summary and "worst_rotated_accuracy" not in summary["test"]
     assert metrics_problems(summary) == []
     assert "test_worst_rotated_accuracy" not in train.run_metrics(report, {}, {"latency_ms_p50": 1.0})
