@@ -85,7 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="a params file of keys to change (repeatable; e.g. config/quick.yaml)",
     )
-    workspace.add_argument("--repro", action="store_true", help="then run `dvc repro` there and commit the results")
+    workspace.add_argument(
+        "--repro",
+        nargs="*",
+        metavar="STAGE",
+        default=None,
+        help="then run `dvc repro [STAGE ...]` there (no stage: the whole pipeline) and commit the results",
+    )
     return parser
 
 

@@ -112,21 +112,21 @@ def _git(cwd: Path, *args: str) -> str:
     return proc.stdout
 
 
-def repro(dest: Path) -> None:
-    """`dvc repro` in the workspace `dest` (DVC of this environment), its output shown as it runs."""
-    proc = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=dest)
+def repro(dest: Path, targets: Sequence[str] = ()) -> None:
+    """`dvc repro [targets]` in the workspace `dest` (DVC of this environment), its output shown as it runs."""
+    proc = subprocess.run([sys.executable, "-m", "dvc", "repro", *targets], cwd=dest)
     if proc.returncode != 0:
         raise PipelineError(f"dvc repro failed in {dest} (exit {proc.returncode}): its output is above")
 
 
-def main(repo: Path, dest: str, overlay_files: Sequence[str], run: bool = False) -> None:
-    """Build (or refresh) the workspace `dest` from `repo` with the overlay files and commit it; with `run`,
-    reproduce its pipeline and commit the results (dvc.lock, metrics), the baseline of `dvc exp` there."""
+def main(repo: Path, dest: str, overlay_files: Sequence[str], targets: Sequence[str] | None = None) -> None:
+    """Build (or refresh) the workspace `dest` from `repo` with the overlay files and commit it; with `targets`
+    (empty: the whole pipeline), reproduce them there and commit the results, the baseline of `dvc exp` there."""
     overlays = [read_overlay(f) for f in overlay_files]
     folder = build(repo, Path(dest), overlays, names=overlay_files)
     commit(folder, "the pipeline, with " + (" + ".join(overlay_files) or "the repository's params"))
-    if not run:
+    if targets is None:
         print(f"workspace ready: {folder} (run `dvc repro` there)")
         return
-    repro(folder)
-    commit(folder, "dvc repro")
+    repro(folder, targets)
+    commit(folder, " ".join(["dvc repro", *targets]))

@@ -63,9 +63,8 @@ def quick(tmp_path_factory) -> Path:
         )
     )
     dest = tmp / "quick"
-    run(
-        ["rotmnist", "workspace", str(dest), "--overlay", str(TINY_OVERLAY), "--overlay", str(overlay), "--repro"], REPO
-    )
+    overlays = ["--overlay", str(TINY_OVERLAY), "--overlay", str(overlay)]
+    run(["rotmnist", "workspace", str(dest), *overlays, "--repro", "monitor"], REPO)  # as `make quick` runs it
     return dest
 
 
