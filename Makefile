@@ -69,7 +69,7 @@ repro: setup
 ## The pipeline up to the gate with small settings in .quick/: a champion to serve within 3 minutes (after set-up).
 quick: setup
 	$(BIN)/rotmnist workspace $(QUICK_DIR) --overlay config/quick.yaml --repro monitor
-	@cd $(QUICK_DIR) && $(BIN)/dvc metrics show
+	@cd $(QUICK_DIR) && dvc metrics show
 	@echo
 	@echo "The quick champion is registered in $(QUICK_DIR)/mlflow.db. Next:"
 	@echo "  make serve QUICK=1   # serve it: draw a digit on http://127.0.0.1:8000"
@@ -86,13 +86,13 @@ test-fast: setup
 
 ## MLflow UI on http://127.0.0.1:5000 over the repository's store; prints the address of the experiment's runs page.
 ui: setup
-	@cd $(WORKSPACE) && $(BIN)/python -c "$$UI_ADDRESS" '$(WORKSPACE)/mlflow.db'
+	@cd $(WORKSPACE) && python -c "$$UI_ADDRESS" '$(WORKSPACE)/mlflow.db'
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(WORKSPACE)/mlflow.db \
 		--default-artifact-root $(WORKSPACE)/mlartifacts --host 127.0.0.1 --port 5000
 
 ## The champion over HTTP on http://127.0.0.1:8000 (page /, API /score and /invocations); the Dockerfile runs the same.
 serve: setup
-	cd $(WORKSPACE) && $(BIN)/rotmnist serve
+	cd $(WORKSPACE) && rotmnist serve
 
 ## MLflow tracking server on http://127.0.0.1:$(MLFLOW_PORT): store $(MLFLOW_BACKEND), artifacts proxied into mlartifacts/.
 ## Loopback only, MLflow's security middleware on (Host and CORS checks); docs/scaling-out.md says how to expose it.

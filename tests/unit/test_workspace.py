@@ -123,3 +123,18 @@ def test_the_cli_exits_2_naming_the_bad_key_of_an_overlay(tmp_path, monkeypatch,
     assert cli_main(["workspace", str(tmp_path / "ws"), "--overlay", str(overlay)]) == 2
     assert "monitor.threshold" in capsys.readouterr().err
     assert not (tmp_path / "ws").exists()
+
+
+@pytest.mark.parametrize("target", ["quick", "serve", "ui"])
+def test_make_runs_the_workspace_commands_from_the_venv_wherever_it_cds(target):
+    """A recipe line `cd <workspace> && <program>` must name a program found from there: on PATH or absolute."""
+    proc = subprocess.run(
+        ["make", "-n", "-B", "--no-print-directory", target, "QUICK=1"], cwd=REPO, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    moved = [line.split("&&", 1)[1].split()[0] for line in proc.stdout.splitlines() if line.startswith("cd ")]
+    assert moved, f"make {target} QUICK=1 runs nothing in the workspace"
+    for program in moved:
+        assert "/" not in program or program.startswith("/"), f"{program} is relative to the folder make left"
+    if target != "quick":
+        assert f"cd {REPO / '.quick'} " in proc.stdout
