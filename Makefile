@@ -69,7 +69,7 @@ repro: setup
 ## The pipeline up to the gate with small settings in .quick/: a champion to serve within 3 minutes (after set-up).
 quick: setup
 	$(BIN)/rotmnist workspace $(QUICK_DIR) --overlay config/quick.yaml --repro monitor
-	@cd $(QUICK_DIR) && dvc metrics show
+	@cd $(QUICK_DIR) && dvc metrics show metrics/train.json metrics/monitor.json
 	@echo
 	@echo "The quick champion is registered in $(QUICK_DIR)/mlflow.db. Next:"
 	@echo "  make serve QUICK=1   # serve it: draw a digit on http://127.0.0.1:8000"
