@@ -10,7 +10,13 @@ import argparse
 import importlib
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from types import ModuleType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rotmnist.config import Config
+    from rotmnist.paths import Paths
 
 # command -> (module, help); a stage's module has `main(config, paths) -> None`.
 # Modules are imported only when their command runs, so `--help` stays instant.
@@ -47,10 +53,14 @@ COMMANDS = {
     ),
 }
 
+# What a command runs: the parsed arguments, the validated params and the workspace's paths.
+Runner = Callable[[argparse.Namespace, "Config", "Paths"], None]
+
 log = logging.getLogger("rotmnist")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `rotmnist` parser: one subparser per command, each naming the function that runs it (`func`)."""
     parser = argparse.ArgumentParser(
         prog="rotmnist",
         description="Rotation-robust MNIST. The pipeline: download -> augment -> split -> feedback -> tune -> train -> "
@@ -59,12 +69,32 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--params", default=None, help="params file (default: params.yaml of the workspace)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks")
     sub = parser.add_subparsers(dest="command", required=True, metavar="<command>")
-    for name, (_, text) in STAGES.items():
-        sub.add_parser(name, help=text, description=text)
-    predict = sub.add_parser("predict", help=COMMANDS["predict"][1], description=COMMANDS["predict"][1])
+    for add in (_add_stages, _add_predict, _add_serve, _add_drift, _add_workspace):
+        add(sub)
+    return parser
+
+
+def _command(sub: argparse._SubParsersAction, name: str, func: Runner) -> argparse.ArgumentParser:
+    """The subparser of `name` with its help text, running `func`."""
+    text = {**STAGES, **COMMANDS}[name][1]
+    parser = sub.add_parser(name, help=text, description=text)
+    parser.set_defaults(func=func)
+    return parser
+
+
+def _add_stages(sub: argparse._SubParsersAction) -> None:
+    for name in STAGES:
+        _command(sub, name, _run_stage)
+
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    predict = _command(sub, "predict", _run_predict)
     predict.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...) or .npy arrays of shape (N, 28, 28)")
     predict.add_argument("--model", default=None, help="model URI (default: models:/<monitor.model_name>@champion)")
-    serve = sub.add_parser("serve", help=COMMANDS["serve"][1], description=COMMANDS["serve"][1])
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    serve = _command(sub, "serve", _run_serve)
     serve.add_argument(
         "--model", default=None, help="model URI (default: models:/<monitor.model_name>@champion, followed as it moves)"
     )
@@ -75,9 +105,15 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="serve on a non-loopback address without a token (POST /reload then answers 401 to everyone)",
     )
-    drift = sub.add_parser("drift", help=COMMANDS["drift"][1], description=COMMANDS["drift"][1])
+
+
+def _add_drift(sub: argparse._SubParsersAction) -> None:
+    drift = _command(sub, "drift", _run_drift)
     drift.add_argument("--model", default=None, help="model URI (default: the one that served most logged images)")
-    workspace = sub.add_parser("workspace", help=COMMANDS["workspace"][1], description=COMMANDS["workspace"][1])
+
+
+def _add_workspace(sub: argparse._SubParsersAction) -> None:
+    workspace = _command(sub, "workspace", _run_workspace)
     workspace.add_argument("dest", help="the workspace folder (made, or refreshed in place)")
     workspace.add_argument(
         "--overlay",
@@ -92,7 +128,32 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="then run `dvc repro [STAGE ...]` there (no stage: the whole pipeline) and commit the results",
     )
-    return parser
+
+
+# The runners: module-level functions, so that two parses of the same command line compare equal.
+def _module(command: str) -> ModuleType:
+    """The module of `command`, imported now (not when the parser is built)."""
+    return importlib.import_module({**STAGES, **COMMANDS}[command][0])
+
+
+def _run_stage(args: argparse.Namespace, config: Config, paths: Paths) -> None:
+    _module(args.command).main(config, paths)
+
+
+def _run_predict(args: argparse.Namespace, config: Config, paths: Paths) -> None:
+    _module("predict").main(config, paths, args.images, args.model)
+
+
+def _run_serve(args: argparse.Namespace, config: Config, paths: Paths) -> None:
+    _module("serve").main(config, paths, args.model, args.host, args.port, args.insecure)
+
+
+def _run_drift(args: argparse.Namespace, config: Config, paths: Paths) -> None:
+    _module("drift").main(config, paths, args.model)
+
+
+def _run_workspace(args: argparse.Namespace, config: Config, paths: Paths) -> None:
+    _module("workspace").main(paths.root, args.dest, args.overlay, args.repro)
 
 
 def run(args: argparse.Namespace) -> None:
@@ -102,17 +163,7 @@ def run(args: argparse.Namespace) -> None:
 
     paths = Paths.here()
     config = load_config(args.params)
-    if args.command in STAGES:
-        importlib.import_module(STAGES[args.command][0]).main(config, paths)
-    elif args.command == "serve":
-        serve = importlib.import_module(COMMANDS["serve"][0])
-        serve.main(config, paths, args.model, args.host, args.port, args.insecure)
-    elif args.command == "workspace":
-        importlib.import_module(COMMANDS["workspace"][0]).main(paths.root, args.dest, args.overlay, args.repro)
-    elif args.command == "drift":
-        importlib.import_module(COMMANDS["drift"][0]).main(config, paths, args.model)
-    else:
-        importlib.import_module(COMMANDS[args.command][0]).main(config, paths, args.images, args.model)
+    args.func(args, config, paths)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -123,32 +123,28 @@ def promote_again(name: str) -> str:
 def champion_store(folder: Path, empty_store: Path | None, name: str) -> Iterator[Path]:
     """A SQLite store in `folder` (a copy of `empty_store`, else new) whose `name@champion` is the template model.
 
-    The tracking URI and the working directory (where MLflow puts a new experiment's artifacts) point
-    there while the block runs, and are restored afterwards.
+    The tracking URI (MLflow's and MLFLOW_TRACKING_URI, which `rotmnist serve` subprocesses inherit) and the
+    working directory (where MLflow puts a new experiment's artifacts) point there while the block runs; they,
+    and the experiment the champion was logged in, are restored afterwards.
     """
     import shutil
 
     import mlflow
     from mlflow import MlflowClient
 
+    from tests.support.tracking import restored_mlflow
+
     uri = f"sqlite:///{folder / 'mlflow.db'}"
-    old_uri, old_cwd = os.environ.get("MLFLOW_TRACKING_URI"), os.getcwd()
-    os.chdir(folder)  # first: a store made here keeps its default artifact root ./mlruns in `folder`
-    if empty_store is None:
-        MlflowClient(uri).search_experiments()  # creates the tables
-    else:
-        shutil.copy(empty_store, folder / "mlflow.db")
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    mlflow.set_tracking_uri(uri)
-    try:
+    # chdir first: a store made here keeps its default artifact root ./mlruns in `folder`
+    with contextlib.chdir(folder), restored_mlflow():
+        if empty_store is None:
+            MlflowClient(uri).search_experiments()  # creates the tables
+        else:
+            shutil.copy(empty_store, folder / "mlflow.db")
+        os.environ["MLFLOW_TRACKING_URI"] = uri
+        mlflow.set_tracking_uri(uri)
         register_champion(template_classifier(), name)
         yield folder
-    finally:
-        os.chdir(old_cwd)
-        if old_uri is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = old_uri
 
 
 def free_socket() -> socket.socket:
@@ -237,6 +233,40 @@ def call(
         return answer.status, answer.read()
     finally:
         conn.close()
+
+
+async def asgi(
+    app, chunks: list[bytes], headers: dict[str, str], path: str = "/score", method: str = "POST"
+) -> tuple[int, dict, int]:
+    """Send `chunks` as one streamed body to the ASGI `app`, in process: the status, the JSON answer, and chunks
+    left unread."""
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+    }
+    left = [{"type": "http.request", "body": c, "more_body": i < len(chunks) - 1} for i, c in enumerate(chunks)]
+    sent = []
+
+    async def receive() -> dict:
+        return left.pop(0) if left else {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return status, json.loads(body), len(left)
 
 
 def post_json(url: str, data) -> tuple[int, dict]:

@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -15,9 +16,11 @@ import torch
 import yaml
 
 from rotmnist import cli
+from rotmnist.config import load_config
 from rotmnist.data.mnist import MnistArrays, to_dataset
 from rotmnist.errors import PipelineError
 from rotmnist.io import save_dataset
+from rotmnist.paths import Paths
 from tests.support.helpers import tiny_mnist
 
 REPO = Path(__file__).resolve().parents[2]
@@ -84,6 +87,44 @@ def test_predict_serve_and_drift_get_their_arguments(workspace, monkeypatch):
     assert got["d"] == "models:/m/2"
 
 
+# command -> its argument list, and what its module's main gets, from the params and paths of the workspace
+DISPATCH = {
+    **{stage: ([stage], lambda config, paths: (config, paths)) for stage in STAGES},
+    "predict": (
+        ["predict", "a.png", "b.npy", "--model", "models:/m/1"],
+        lambda config, paths: (config, paths, ["a.png", "b.npy"], "models:/m/1"),
+    ),
+    "serve": (
+        ["serve", "--model", "m", "--host", "::1", "--port", "9", "--insecure"],
+        lambda config, paths: (config, paths, "m", "::1", 9, True),
+    ),
+    "drift": (["drift", "--model", "models:/m/2"], lambda config, paths: (config, paths, "models:/m/2")),
+    "workspace": (  # outside the pipeline: the repository and the overlays, not the params
+        ["workspace", "ws", "--overlay", "a.yaml", "--overlay", "b.yaml", "--repro", "train"],
+        lambda config, paths: (paths.root, "ws", ["a.yaml", "b.yaml"], ["train"]),
+    ),
+}
+
+
+@pytest.mark.parametrize("command", [*cli.STAGES, *cli.COMMANDS])
+def test_every_command_runs_its_modules_main_with_its_arguments(workspace, monkeypatch, command):
+    """Each command imports its own module, only when it runs, and calls its `main` with the parsed arguments."""
+    imported, calls = [], []
+
+    def import_module(name):
+        imported.append(name)
+        return SimpleNamespace(main=lambda *args: calls.append(args))
+
+    monkeypatch.setattr(cli, "importlib", SimpleNamespace(import_module=import_module))
+    write_params(workspace, {"train": {"epochs": 7}})
+    argv, expected = DISPATCH[command]
+    assert cli.main(argv) == 0
+    assert imported == [{**cli.STAGES, **cli.COMMANDS}[command][0]]
+    config = load_config()
+    assert config.train.epochs == 7
+    assert calls == [expected(config, Paths.here())]
+
+
 @pytest.mark.parametrize("argv", [[], ["no-such-stage"], ["serve", "--port", "eighty"], ["predict"]])
 def test_unknown_commands_and_bad_arguments_exit_2(argv):
     with pytest.raises(SystemExit) as stop:
@@ -146,10 +187,10 @@ def test_unreachable_tracking_server(workspace, capsys, monkeypatch):
 
 
 def test_deleted_experiment_says_how_to_restore_it(workspace, capsys):
-    import mlflow
+    from mlflow import MlflowClient
 
-    mlflow.set_tracking_uri(f"sqlite:///{workspace / 'mlflow.db'}")
-    mlflow.delete_experiment(mlflow.create_experiment("rotmnist"))
+    client = MlflowClient(f"sqlite:///{workspace / 'mlflow.db'}")  # the workspace's default store
+    client.delete_experiment(client.create_experiment("rotmnist"))
     capsys.readouterr()
     np.save(workspace / "x.npy", np.zeros((1, 28, 28), np.uint8))
     assert cli.main(["predict", "x.npy"]) == 1

@@ -27,12 +27,12 @@ import asyncio
 import contextlib
 import importlib.util
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from fastapi import APIRouter, FastAPI
+from fastapi import FastAPI
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -40,7 +40,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.requests import ClientDisconnect, Request  # at run time: FastAPI reads the endpoints' annotations
 
 from rotmnist.serving.auth import SCHEME, Access
-from rotmnist.serving.batcher import Batcher
+from rotmnist.serving.batcher import Batcher, Stopped
 from rotmnist.serving.metrics import RequestMetrics, Telemetry
 from rotmnist.serving.openapi import (
     FEEDBACK_BODY,
@@ -84,7 +84,22 @@ SOURCE_HEADER = "x-rotmnist-source"  # `page` when the drawing page sent the ima
 INLINE_OBSERVE = 64  # images whose metrics are computed on the event loop; more go to a worker thread
 NOT_LOGGED = "this server records no predictions (serve.log_requests is false), so none can be corrected"
 
-router = APIRouter()
+# (path, method, endpoint, options of FastAPI.add_api_route), declared by `route` beside each handler
+ROUTES: list[tuple[str, str, Callable[..., Any], dict[str, Any]]] = []
+
+
+def route(method: str, path: str, **options: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Declare the decorated handler a route of every app `create_app` builds.
+
+    The routes are added to the app itself, not through an included router, so that each is a route of the
+    app's own list: the one the request metrics match a request against when the router did not record it.
+    """
+
+    def declare(endpoint: Callable[..., Any]) -> Callable[..., Any]:
+        ROUTES.append((path, method, endpoint, options))
+        return endpoint
+
+    return declare
 
 
 def create_app(
@@ -104,14 +119,15 @@ def create_app(
     app.state.keeper, app.state.settings, app.state.access = keeper, settings, access or Access()
     app.state.log = log
     app.state.telemetry = telemetry = Telemetry()  # read at each scrape: the served model, the log's counts
-    telemetry.bind_model(lambda: keeper.served.info)
+    telemetry.bind_model(lambda: keeper.served.info.model_dump())
     if log is not None:
         telemetry.bind_log(log.counts)
     app.state.batcher = Batcher(keeper, settings.batch_images, settings.batch_wait_ms / 1000, settings.threads)
     app.state.page_html = PAGE.read_text()
     app.add_exception_handler(HTTPProblem, _problem)
     app.add_exception_handler(ClientDisconnect, _gone)
-    app.include_router(router)
+    for path, method, endpoint, options in ROUTES:
+        app.add_api_route(path, endpoint, methods=[method], **options)
     app.mount(ASSETS_URL, StaticFiles(directory=assets_folder()), name="docs-assets")
     _publish(app, settings, app.state.access)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
@@ -183,9 +199,12 @@ async def _gone(request: Request, err: ClientDisconnect) -> Response:  # nobody 
 
 
 async def _scored(request: Request, x: np.ndarray) -> tuple[np.ndarray, Served]:
-    """Probabilities of `x` from the app's batcher, counted in the metrics; 503 if the model fails."""
+    """Probabilities of `x` from the app's batcher, counted in the metrics; 503 if the model fails or the
+    server is shutting down."""
     try:
         probs, served = await request.app.state.batcher.score(x)
+    except Stopped:
+        raise HTTPProblem(503, "the server is shutting down; try again") from None
     except Exception as err:
         log.exception("scoring failed")
         raise HTTPProblem(503, f"the model failed to score the images ({type(err).__name__})") from None
@@ -197,7 +216,8 @@ async def _scored(request: Request, x: np.ndarray) -> tuple[np.ndarray, Served]:
     return probs, served
 
 
-@router.post(
+@route(
+    "POST",
     "/score",
     summary="Score a batch of digits",
     openapi_extra={"requestBody": SCORE_BODY},
@@ -222,7 +242,8 @@ async def score(request: Request) -> Response:
     return JSONResponse(answer)
 
 
-@router.post(
+@route(
+    "POST",
     "/invocations",
     summary="Score digits with MLflow's protocol",
     openapi_extra={"requestBody": INVOCATIONS_BODY},
@@ -253,10 +274,11 @@ def _record(
         return None
     if request.headers.get(SOURCE_HEADER, "").strip().lower() == "page":
         source = "page"
-    return log.record(x, probs, served.info["name"] or served.info["uri"], served.version, route, source)
+    return log.record(x, probs, served.info.name or served.info.uri, served.version, route, source)
 
 
-@router.post(
+@route(
+    "POST",
     "/feedback",
     summary="Correct a prediction: the digit it really was",
     openapi_extra={"requestBody": FEEDBACK_BODY},
@@ -295,7 +317,7 @@ def read_correction(body: bytes) -> tuple[str, int]:
     return data["id"], int(label)
 
 
-@router.get("/health", summary="Whether the service serves, and which model", responses=HEALTH_RESPONSES)
+@route("GET", "/health", summary="Whether the service serves, and which model", responses=HEALTH_RESPONSES)
 async def health(request: Request) -> Response:
     keeper: Keeper = request.app.state.keeper
     body: dict[str, Any] = {"status": "ok", "model": keeper.describe(), "version": keeper.served.version}
@@ -304,12 +326,12 @@ async def health(request: Request) -> Response:
     return JSONResponse(body)
 
 
-@router.get("/version", summary="The served model", responses=VERSION_RESPONSES)
+@route("GET", "/version", summary="The served model", responses=VERSION_RESPONSES)
 async def version(request: Request) -> Response:
-    return JSONResponse(request.app.state.keeper.served.info)
+    return JSONResponse(request.app.state.keeper.served.info.model_dump(mode="json"))
 
 
-@router.post("/reload", summary="Load the champion now if it changed", responses=RELOAD_RESPONSES)
+@route("POST", "/reload", summary="Load the champion now if it changed", responses=RELOAD_RESPONSES)
 async def reload(request: Request) -> Response:
     request.app.state.access.check(request, scoring=False)
     keeper: Keeper = request.app.state.keeper
@@ -320,19 +342,19 @@ async def reload(request: Request) -> Response:
     )
 
 
-@router.get("/metrics", include_in_schema=False)  # Prometheus's text format, not part of the JSON API
+@route("GET", "/metrics", include_in_schema=False)  # Prometheus's text format, not part of the JSON API
 async def metrics(request: Request) -> Response:
     request.app.state.access.check(request, scoring=True)  # traffic figures: as open as scoring
     body, content_type = request.app.state.telemetry.render()
     return Response(body, media_type=content_type)
 
 
-@router.get("/", response_class=HTMLResponse, include_in_schema=False)
+@route("GET", "/", response_class=HTMLResponse, include_in_schema=False)
 async def page(request: Request) -> Response:
     return HTMLResponse(request.app.state.page_html)
 
 
-@router.get(DOCS_URL, include_in_schema=False)
+@route("GET", DOCS_URL, include_in_schema=False)
 async def docs(request: Request) -> Response:
     """Swagger UI on `/openapi.json`, every file from this server (under the app's root path, behind a proxy)."""
     root = request.scope.get("root_path", "").rstrip("/")

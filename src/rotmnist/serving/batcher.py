@@ -3,6 +3,8 @@
 The worker runs the model on everything that queued while its previous forward pass ran
 (`serve.batch_images` at most), so ten clients cost about one forward pass each round instead of ten.
 A batch runs on the model current when it starts: a hot reload never changes a batch in flight.
+When the server stops, every request not yet answered fails at once with `Stopped` (a 503), rather than
+waiting for a model that will not answer it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,13 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+class Stopped(RuntimeError):
+    """The batcher stopped before it scored the request: the server is shutting down."""
+
+    def __init__(self) -> None:
+        super().__init__("the server is shutting down")
+
+
 @dataclass
 class _Job:
     x: np.ndarray
@@ -37,6 +46,7 @@ class Batcher:
         self._wake = asyncio.Event()
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="score", initializer=self._init_thread)
         self._task: asyncio.Task | None = None
+        self._stopped = False
 
     def _init_thread(self) -> None:
         """`serve.threads` torch threads on the scoring thread, where the model runs."""
@@ -48,12 +58,26 @@ class Batcher:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
+        """Stop scoring: the requests in the running batch and those queued fail with `Stopped` now; then wait
+        (off the event loop, so their answers go out meanwhile) for the forward pass that still runs."""
+        self._stopped = True
         if self._task:
             self._task.cancel()
-        self._pool.shutdown(wait=True)
+            await asyncio.wait([self._task])  # cancelled, it fails its running batch
+        queued = list(self._jobs)
+        self._jobs.clear()
+        _fail(queued, Stopped())
+        await asyncio.to_thread(self._pool.shutdown, wait=True)
+
+    @property
+    def queued(self) -> int:
+        """Requests waiting for the model (not counting the batch it runs now)."""
+        return len(self._jobs)
 
     async def score(self, x: np.ndarray) -> tuple[np.ndarray, Served]:
-        """Probabilities (N, 10) for `x`, and the model version that computed them."""
+        """Probabilities (N, 10) for `x`, and the model version that computed them; `Stopped` once stopping."""
+        if self._stopped:
+            raise Stopped()
         job = _Job(x, asyncio.get_running_loop().create_future())
         self._jobs.append(job)
         self._wake.set()
@@ -83,13 +107,21 @@ class Batcher:
         x = batch[0].x if len(batch) == 1 else np.concatenate([j.x for j in batch])
         try:
             probs = await asyncio.get_running_loop().run_in_executor(self._pool, served.proba, x)
+        except asyncio.CancelledError:  # stop(): nobody will hand these jobs their rows
+            _fail(batch, Stopped())
+            raise
         except Exception as err:
-            for j in batch:
-                if not j.future.done():
-                    j.future.set_exception(err)
+            _fail(batch, err)
             return
         start = 0
         for j in batch:
             if not j.future.done():
                 j.future.set_result((probs[start : start + len(j.x)], served))
             start += len(j.x)
+
+
+def _fail(jobs: list[_Job], err: BaseException) -> None:
+    """Hand `err` to each of `jobs` still waiting for its answer."""
+    for j in jobs:
+        if not j.future.done():
+            j.future.set_exception(err)

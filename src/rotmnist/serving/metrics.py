@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
-from starlette.routing import Match
+from starlette.routing import BaseRoute, Match
 
 from rotmnist.data.features import ink_mass, tilt_degrees
 
@@ -111,7 +111,8 @@ class Telemetry:
     def bind_model(self, read: Callable[[], Mapping[str, Any]]) -> None:
         """Report the model `read()` describes (its "name" and "version"), asked at each scrape.
 
-        E.g. `lambda: keeper.served.info`: a hot swap, by the poll or `POST /reload`, shows at the next scrape.
+        E.g. `lambda: keeper.served.info.model_dump()`: a hot swap, by the poll or `POST /reload`, shows at the
+        next scrape.
         """
         self._scraped.read_model = read
 
@@ -198,7 +199,7 @@ class RequestMetrics:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        route, status, start = route_of(scope), 500, time.perf_counter()
+        arrived, status, start = dict(scope), 500, time.perf_counter()  # the scope as routing will first see it
 
         async def sent(message: Message) -> None:
             nonlocal status
@@ -209,35 +210,31 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, sent)
         finally:
-            self.telemetry.observe_request(route, status, time.perf_counter() - start)
+            self.telemetry.observe_request(route_of(scope, arrived), status, time.perf_counter() - start)
 
 
-def route_of(scope: Scope) -> str:
-    """The path template of the app's route for this request (a full match first, else a path match with
-    another method: 405), or `OTHER_ROUTE`."""
-    app = scope.get("app")
-    full, partial = _match(getattr(getattr(app, "router", None), "routes", ()), scope)
-    route = full or partial
+def route_of(scope: Scope, arrived: Scope) -> str:
+    """The path template of the request's route, once the app has answered it, or `OTHER_ROUTE`.
+
+    The router records the route it dispatched to in `scope["route"]` (a path match with another method
+    too: 405). FastAPI records only its API routes, so a request it did not record (for a mount such as the
+    docs' files, for no route at all, or answered before routing, as BodyLimit's 413 is) is matched once
+    against the app's routes, as it `arrived` (dispatch changes the scope's paths).
+    """
+    route = scope.get("route")
+    if route is None:
+        route = _match(getattr(scope.get("app"), "routes", ()), arrived)
     return getattr(route, "path", None) or OTHER_ROUTE
 
 
-def _match(routes, scope: Scope) -> tuple[Any, Any]:
-    """The first route of `routes` that fully matches, and the first that matches the path only.
-
-    FastAPI wraps each included `APIRouter` in a route of its own that matches everything: look inside it.
-    """
+def _match(routes: Iterable[BaseRoute], scope: Scope) -> BaseRoute | None:
+    """The route the router dispatches `scope` to: the first that fully matches, else the first that matches
+    the path only (405)."""
     partial = None
     for route in routes:
-        inner = getattr(route, "original_router", None)
-        if inner is not None:
-            full, maybe = _match(inner.routes, scope)
-            if full is not None:
-                return full, None
-            partial = partial or maybe
-            continue
-        match, _ = route.matches(scope)
+        match, child = route.matches(scope)
         if match is Match.FULL:
-            return route, None
+            return child.get("route", route)
         if match is Match.PARTIAL and partial is None:
-            partial = route
-    return None, partial
+            partial = child.get("route", route)
+    return partial

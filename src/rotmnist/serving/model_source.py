@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
-from rotmnist.errors import first_line
+from rotmnist.errors import PipelineError, first_line
+from rotmnist.serving.openapi import ModelInfo
 from rotmnist.tracking import registry
 
 log = logging.getLogger(__name__)
@@ -26,11 +25,11 @@ class Served:
     """One loaded model version: its scoring function and what `/version` says about it."""
 
     proba: Callable[[np.ndarray], np.ndarray]  # float32 (N, 28, 28) 0-255 -> (N, 10) probabilities
-    info: dict[str, Any]
+    info: ModelInfo
 
     @property
     def version(self) -> str | None:
-        return self.info.get("version")
+        return self.info.version
 
 
 def fast_scorer(clf: registry.Classifier) -> Callable[[np.ndarray], np.ndarray]:
@@ -46,6 +45,16 @@ def fast_scorer(clf: registry.Classifier) -> Callable[[np.ndarray], np.ndarray]:
             return raw(torch.from_numpy(x)).numpy()
 
     return proba
+
+
+def _load_failures() -> tuple[type[Exception], ...]:
+    """What a broken model or a failing store raises while the champion is looked up or loaded: the
+    registry's refusals, MLflow's and the database's errors, I/O, and torch's errors from a model that does
+    not run. Anything else is a bug and propagates. (Imported when an error is matched, not before.)"""
+    from mlflow.exceptions import MlflowException
+    from sqlalchemy.exc import SQLAlchemyError
+
+    return (PipelineError, MlflowException, SQLAlchemyError, OSError, RuntimeError)
 
 
 class ModelSource:
@@ -96,13 +105,15 @@ class ModelSource:
         return name, version or None, None
 
     def _served(self, clf: registry.Classifier, name: str | None, version: str | None, alias: str | None) -> Served:
-        info: dict[str, Any] = {"uri": clf.uri, "name": name, "version": version, "alias": alias}
-        info |= {"training_run_id": None, "holdout_accuracy": None, "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        run_id = accuracy = None
         if name and version:
             mv = self._client().get_model_version(name, version)
-            info["training_run_id"] = mv.tags.get("training_run_id") or mv.run_id
+            run_id = mv.tags.get("training_run_id") or mv.run_id
             acc = mv.tags.get("holdout_accuracy")
-            info["holdout_accuracy"] = float(acc) if acc else None
+            accuracy = float(acc) if acc else None
+        info = ModelInfo(
+            uri=clf.uri, name=name, version=version, alias=alias, training_run_id=run_id, holdout_accuracy=accuracy
+        )
         return Served(fast_scorer(clf), info)
 
 
@@ -123,6 +134,7 @@ class Keeper:
         again until the alias moves; `POST /reload` retries it, e.g. after its artifacts were repaired.
         """
         async with self._lock:
+            version = None  # unknown while the store cannot say
             try:
                 version = await asyncio.to_thread(self.source.champion) if self.source.follows_champion else None
                 if self.source.follows_champion and version in (None, self.served.version):
@@ -132,7 +144,7 @@ class Keeper:
                 if not retry_failed and version is not None and version == self.failed_version:
                     return False
                 new = await asyncio.to_thread(self.source.load, version)
-            except Exception as err:  # any failure keeps the old model serving
+            except _load_failures() as err:  # the old model keeps serving; a bug in our code propagates
                 message = f"{type(err).__name__}: {first_line(err)}"
                 if message != self.reload_error:
                     log.warning("could not load the new model (%s); still serving %s", message, self.describe())
@@ -144,11 +156,15 @@ class Keeper:
             return True
 
     async def poll(self, seconds: float) -> None:
-        """Check the champion alias every `seconds` for as long as the app runs."""
+        """Check the champion alias every `seconds` for as long as the app runs (or until a bug stops it)."""
         while True:
             await asyncio.sleep(seconds)
-            await self.reload(retry_failed=False)
+            try:
+                await self.reload(retry_failed=False)
+            except Exception:  # not a failed load (reload reports those): said now, not when the task is collected
+                log.exception("the champion poll stopped")
+                raise
 
     def describe(self) -> str:
         i = self.served.info
-        return f"{i['name']} version {i['version']}" if i["version"] else i["uri"]
+        return f"{i.name} version {i.version}" if i.version else i.uri

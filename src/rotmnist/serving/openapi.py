@@ -7,12 +7,32 @@ type hints); the limits come from the server's settings.
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from rotmnist.io import IMAGE_SHAPE
 
 if TYPE_CHECKING:
     from rotmnist.config import ServeConfig
+
+
+class ModelInfo(BaseModel):
+    """The served model as `GET /version` describes it: these fields and no others."""
+
+    # Serialised, every field is present (null when unknown): the schema says all are required.
+    model_config = ConfigDict(frozen=True, extra="forbid", json_schema_serialization_defaults_required=True)
+
+    uri: str = Field(description="the URI the model was loaded from")
+    name: str | None = Field(None, description="the registered model's name (null outside the registry)")
+    version: str | None = Field(None, description="the registered version")
+    alias: str | None = Field(None, description="the alias it was loaded through (champion)")
+    training_run_id: str | None = Field(None, description="the MLflow run that trained it")
+    holdout_accuracy: float | None = Field(None, description="its accuracy on the holdout split, as registered")
+    loaded_at: str = Field(
+        default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S"), description="when it was loaded (local time)"
+    )
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -29,7 +49,7 @@ def _problem(description: str) -> dict[str, Any]:
 
 ID_LENGTH = 64  # the longest id `POST /feedback` reads (the log's ids are 32 hex digits)
 _TOO_LARGE = "the body is over serve.max_body_bytes, or it holds more than serve.max_images images"
-_MODEL_FAILED = _problem("the model failed to score the images")
+_MODEL_FAILED = _problem("the model failed to score the images, or the server is shutting down")
 
 SCORE_BODY: dict[str, Any] = {
     "required": True,
@@ -184,19 +204,7 @@ ANSWERS: dict[str, Any] = {
             "failed_version": _nullable("string"),
         },
     },
-    "ModelInfo": {
-        "type": "object",
-        "required": ["uri", "name", "version", "alias", "training_run_id", "holdout_accuracy", "loaded_at"],
-        "properties": {
-            "uri": {"type": "string"},
-            "name": _nullable("string"),
-            "version": _nullable("string"),
-            "alias": _nullable("string"),
-            "training_run_id": _nullable("string"),
-            "holdout_accuracy": _nullable("number"),
-            "loaded_at": {"type": "string"},
-        },
-    },
+    "ModelInfo": ModelInfo.model_json_schema(mode="serialization"),
     "Reload": {
         "type": "object",
         "required": ["reloaded", "version", "error"],

@@ -202,4 +202,4 @@ def score_answer(probs: np.ndarray, served: Served, names: list[str] | None = No
         if names:
             row = {"name": names[i]} | row
         rows.append(row)
-    return {"model": {"name": served.info["name"], "version": served.version}, "predictions": rows}
+    return {"model": {"name": served.info.name, "version": served.version}, "predictions": rows}

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from types import SimpleNamespace
 
 import numpy as np
 
+from rotmnist.config import ServeConfig
+from rotmnist.serving.app import create_app
 from rotmnist.serving.batcher import Batcher
 from rotmnist.serving.model_source import Served
+from rotmnist.serving.openapi import ModelInfo
+from tests.support.serving import asgi
 
 
 class GatedModel:
@@ -32,13 +37,17 @@ class GatedModel:
         return np.repeat(x[:, 0, :1], 10, axis=1)
 
 
+def served(model, version: str = "1") -> Served:
+    return Served(model, ModelInfo(uri=f"models:/digits/{version}", name="digits", version=version))
+
+
 def images(value: float, n: int) -> np.ndarray:
     return np.full((n, 28, 28), value, np.float32)
 
 
 async def scenario(model: GatedModel, sizes: list[int], max_images: int, swap: Served | None = None) -> list:
     """Score a first request, then, while the model runs it, `sizes` more at once; every caller's outcome."""
-    keeper = SimpleNamespace(served=Served(model, {"name": "digits", "version": "1"}))
+    keeper = SimpleNamespace(served=served(model))
     batcher = Batcher(keeper, max_images=max_images, threads=0)
     batcher.start()
     try:
@@ -76,7 +85,7 @@ def test_a_batch_holds_at_most_max_images_and_a_larger_request_runs_alone():
 
 def test_a_batch_finishes_on_the_model_it_started_with_and_the_next_uses_the_new_one():
     model = GatedModel()
-    new = Served(lambda x: np.zeros((len(x), 10), np.float32), {"name": "digits", "version": "2"})
+    new = served(lambda x: np.zeros((len(x), 10), np.float32), "2")
     (first, old), (second, current) = asyncio.run(scenario(model, [1], max_images=8, swap=new))
     assert old.version == "1" and (first == 100).all()
     assert current.version == "2" and (second == 0).all()
@@ -86,7 +95,7 @@ def test_a_model_error_reaches_every_caller_of_the_batch_and_the_batcher_keeps_s
     model = GatedModel(fail=True)
 
     async def failing_then_working() -> tuple[list, np.ndarray]:
-        keeper = SimpleNamespace(served=Served(model, {"name": "digits", "version": "1"}))
+        keeper = SimpleNamespace(served=served(model))
         batcher = Batcher(keeper, max_images=8, threads=0)
         batcher.start()
         try:
@@ -106,3 +115,35 @@ def test_a_model_error_reaches_every_caller_of_the_batch_and_the_batcher_keeps_s
     assert [type(o) for o in outcomes] == [RuntimeError] * 3
     assert all(str(o) == "weights went missing" for o in outcomes)
     assert model.batches == [1, 2, 2] and (probs == 3).all()
+
+
+def test_stopping_answers_the_running_and_the_queued_requests_503_at_once():
+    """A server that stops fails the requests it will not score, at once: none waits for the shutdown timeout."""
+    model = GatedModel()
+    request = ([json.dumps({"images": [images(0, 1)[0].tolist()]}).encode()], {"content-type": "application/json"})
+
+    async def stopped_midway() -> tuple[list, tuple, bool]:
+        keeper = SimpleNamespace(served=served(model))
+        keeper.source = SimpleNamespace(follows_champion=False)
+        app = create_app(keeper, ServeConfig(poll_seconds=0))
+        batcher = app.state.batcher
+        batcher.start()
+        running = asyncio.ensure_future(asgi(app, *request))
+        await asyncio.to_thread(model.started.wait, 10)
+        queued = asyncio.ensure_future(asgi(app, *request))
+        while batcher.queued == 0:  # until the second request waits behind the running one
+            await asyncio.sleep(0)
+        stopping = asyncio.ensure_future(batcher.stop())
+        # answered while the model still holds the first batch (the timeout only keeps a regression from hanging)
+        answers = await asyncio.wait_for(asyncio.gather(running, queued), 10)
+        still_running = not stopping.done()
+        late = await asgi(app, *request)  # arrives while stopping: refused without queueing
+        model.release.set()
+        await stopping
+        return answers, late, still_running
+
+    answers, late, still_running = asyncio.run(stopped_midway())
+    refused = (503, {"error": "the server is shutting down; try again"}, 0)
+    assert answers == [refused, refused] and late == refused
+    assert still_running  # stop() waits for the forward pass in its thread, but not to answer
+    assert model.batches == [1]  # the queued request never reached the model

@@ -9,10 +9,12 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from jsonschema import Draft202012Validator
 
 from rotmnist.config import ServeConfig
 from rotmnist.serving.app import create_app
 from rotmnist.serving.model_source import Served
+from rotmnist.serving.openapi import ModelInfo
 from rotmnist.serving.requests import (
     INLINE_BYTES,
     BodyLimit,
@@ -24,6 +26,7 @@ from rotmnist.serving.requests import (
     score_answer,
     score_images,
 )
+from tests.support.serving import asgi
 
 LIMIT = 1024
 BLANK = [[0] * 28] * 28
@@ -43,40 +46,9 @@ def one_hot(x: np.ndarray) -> np.ndarray:
 
 
 def fake_app(**settings):
-    keeper = SimpleNamespace(served=Served(one_hot, {"name": "digits", "version": "7", "uri": "models:/digits/7"}))
+    keeper = SimpleNamespace(served=Served(one_hot, ModelInfo(uri="models:/digits/7", name="digits", version="7")))
     keeper.source = SimpleNamespace(follows_champion=False)
     return create_app(keeper, ServeConfig(poll_seconds=0, **settings))
-
-
-async def asgi(app, chunks: list[bytes], headers: dict[str, str], path: str = "/score") -> tuple[int, dict, int]:
-    """POST `chunks` as one streamed body to the ASGI `app`: the status, the JSON answer, and chunks left unread."""
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
-        "client": ("127.0.0.1", 1),
-        "server": ("127.0.0.1", 80),
-    }
-    left = [{"type": "http.request", "body": c, "more_body": i < len(chunks) - 1} for i, c in enumerate(chunks)]
-    sent = []
-
-    async def receive() -> dict:
-        return left.pop(0) if left else {"type": "http.disconnect"}
-
-    async def send(message: dict) -> None:
-        sent.append(message)
-
-    await app(scope, receive, send)
-    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
-    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
-    return status, json.loads(body), len(left)
 
 
 async def in_lifespan(app, *calls) -> list[tuple[int, dict, int]]:
@@ -155,7 +127,7 @@ def test_a_large_body_is_parsed_off_the_event_loop_and_a_small_one_on_it():
 def test_the_score_answer_names_the_model_and_each_digit_with_probabilities_summing_to_1():
     logits = np.random.default_rng(0).normal(size=(3, 10))
     probs = (np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)).astype(np.float32)
-    served = Served(one_hot, {"name": "digits", "version": "4"})
+    served = Served(one_hot, ModelInfo(uri="models:/digits/4", name="digits", version="4"))
     answer = score_answer(probs, served, ["a.png", "b.png", "c.png"])
     assert answer["model"] == {"name": "digits", "version": "4"}
     rows = answer["predictions"]
@@ -232,3 +204,28 @@ def test_the_routes_score_json_and_refuse_what_they_cannot_read():
     )
     assert undecodable[:2] == (400, {"error": "file 1 is not an image that can be decoded (PNG, JPEG, ...)"})
     assert bad_json[:2] == (400, {"error": "the body is not valid JSON"})
+
+
+# ---- the served model -------------------------------------------------------------------------------
+
+
+def test_version_answers_the_model_info_fields_only_as_the_schema_publishes_them():
+    app = fake_app()
+    [(status, info, _)] = asyncio.run(in_lifespan(app, ([], {}, "/version", "GET")))
+    assert status == 200
+    assert info == {
+        "uri": "models:/digits/7",
+        "name": "digits",
+        "version": "7",
+        "alias": None,
+        "training_run_id": None,
+        "holdout_accuracy": None,
+        "loaded_at": info["loaded_at"],
+    }
+    doc = app.openapi()
+    answer = doc["paths"]["/version"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert answer == {"$ref": "#/components/schemas/ModelInfo"}
+    validator = Draft202012Validator(answer | {"components": doc["components"]})
+    validator.validate(info)
+    assert not validator.is_valid(info | {"source_path": "/srv/model"})  # no key beyond the published ones
+    assert not validator.is_valid({k: v for k, v in info.items() if k != "alias"})  # each one always there
