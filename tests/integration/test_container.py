@@ -94,9 +94,18 @@ def image_env() -> dict[str, str]:
     return dict(pair.split("=", 1) for pair in pairs)
 
 
-def as_user(uid: int, gid: int) -> dict:
-    """Popen's arguments that run a command as `uid`:`gid`; only root can switch, anyone else runs as itself."""
-    return {"user": uid, "group": gid, "extra_groups": []} if os.geteuid() == 0 else {}
+def as_user(cmd: list, uid: int, gid: int) -> list[str]:
+    """`cmd` run as `uid`:`gid`; only root can switch, anyone else runs it as itself.
+
+    The user may read everything, as it may read the image's files (the project's packages stand for them
+    wherever this checkout lies, even in a folder closed to others): CAP_DAC_READ_SEARCH. It writes only
+    where `uid` may, which is what the image's user and the documented `--user` are about.
+    """
+    cmd = [str(c) for c in cmd]
+    if os.geteuid() != 0:
+        return cmd
+    caps = ["--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search"]
+    return ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", *caps, "--", *cmd]
 
 
 def run(cmd: list, **kw) -> subprocess.CompletedProcess:
@@ -148,7 +157,7 @@ def runnable_python(uid: int, gid: int) -> str | None:
     on_path = [Path(folder) / name for folder in system_path().split(os.pathsep)]
     for candidate in [Path(sys.executable).resolve(), *(p for p in on_path if p.is_file())]:
         try:
-            if subprocess.run([candidate, "-c", ""], timeout=60, **as_user(uid, gid)).returncode == 0:
+            if subprocess.run(as_user([candidate, "-c", ""], uid, gid), timeout=60).returncode == 0:
                 return str(candidate)
         except PermissionError:  # a folder on the way is closed to `uid`
             continue
@@ -174,7 +183,7 @@ def image_python(app: Path, scratch: Path, uid: int, gid: int) -> Path:
     python = runnable_python(uid, gid)
     require(python, f"a Python {version} that uid {uid} can run (the venv's is out of its reach)", f"python{version}")
     site = sysconfig.get_path("purelib")
-    if subprocess.run(["test", "-r", site], **as_user(uid, gid)).returncode != 0:
+    if subprocess.run(as_user(["test", "-r", site], uid, gid)).returncode != 0:
         # where the checkout lies decides this, not a package .ci/run could install: a skip, also in CI
         pytest.skip(f"uid {uid} cannot read the project's packages in {site}: clone the repository where others can")
     return install_wheel(app, scratch, python)
@@ -199,13 +208,12 @@ def paste(store: Path, record: Path, uid: int, gid: int) -> dict[str, list[str]]
     shell_env = {"PATH": system_path(), "HOME": str(store), "LANG": "C.UTF-8", "RECORD": str(record)}
     script = f"set -e\n{DOCKER_STUB}{documented_block()}"
     proc = subprocess.run(
-        ["bash", "-c", script],
+        as_user(["bash", "-c", script], uid, gid),
         cwd=store,
         env=shell_env,
         capture_output=True,
         text=True,
         timeout=60,
-        **as_user(uid, gid),
     )
     assert proc.returncode == 0, f"the page's block failed:\n{proc.stdout}\n{proc.stderr}"
     calls = {path.name.removeprefix("docker-"): path.read_text().split("\0")[:-1] for path in record.iterdir()}
@@ -271,13 +279,12 @@ def started(box: Container) -> Iterator[str]:
     assert executable and Path(executable).parent == box.bin, executable
     with open(box.log, "w") as log:
         proc = subprocess.Popen(
-            [executable, *args, "--port", str(port)],
+            as_user([executable, *args, "--port", str(port)], box.uid, box.gid),
             cwd=box.workdir,
             env=box.env,
             stdout=log,
             stderr=subprocess.STDOUT,
             umask=0o022,
-            **as_user(box.uid, box.gid),
         )
     url = f"http://127.0.0.1:{port}"
 
@@ -327,13 +334,12 @@ def container(scratch: Path, empty_store: Path) -> Iterator[Container]:
 def test_the_package_comes_from_the_wheel_not_from_the_checkout(container: Container):
     probe = "import json, sys, rotmnist; print(json.dumps([rotmnist.__file__, sys.path]))"
     proc = subprocess.run(
-        [container.bin / "python", "-c", probe],
+        as_user([container.bin / "python", "-c", probe], container.uid, container.gid),
         cwd=container.workdir,
         env=container.env,
         capture_output=True,
         text=True,
         timeout=60,
-        **as_user(container.uid, container.gid),
     )
     assert proc.returncode == 0, proc.stderr
     module, path = json.loads(proc.stdout)
