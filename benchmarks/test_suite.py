@@ -88,6 +88,7 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the clone (and its make-test.log) afterwards")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="rotmnist-test-suite-"))
+    tmp.chmod(0o755)  # as a clone usually lies: the container test's non-root user reads the clone's venv
     clone = tmp / "rotmnist"
     try:
         subprocess.run(["git", "clone", "--quiet", str(args.repo.resolve()), str(clone)], check=True)
