@@ -53,6 +53,8 @@ COMMANDS = {
     ),
 }
 
+EVERY = STAGES | COMMANDS  # command -> (module, help), stages first
+
 # What a command runs: the parsed arguments, the validated params and the workspace's paths.
 Runner = Callable[[argparse.Namespace, "Config", "Paths"], None]
 
@@ -64,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rotmnist",
         description="Rotation-robust MNIST. The pipeline: download -> augment -> split -> feedback -> tune -> train -> "
-        "monitor, and the reports compare and curriculum. Outside it: predict, serve, drift.",
+        "monitor, and the reports compare and curriculum. Outside it: predict, serve, drift, workspace.",
     )
     parser.add_argument("--params", default=None, help="params file (default: params.yaml of the workspace)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks")
@@ -76,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _command(sub: argparse._SubParsersAction, name: str, func: Runner) -> argparse.ArgumentParser:
     """The subparser of `name` with its help text, running `func`."""
-    text = {**STAGES, **COMMANDS}[name][1]
+    text = EVERY[name][1]
     parser = sub.add_parser(name, help=text, description=text)
     parser.set_defaults(func=func)
     return parser
@@ -133,7 +135,7 @@ def _add_workspace(sub: argparse._SubParsersAction) -> None:
 # The runners: module-level functions, so that two parses of the same command line compare equal.
 def _module(command: str) -> ModuleType:
     """The module of `command`, imported now (not when the parser is built)."""
-    return importlib.import_module({**STAGES, **COMMANDS}[command][0])
+    return importlib.import_module(EVERY[command][0])
 
 
 def _run_stage(args: argparse.Namespace, config: Config, paths: Paths) -> None:

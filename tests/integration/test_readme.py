@@ -4,7 +4,6 @@ the way `make quick` makes `.quick/` (`rotmnist workspace --repro`), here with t
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -13,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.integration.conftest import REPO, TINY_OVERLAY, run
+from tests.integration.conftest import REPO, TINY_OVERLAY, run, tool_env
 from tests.support.helpers import tiny_mnist, write_idx_dir
 from tests.support.serving import get_json, stop, wait_for
 
@@ -32,20 +31,10 @@ def section_blocks(heading: str) -> list[tuple[str, str]]:
     return BLOCK.findall(text[start : end if end > 0 else None])
 
 
-def shell_env() -> dict[str, str]:
-    """The activated environment: the venv's tools first on PATH, no store chosen from outside."""
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "ROTMNIST_STORE_ROOT")}
-    return env | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}", "DVC_NO_ANALYTICS": "1"}
-
-
 def run_block(language: str, code: str, cwd: Path) -> str:
     """Run one README block as pasted (bash with -e, so every line must succeed); return its stdout."""
     cmd = [sys.executable, "-c", code] if language == "python" else ["bash", "-e", "-c", code]
-    proc = subprocess.run(cmd, cwd=cwd, env=shell_env(), capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, (
-        f"README {language} block failed ({proc.returncode}):\n{code}\n{proc.stdout}\n{proc.stderr}"
-    )
-    return proc.stdout
+    return run(cmd, cwd, timeout=600).stdout
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +85,7 @@ def test_the_curl_calls_score_a_picture_and_a_json_batch(quick):
     _, code = section_blocks("Use the model")[1]
     log = quick / "serve.log"
     with open(log, "w") as out:
-        proc = subprocess.Popen(["rotmnist", "serve"], cwd=quick, env=shell_env(), stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(["rotmnist", "serve"], cwd=quick, env=tool_env(), stdout=out, stderr=subprocess.STDOUT)
     try:
         wait_for(lambda: proc.poll() is None and get_json(f"http://127.0.0.1:{SERVE_PORT}/health")[0] == 200, 90)
         answers = [json.loads(line) for line in run_block("bash", code, quick).splitlines() if line.strip()]

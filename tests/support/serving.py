@@ -235,12 +235,9 @@ def call(
         conn.close()
 
 
-async def asgi(
-    app, chunks: list[bytes], headers: dict[str, str], path: str = "/score", method: str = "POST"
-) -> tuple[int, dict, int]:
-    """Send `chunks` as one streamed body to the ASGI `app`, in process: the status, the JSON answer, and chunks
-    left unread."""
-    scope = {
+def http_scope(method: str, path: str, headers: list[tuple[bytes, bytes]], server: str = "127.0.0.1") -> dict:
+    """The ASGI scope of one HTTP/1.1 request from loopback, for calling an app in process."""
+    return {
         "type": "http",
         "asgi": {"version": "3.0"},
         "http_version": "1.1",
@@ -250,10 +247,18 @@ async def asgi(
         "raw_path": path.encode(),
         "query_string": b"",
         "root_path": "",
-        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+        "headers": headers,
         "client": ("127.0.0.1", 1),
-        "server": ("127.0.0.1", 80),
+        "server": (server, 80),
     }
+
+
+async def asgi(
+    app, chunks: list[bytes], headers: dict[str, str], path: str = "/score", method: str = "POST"
+) -> tuple[int, dict, int]:
+    """Send `chunks` as one streamed body to the ASGI `app`, in process: the status, the JSON answer, and chunks
+    left unread."""
+    scope = http_scope(method, path, [(k.lower().encode(), v.encode()) for k, v in headers.items()])
     left = [{"type": "http.request", "body": c, "more_body": i < len(chunks) - 1} for i, c in enumerate(chunks)]
     sent = []
 

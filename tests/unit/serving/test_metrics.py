@@ -18,6 +18,7 @@ from rotmnist.data.rotation import rotate_batch
 from rotmnist.serving.metrics import OTHER_ROUTE, RequestMetrics, Telemetry
 from rotmnist.serving.requests import BodyLimit
 from tests.support.helpers import tiny_mnist
+from tests.support.serving import http_scope
 
 Labels = frozenset[tuple[str, str]]
 
@@ -62,20 +63,7 @@ def tiny_app(telemetry: Telemetry, body_limit: int = 100) -> FastAPI:
 
 def request(app, method: str, path: str, body: bytes = b"") -> int:
     """One request straight to the ASGI `app`; its status (500 when the app raises)."""
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": method,
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "root_path": "",
-        "query_string": b"",
-        "headers": [(b"host", b"test"), (b"content-length", str(len(body)).encode())],
-        "client": ("127.0.0.1", 5000),
-        "server": ("test", 80),
-    }
+    scope = http_scope(method, path, [(b"host", b"test"), (b"content-length", str(len(body)).encode())], "test")
     sent: list[dict] = []
     messages = [{"type": "http.request", "body": body, "more_body": False}]
 
