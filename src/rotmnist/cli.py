@@ -38,13 +38,13 @@ STAGES = {
     ),
 }
 COMMANDS = {
-    "predict": ("rotmnist.serving.predict", "score image files or a .npy array with the champion model"),
+    "predict": ("rotmnist.commands.predict", "score image files or a .npy array with the champion model"),
     "serve": (
         "rotmnist.serving.serve",
         "serve the champion over HTTP (/score, /invocations) with a page to draw a digit",
     ),
     "drift": (
-        "rotmnist.serving.drift",
+        "rotmnist.commands.drift",
         "compare the digits the server logged with the training data, without labels: ok, narrower or harmful",
     ),
     "workspace": (

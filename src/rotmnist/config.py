@@ -359,10 +359,13 @@ class FeedbackConfig(_Section):
     holdout_fraction: float = Field(0.2, ge=0.0, lt=1.0)  # of the corrections, by request id: the feedback slice
 
 
+MIN_RECENT_INPUTS = 50  # fewer logged images say nothing about a distribution
+
+
 class DriftConfig(_Section):
     """`rotmnist drift`: the last logged inputs against a sample of `train`, on features that need no label."""
 
-    recent: int = Field(2000, ge=50)  # the last N logged inputs
+    recent: int = Field(2000, ge=MIN_RECENT_INPUTS)  # the last N logged inputs
     reference: int = Field(10_000, ge=100)  # images sampled from data/splits/train
     seed: int = 0
     bins: int = Field(10, ge=2, le=100)  # quantile bins of the reference, for the population stability index

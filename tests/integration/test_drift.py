@@ -14,8 +14,8 @@ from scipy import ndimage
 from rotmnist import cli, io
 from rotmnist.data.rotation import rotate_batch
 from rotmnist.spec import ALLOWED_ANGLES
+from rotmnist.storage.request_log import RequestLog
 from rotmnist.tracking import registry
-from rotmnist.tracking.request_log import RequestLog
 from tests.support.helpers import tiny_mnist
 from tests.support.serving import champion_store
 
@@ -53,7 +53,7 @@ def ws(tmp_path_factory, empty_store):
 def serve_stream(ws: Path, name: str, images: np.ndarray) -> None:
     """Log `images` as the server does (with the champion's probabilities) into the log `name`; point params at it."""
     model = registry.load_model(f"models:/{NAME}@champion")
-    log = RequestLog(f"sqlite:///{ws / f'{name}.db'}")
+    log = RequestLog.open(f"sqlite:///{ws / f'{name}.db'}")
     log.start()
     for i in range(0, len(images), 50):
         part = images[i : i + 50].astype(np.float32)

@@ -16,7 +16,8 @@ from rotmnist.config import ServeConfig
 from rotmnist.serving.app import create_app
 from rotmnist.serving.auth import Access
 from rotmnist.serving.model_source import Keeper, ModelSource
-from rotmnist.tracking.request_log import RequestLog
+from rotmnist.storage.request_log import RequestLog
+from rotmnist.storage.request_store import RequestStore
 from tests.support.serving import (
     call,
     champion_store,
@@ -53,7 +54,7 @@ def keeper(store):
 @pytest.fixture(scope="module")
 def logged(keeper, tmp_path_factory):
     """A server recording in a SQLite log; yields its URL and the log."""
-    log = RequestLog(f"sqlite:///{tmp_path_factory.mktemp('feedback-log') / 'serving' / 'requests.db'}")
+    log = RequestLog.open(f"sqlite:///{tmp_path_factory.mktemp('feedback-log') / 'serving' / 'requests.db'}")
     with serving(create_app(keeper, SETTINGS, log=log)) as base:
         yield base, log
 
@@ -65,7 +66,7 @@ def images(*digits: int) -> list:
 def rows_of(log: RequestLog, ids: list[str]) -> dict[str, tuple]:
     """id -> (route, source, version, digit, label, image) of the logged rows among `ids`."""
     assert log.flush()
-    rows = log.recent(10_000)
+    rows = log.store.recent(10_000)
     found = zip(rows.ids, rows.routes, rows.sources, rows.versions, rows.digits, rows.labels, rows.images, strict=True)
     return {row[0]: row[1:] for row in found if row[0] in ids}
 
@@ -158,7 +159,7 @@ def test_feedback_refuses_bodies_that_are_not_json(logged):
 
 def test_a_store_that_is_down_costs_scoring_nothing_and_corrections_get_503(keeper, tmp_path):
     (tmp_path / "file").write_text("not a folder")
-    log = RequestLog(f"sqlite:///{tmp_path / 'file' / 'requests.db'}")
+    log = RequestLog.open(f"sqlite:///{tmp_path / 'file' / 'requests.db'}")
     with serving(create_app(keeper, SETTINGS, log=log)) as url:
         status, answer = post_json(f"{url}/score", {"images": images(6)})
         assert status == 200 and answer["predictions"][0]["digit"] == 6
@@ -179,7 +180,7 @@ def test_with_the_log_off_answers_carry_no_ids_and_feedback_says_why(keeper):
 def test_feedback_needs_the_token_when_scoring_does(keeper, tmp_path):
     settings = ServeConfig(poll_seconds=0, require_token_for_scoring=True)
     access = Access.decide(settings, "t0ken", "127.0.0.1")
-    log = RequestLog(f"sqlite:///{tmp_path / 'requests.db'}")
+    log = RequestLog.open(f"sqlite:///{tmp_path / 'requests.db'}")
     auth = {"Authorization": "Bearer t0ken"}
     with serving(create_app(keeper, settings, access, log)) as url:
         status, raw = call(f"{url}/score", "POST", json.dumps({"images": images(4)}).encode(), {**auth, **JSON})
@@ -200,14 +201,14 @@ def test_rotmnist_serve_logs_to_the_store_roots_sqlite_file(store, tmp_path):
     log = (folder / "serve.log").read_text()
     db = folder / "serving" / "requests.db"
     assert f"requests logged to SQLite {db} (WAL)" in log
-    assert RequestLog(f"sqlite:///{db}").corrected().labels.tolist() == [8]
+    assert RequestStore(f"sqlite:///{db}").corrected().labels.tolist() == [8]
 
 
 def test_replicas_share_a_postgresql_log(keeper, postgres):
     from tests.support.postgres import fresh_database
 
     url = fresh_database(postgres["registry"], "requests")
-    first, second = RequestLog(url), RequestLog(url)  # two replicas start together on an empty database
+    first, second = RequestLog.open(url), RequestLog.open(url)  # two replicas start together on an empty database
     with serving(create_app(keeper, SETTINGS, log=first)) as a, serving(create_app(keeper, SETTINGS, log=second)) as b:
         _, answer = post_json(f"{a}/score", {"images": images(0, 5)})
         zero, five = (p["id"] for p in answer["predictions"])
@@ -216,7 +217,7 @@ def test_replicas_share_a_postgresql_log(keeper, postgres):
         assert correct(b, five, 5)[1]["disagrees"] is False
         _, invoked = post_json(f"{b}/invocations", {"inputs": images(3)})
         assert second.flush()
-    rows = RequestLog(url).recent(10)
+    rows = RequestStore(url).recent(10)
     assert rows.ids == [zero, five, *invoked["ids"]] and rows.labels.tolist() == [6, 5, -1]
     assert rows.routes == ["/score", "/score", "/invocations"] and rows.versions == ["1"] * 3
     assert first.counts()["dropped"] == second.counts()["dropped"] == 0

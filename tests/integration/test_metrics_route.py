@@ -11,7 +11,7 @@ from rotmnist.config import ServeConfig
 from rotmnist.serving.app import create_app
 from rotmnist.serving.auth import Access
 from rotmnist.serving.model_source import Keeper, ModelSource
-from rotmnist.tracking.request_log import RequestLog
+from rotmnist.storage.request_log import RequestLog
 from tests.support.serving import call, champion_store, post_json, prepared, serving
 
 pytestmark = pytest.mark.slow  # a real MLflow store and a server
@@ -39,7 +39,7 @@ def scrape(url: str, headers: dict[str, str] | None = None) -> dict[tuple[str, t
 
 
 def test_a_scrape_counts_requests_predictions_inputs_the_model_and_the_log(keeper, tmp_path):
-    log = RequestLog(f"sqlite:///{tmp_path / 'requests.db'}")
+    log = RequestLog.open(f"sqlite:///{tmp_path / 'requests.db'}")
     with serving(create_app(keeper, SETTINGS, log=log)) as url:
         status, answer = post_json(f"{url}/score", {"images": [prepared(1).tolist(), prepared(7).tolist()]})
         assert status == 200

@@ -18,7 +18,7 @@ import pytest
 from rotmnist.config import ServeConfig
 from rotmnist.serving.app import create_app
 from rotmnist.serving.model_source import Keeper, ModelSource
-from rotmnist.tracking.request_log import RequestLog
+from rotmnist.storage.request_log import RequestLog
 from tests.support.serving import call, champion_store, get_json, serving
 
 pytestmark = pytest.mark.slow  # a real MLflow store, a server and a few hundred generated requests
@@ -63,7 +63,7 @@ def url(tmp_path_factory, empty_store):
     with champion_store(tmp_path_factory.mktemp("openapi-store"), empty_store, NAME):
         source = ModelSource(NAME)
         keeper = Keeper(source, source.load_initial())
-        log = RequestLog(f"sqlite:///{tmp_path_factory.mktemp('openapi-log') / 'requests.db'}")
+        log = RequestLog.open(f"sqlite:///{tmp_path_factory.mktemp('openapi-log') / 'requests.db'}")
         with serving(create_app(keeper, LIMITS, log=log)) as base:
             yield base
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rotmnist.tracking.request_log import RequestLog
+from rotmnist.storage.request_store import RequestStore
 from tests.support.serving import champion_store, post_json, prepared, rotmnist_serve, wait_for
 
 pytestmark = pytest.mark.slow  # a registered model, two server subprocesses, seconds of load: 30-60 s
@@ -128,7 +128,7 @@ def test_every_row_is_whole(killed):
     assert probs.argmax(1).tolist() == list(digits)
     assert all(image == DRAWN[d].tobytes() for image, d in zip(images, digits, strict=True))
     assert all(sent.get(id, d) == d for id, d in zip(ids, digits, strict=True))  # unanswered rows (in flight) too
-    decoded = RequestLog(f"sqlite:///{killed.snapshot / 'requests.db'}").recent(len(rows) + 1)
+    decoded = RequestStore(f"sqlite:///{killed.snapshot / 'requests.db'}").recent(len(rows) + 1)
     assert len(decoded.ids) == len(rows) and decoded.images.shape == (len(rows), 28, 28)
 
 
@@ -154,8 +154,8 @@ def test_the_next_start_appends_and_takes_a_correction_of_an_old_prediction(kill
             200,
             {"id": old[0], "label": wrong, "predicted": old[1], "disagrees": True},
         )
-        wait_for(lambda: len(RequestLog(f"sqlite:///{db}").recent(len(before) + 10).ids) == len(before) + 2)
-    rows = RequestLog(f"sqlite:///{db}").recent(len(before) + 10)
+        wait_for(lambda: len(RequestStore(f"sqlite:///{db}").recent(len(before) + 10).ids) == len(before) + 2)
+    rows = RequestStore(f"sqlite:///{db}").recent(len(before) + 10)
     assert rows.ids == [*before, *new] and rows.digits[-2:].tolist() == [4, 2]
     assert rows.labels[before.index(old[0])] == wrong and (rows.labels >= 0).sum() == 1
     log = (killed.folder / "serve.log").read_text()

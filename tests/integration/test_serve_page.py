@@ -10,7 +10,7 @@ from rotmnist.config import ServeConfig
 from rotmnist.serving.app import create_app
 from rotmnist.serving.auth import Access
 from rotmnist.serving.model_source import Keeper, ModelSource
-from rotmnist.tracking.request_log import RequestLog
+from rotmnist.storage.request_log import RequestLog
 from tests.support.serving import STROKES, champion_store, drawing, ellipse_points, serving
 from tests.support.tools import require
 
@@ -149,7 +149,7 @@ def test_with_scoring_protected_the_page_asks_for_the_token_once_and_keeps_it_fo
 
 @pytest.fixture(scope="module")
 def log(tmp_path_factory):
-    return RequestLog(f"sqlite:///{tmp_path_factory.mktemp('page-log') / 'requests.db'}")
+    return RequestLog.open(f"sqlite:///{tmp_path_factory.mktemp('page-log') / 'requests.db'}")
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +181,7 @@ def test_after_a_prediction_the_page_stores_a_correction_with_the_tabs_token(bro
     page.wait_for_function("document.getElementById('stored').textContent === 'Stored: it was a 7'")
     assert page.locator("#feedback button:disabled").count() == 10 and len(asked) == 1  # the token, asked once
     assert log.flush()
-    corrected = log.corrected()
+    corrected = log.store.corrected()
     assert corrected.sources == ["page"] and corrected.routes == ["/score"]
     assert corrected.digits.tolist() == [1] and corrected.labels.tolist() == [7]
     page.evaluate("document.querySelectorAll('#feedback button').forEach(b => { b.disabled = false; })")

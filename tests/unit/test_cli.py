@@ -70,13 +70,13 @@ def test_every_dvc_stage_is_one_hop_from_dvc_yaml(workspace, monkeypatch):
 def test_predict_serve_and_drift_get_their_arguments(workspace, monkeypatch):
     got = {}
     monkeypatch.setattr(
-        "rotmnist.serving.predict.main", lambda config, paths, images, model: got.update(p=(images, model))
+        "rotmnist.commands.predict.main", lambda config, paths, images, model: got.update(p=(images, model))
     )
     monkeypatch.setattr(
         "rotmnist.serving.serve.main",
         lambda config, paths, model, host, port, insecure: got.update(s=(model, host, port, insecure)),
     )
-    monkeypatch.setattr("rotmnist.serving.drift.main", lambda config, paths, model: got.update(d=model))
+    monkeypatch.setattr("rotmnist.commands.drift.main", lambda config, paths, model: got.update(d=model))
     assert cli.main(["predict", "a.png", "b.npy", "--model", "models:/m/1"]) == 0
     assert got["p"] == (["a.png", "b.npy"], "models:/m/1")
     assert cli.main(["serve", "--host", "0.0.0.0", "--port", "8001"]) == 0

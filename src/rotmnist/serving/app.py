@@ -5,7 +5,7 @@
 - `POST /invocations`: MLflow's scoring protocol (`{"inputs": ...}` -> `{"predictions": ...}`).
 - `POST /feedback`: a person's correction `{"id": ..., "label": 0-9}` of a prediction in the request log.
 - `GET /health`, `GET /version`, `POST /reload`, and `GET /`: a page to draw or upload a digit.
-- The request log (`request_log`): every scored image, its prediction and its id, written off the request
+- The request log (`storage.request_log`): every scored image, its prediction and its id, written off the request
   path. `/score` answers each prediction's `id`; `/invocations` adds `ids` beside MLflow's `predictions`.
   Without a log (`serve.log_requests: false`) the answers carry no ids and `/feedback` answers 404.
 - Tokens (`auth`): `POST /reload`, and scoring when `serve.require_token_for_scoring`, may need
@@ -18,7 +18,7 @@
 
 The pieces live by job: the model and its hot reload in `model_source`, the micro-batching of concurrent
 requests in `batcher`, reading requests and writing answers in `requests`, the request log in
-`request_log`, the metrics in `metrics`; this module wires them into routes. Imports no training code.
+`storage.request_log`, the metrics in `metrics`; this module wires them into routes. Imports no training code.
 """
 
 from __future__ import annotations
@@ -67,12 +67,12 @@ from rotmnist.serving.requests import (
     score_images,
     uploaded_images,
 )
-from rotmnist.tracking.request_log import LogUnavailable, Outcome
+from rotmnist.storage.request_store import LogUnavailable, Outcome
 
 if TYPE_CHECKING:
     from rotmnist.config import ServeConfig
     from rotmnist.serving.model_source import Keeper, Served
-    from rotmnist.tracking.request_log import RequestLog
+    from rotmnist.storage.request_log import RequestLog
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from rotmnist.paths import Paths
 from rotmnist.serving.app import create_app
 from rotmnist.serving.auth import Access, read_token
 from rotmnist.serving.model_source import Keeper, ModelSource
+from rotmnist.storage.request_log import RequestLog
 from rotmnist.tracking import store
-from rotmnist.tracking.request_log import RequestLog
 
 log = logging.getLogger(__name__)
 

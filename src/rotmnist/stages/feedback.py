@@ -19,21 +19,18 @@ from rotmnist.config import Config
 from rotmnist.data import feedback
 from rotmnist.io import atomic_path
 from rotmnist.paths import Paths
-from rotmnist.tracking.request_log import RequestLog, store_url
+from rotmnist.storage.request_store import RequestStore, store_url
 
 log = logging.getLogger(__name__)
 
 
 def logged_corrections(config: Config, paths: Paths) -> feedback.Corrections:
     """Every corrected row of the request log, as corrections (none when the SQLite log does not exist)."""
-    requests = RequestLog(store_url(config.serve, paths))
-    try:
+    with RequestStore(store_url(config.serve, paths)) as requests:
         if requests.missing:
             log.info("no request log at %s: no corrections to export", requests.describe())
             return feedback.empty()
         rows = requests.corrected()
-    finally:
-        requests.stop()  # read once: close its connections
     return feedback.corrections(rows.images, rows.labels, rows.ids, rows.times, rows.corrected_at)
 
 

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from rotmnist.errors import PipelineError, first_line, retry
-from rotmnist.tracking.locks import store_lock
+from rotmnist.storage.locks import store_lock
+from rotmnist.storage.urls import redact
 
 if TYPE_CHECKING:
     from rotmnist.config import Config
@@ -47,7 +48,7 @@ def configure_mlflow(config: Config, paths: Paths) -> str:
     With a database or file store the experiment's artifacts go to `paths.mlflow_artifacts` (at the real
     repository root, also from a `dvc exp run --queue` copy); a tracking server decides for itself.
     Processes that start together on an empty database take turns to create MLflow's tables and the
-    experiment (`locks.store_lock`). A store that cannot be reached or an experiment that was deleted is
+    experiment (`storage.locks.store_lock`). A store that cannot be reached or an experiment that was deleted is
     a PipelineError saying what to do.
     """
     import mlflow
@@ -94,14 +95,6 @@ def _experiment_id(name: str, uri: str, paths: Paths) -> str:
         if experiment is None:
             raise
         return experiment.experiment_id
-
-
-def redact(url: str) -> str:
-    """A store URL without its password."""
-    if "://" in url and "@" in url:
-        scheme, rest = url.split("://", 1)
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return url
 
 
 def git_commit(paths: Paths) -> str:

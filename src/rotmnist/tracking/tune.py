@@ -30,6 +30,7 @@ from rotmnist.learning.device import resolve_device
 from rotmnist.learning.latency import measure_latency
 from rotmnist.learning.recipe import PIPELINE_RECIPE_KEYS, Hyper, hyper_dict, recipe
 from rotmnist.learning.training import fit
+from rotmnist.storage.urls import is_postgres, redact
 from rotmnist.tracking import store
 from rotmnist.tracking.tune_space import params_to_choice, run_name, suggest
 from rotmnist.tracking.tune_storage import (
@@ -37,7 +38,6 @@ from rotmnist.tracking.tune_storage import (
     STATE_TAG,
     count_finished,
     heartbeat,
-    is_rdb,
     open_study,
     release_dead_trials,
     storage_url,
@@ -208,7 +208,7 @@ def run_sweep(
         study = open_study(config, paths, name)
         parent_id = _parent_run(study, name, tags | {"study": name})
     # On PostgreSQL Optuna's heartbeats find dead workers before each trial; on a journal file we do.
-    beats = not is_rdb(url)
+    beats = not is_postgres(url)
     released = release_dead_trials(study, cfg.grace_period) if beats else []
     device = resolve_device(config.train.device)
     inputs = (folds, data_hash, source)
@@ -223,7 +223,7 @@ def run_sweep(
         if not mlflow.get_run(parent_id).data.params:
             _log_sweep_settings(config, name, folds)
             log_inputs(*inputs)
-        mlflow.set_tags({"n_trials": str(cfg.n_trials), "storage": store.redact(url)})
+        mlflow.set_tags({"n_trials": str(cfg.n_trials), "storage": redact(url)})
         _optimize(study, objective, cfg, release)
         result = _summarise(study, parent_id)
         _log_result(result, time.perf_counter() - start)

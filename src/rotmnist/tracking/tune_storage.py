@@ -28,8 +28,8 @@ from rotmnist.errors import PipelineError, first_line
 from rotmnist.io import pid_alive
 from rotmnist.learning.recipe import PIPELINE_RECIPE_KEYS
 from rotmnist.spec import check_optuna_storage
-from rotmnist.tracking import store
-from rotmnist.tracking.locks import store_lock
+from rotmnist.storage.locks import store_lock
+from rotmnist.storage.urls import is_postgres, redact
 
 if TYPE_CHECKING:
     from rotmnist.config import Config, TuneConfig
@@ -49,11 +49,6 @@ def storage_url(config: Config, paths: Paths) -> str:
     return os.environ.get(STORAGE_ENV) or config.tune.storage or str(paths.optuna_journal)
 
 
-def is_rdb(url: str) -> bool:
-    """Whether an Optuna storage URL names PostgreSQL (Optuna's heartbeats) rather than a journal file."""
-    return url.lower().startswith(("postgresql://", "postgresql+"))
-
-
 def open_storage(
     url: str, paths: Paths, *, heartbeat_interval: int | None = None, grace_period: int | None = None
 ) -> optuna.storages.BaseStorage:
@@ -70,7 +65,7 @@ def open_storage(
         check_optuna_storage(url)
     except ValueError as err:
         raise PipelineError(str(err)) from None
-    if is_rdb(url):
+    if is_postgres(url):
         return _open_rdb(url, heartbeat_interval, grace_period)
     if "://" in url:
         raise PipelineError(
@@ -113,11 +108,11 @@ def _open_rdb(url: str, heartbeat_interval: int | None, grace_period: int | None
     except PipelineError:
         raise
     except ImportError as err:  # no driver
-        raise PipelineError(f"cannot open {store.redact(url)}: {err}; install psycopg[binary]") from None
+        raise PipelineError(f"cannot open {redact(url)}: {err}; install psycopg[binary]") from None
     except Exception as err:  # sqlalchemy's OperationalError and friends: server down, bad password
         first = first_line(err)
         raise PipelineError(
-            f"cannot open the Optuna storage {store.redact(url)} ({type(err).__name__}: {first}); "
+            f"cannot open the Optuna storage {redact(url)} ({type(err).__name__}: {first}); "
             "check tune.storage or ROTMNIST_OPTUNA_STORAGE and that the database is running"
         ) from None
 

@@ -13,7 +13,8 @@ from rotmnist.data import feedback
 from rotmnist.errors import PipelineError
 from rotmnist.paths import Paths
 from rotmnist.stages import feedback as stage
-from rotmnist.tracking.request_log import Outcome, RequestLog
+from rotmnist.storage.request_log import RequestLog
+from rotmnist.storage.request_store import Outcome
 
 RNG = np.random.default_rng(0)
 
@@ -26,7 +27,7 @@ def paths(tmp_path: Path) -> Paths:
 
 def serve_and_correct(paths: Paths, n: int, corrected: dict[int, int]) -> list[str]:
     """Log `n` scored images as the server does; correct the rows `corrected` names ({row: label})."""
-    log = RequestLog(f"sqlite:///{paths.request_log}")
+    log = RequestLog.open(f"sqlite:///{paths.request_log}")
     log.start()
     x = RNG.uniform(0, 255, (n, 28, 28)).astype(np.float32)
     ids = log.record(x, RNG.dirichlet(np.ones(10), n).astype(np.float32), "rotmnist-cnn", "1", "/score", "json")

@@ -1,8 +1,8 @@
 """`rotmnist drift`: have the served digits moved away from what the model was trained on? No labels needed.
 
-Reads the last `drift.recent` images the server logged (`tracking.request_log`) and a sample of
-`drift.reference` images of `data/splits/train`, scored by the model that served most of the recent
-ones (or `--model`). Compares their tilt, ink mass, bounding box and top probability
+Reads the last `drift.recent` images the server logged (`storage.request_store`, read only: no writer
+starts) and a sample of `drift.reference` images of `data/splits/train`, scored by the model that
+served most of the recent ones (or `--model`). Compares their tilt, ink mass, bounding box and top probability
 (`learning.drift`), then writes `metrics/drift.json` (`dvc metrics show metrics/drift.json`),
 `plots/drift.png` and an MLflow run tagged `role = drift`. Prints the verdict: `ok`, `narrower`
 (different but inside the trained range) or `harmful` (outside it, or a less sure model).
@@ -18,18 +18,16 @@ from typing import Any
 import numpy as np
 
 from rotmnist import io
-from rotmnist.config import Config
+from rotmnist.config import MIN_RECENT_INPUTS, Config
 from rotmnist.data.features import bbox_size, ink_mass, tilt_degrees
 from rotmnist.errors import PipelineError
 from rotmnist.learning.drift import compare, plot_drift
 from rotmnist.paths import Paths
+from rotmnist.storage.request_store import RequestStore, store_url
 from rotmnist.tracking import registry, store
 from rotmnist.tracking.drift import log_drift_run
-from rotmnist.tracking.request_log import RequestLog, store_url
 
 log = logging.getLogger(__name__)
-
-MIN_RECENT = 50  # fewer logged images say nothing about a distribution
 
 
 def features(x: np.ndarray, probs: np.ndarray) -> dict[str, np.ndarray]:
@@ -59,13 +57,12 @@ def _utc(seconds: float) -> str:
 def main(config: Config, paths: Paths, model_uri: str | None = None) -> dict[str, Any]:
     """Run the check; return the report it wrote."""
     cfg = config.drift
-    requests = RequestLog(store_url(config.serve, paths))
-    recent = requests.recent(cfg.recent)
-    requests.stop()  # read once: close its connections
-    if len(recent.ids) < MIN_RECENT:
+    with RequestStore(store_url(config.serve, paths)) as requests:
+        recent = requests.recent(cfg.recent)
+    if len(recent.ids) < MIN_RECENT_INPUTS:
         raise PipelineError(
             f"the request log ({requests.describe()}) holds {len(recent.ids)} scored images; a drift check needs at "
-            f"least {MIN_RECENT}: serve more digits first (rotmnist serve, with serve.log_requests: true)"
+            f"least {MIN_RECENT_INPUTS}: serve more digits first (rotmnist serve, with serve.log_requests: true)"
         )
     if len(recent.ids) < cfg.recent:
         log.warning("the request log holds %d images, fewer than drift.recent = %d", len(recent.ids), cfg.recent)

@@ -2,20 +2,23 @@
 
 Workers started together on an empty database would each try to create MLflow's or Optuna's tables, and
 one of them would hit a unique key. `store_lock` makes them take turns: on PostgreSQL a session advisory
-lock (released by the server if the process dies), on a file store (SQLite, an Optuna journal) an
-`flock` on a sibling `<file>.init-lock`. A tracking server serialises its own writes: no lock.
+lock (released by the server if the process dies), on a file store (SQLite, an Optuna journal) a
+`filelock.FileLock` (an `flock`) on a sibling `<file>.init-lock`. A tracking server serialises its own
+writes: no lock.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import filelock
+
 from rotmnist.errors import PipelineError, first_line
+from rotmnist.storage.urls import is_postgres, redact
 
 WAIT_SECONDS = 300.0  # a holder does seconds of work; waiting longer means a stuck process
 POLL_SECONDS = 0.05
@@ -25,10 +28,6 @@ LOCK_SUFFIX = ".init-lock"
 def lock_key(name: str) -> int:
     """The signed 64-bit key of an advisory lock named `name` (the same in every process)."""
     return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
-
-
-def _is_postgres(url: str) -> bool:
-    return url.lower().startswith(("postgresql://", "postgresql+"))
 
 
 def file_of(url: str) -> Path | None:
@@ -50,7 +49,7 @@ def store_lock(url: str, name: str, wait: float = WAIT_SECONDS) -> Iterator[None
     whatever the name (do not nest two on one file): an exclusive `flock`. Anything else (a tracking
     server) runs the block unlocked.
     """
-    if _is_postgres(url):
+    if is_postgres(url):
         with _advisory_lock(url, name, wait):
             yield
         return
@@ -72,9 +71,8 @@ def _advisory_lock(url: str, name: str, wait: float) -> Iterator[None]:
         try:
             conn = engine.connect()
         except sqlalchemy.exc.SQLAlchemyError as err:  # server down, no such database, bad password
-            shown = engine.url.render_as_string(hide_password=True)
             raise PipelineError(
-                f"cannot reach the database {shown} ({type(err).__name__}: {first_line(err)}); check that it is "
+                f"cannot reach the database {redact(url)} ({type(err).__name__}: {first_line(err)}); check that it is "
                 "running and its URL (tune.storage, mlflow.tracking_uri, serve.request_log or their environment "
                 "variables)"
             ) from None
@@ -94,20 +92,15 @@ def _advisory_lock(url: str, name: str, wait: float) -> Iterator[None]:
 @contextlib.contextmanager
 def _file_lock(path: Path, name: str, wait: float) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-
-        def take() -> bool:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return False
-            return True
-
-        _wait_for(take, name, wait)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    lock = filelock.FileLock(path, poll_interval=POLL_SECONDS)
+    try:
+        lock.acquire(timeout=wait)
+    except filelock.Timeout:
+        raise PipelineError(_held_too_long(name, wait)) from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _wait_for(take, name: str, wait: float) -> None:
@@ -115,7 +108,9 @@ def _wait_for(take, name: str, wait: float) -> None:
     deadline = time.monotonic() + wait
     while not take():
         if time.monotonic() > deadline:
-            raise PipelineError(
-                f"waited {wait:.0f} s for the lock {name!r} that another process holds; is a worker stuck?"
-            )
+            raise PipelineError(_held_too_long(name, wait))
         time.sleep(POLL_SECONDS)
+
+
+def _held_too_long(name: str, wait: float) -> str:
+    return f"waited {wait:.0f} s for the lock {name!r} that another process holds; is a worker stuck?"

@@ -7,9 +7,9 @@ import pytest
 from PIL import Image
 
 from rotmnist import cli
+from rotmnist.commands import predict
 from rotmnist.config import Config
 from rotmnist.paths import Paths
-from rotmnist.serving import predict
 from rotmnist.tracking import registry, store
 from tests.support.fakes import ProbModel
 

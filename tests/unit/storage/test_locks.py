@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from rotmnist.errors import PipelineError
-from rotmnist.tracking import locks
+from rotmnist.storage import locks
 
 
 def _hold(url: str, log: str, tag: str, seconds: float) -> None:

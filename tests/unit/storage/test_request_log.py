@@ -13,7 +13,8 @@ import pytest
 from rotmnist.config import ServeConfig
 from rotmnist.errors import PipelineError
 from rotmnist.paths import Paths
-from rotmnist.tracking.request_log import DAY, LogUnavailable, Outcome, RequestLog, store_url
+from rotmnist.storage.request_log import RequestLog
+from rotmnist.storage.request_store import DAY, LogUnavailable, Outcome, RequestStore, store_url
 
 RNG = np.random.default_rng(0)
 
@@ -36,7 +37,7 @@ def db(tmp_path: Path) -> Path:
 @pytest.fixture
 def running(db: Path):
     """A started log on a new SQLite file; stopped afterwards."""
-    log = RequestLog(f"sqlite:///{db}")
+    log = RequestLog.open(f"sqlite:///{db}")
     log.start()
     yield log
     log.stop()
@@ -46,7 +47,7 @@ def test_rows_round_trip_images_as_uint8_and_probabilities_exactly(running, db):
     x, probs = batch(3)
     ids = running.record(x, probs, "digits", "3", "/invocations", "upload")
     assert running.flush()
-    rows = running.recent(10)
+    rows = running.store.recent(10)
     assert rows.ids == ids and len(set(ids)) == 3 and all(len(i) == 32 for i in ids)
     assert rows.images.dtype == np.uint8 and rows.images.shape == (3, 28, 28)
     assert np.array_equal(rows.images, np.rint(x).astype(np.uint8))
@@ -62,12 +63,12 @@ def test_rows_round_trip_images_as_uint8_and_probabilities_exactly(running, db):
 def test_recent_gives_the_newest_rows_oldest_first(running):
     ids = [i for _ in range(4) for i in record(running, 2)]
     assert running.flush()
-    assert running.recent(3).ids == ids[-3:]
-    assert running.recent(100).ids == ids
+    assert running.store.recent(3).ids == ids[-3:]
+    assert running.store.recent(100).ids == ids
 
 
 def test_a_full_queue_drops_whole_requests_and_counts_them(db):
-    log = RequestLog(f"sqlite:///{db}", queue_rows=5)  # no writer yet: rows wait
+    log = RequestLog.open(f"sqlite:///{db}", ServeConfig(log_queue=5))  # no writer yet: rows wait
     first = record(log, 3)
     assert record(log, 3) == [None] * 3  # 6 > 5: the request is dropped whole
     last = record(log, 2)
@@ -75,48 +76,48 @@ def test_a_full_queue_drops_whole_requests_and_counts_them(db):
     assert log.counts() == {"written": 0, "dropped": 3, "waiting": 5, "corrections": 0, "disagreements": 0}
     log.start()
     assert log.flush()
-    assert log.recent(10).ids == first + last
+    assert log.store.recent(10).ids == first + last
     log.stop()
     assert log.counts()["written"] == 5 and record(log) == [None]  # a stopped log records nothing
 
 
 def test_stop_writes_what_is_still_queued(db):
-    log = RequestLog(f"sqlite:///{db}")
+    log = RequestLog.open(f"sqlite:///{db}")
     log.start()
     ids = [i for _ in range(20) for i in record(log, 5)]
     log.stop()
-    assert RequestLog(f"sqlite:///{db}").recent(1000).ids == ids
+    assert RequestStore(f"sqlite:///{db}").recent(1000).ids == ids
 
 
 def test_retention_keeps_the_newest_rows(running):
     ids = [i for _ in range(5) for i in record(running, 2)]
     running.flush()
-    running.keep_rows = 4
-    assert running.prune() == 6
-    assert running.recent(100).ids == ids[-4:]
-    assert running.prune() == 0
+    assert running.store.prune(keep_rows=4, keep_days=running.keep_days) == 6
+    assert running.store.recent(100).ids == ids[-4:]
+    assert running.store.prune(keep_rows=4, keep_days=running.keep_days) == 0
 
 
 def test_retention_deletes_rows_older_than_keep_days(running):
     old = record(running)
     running.flush()
-    then = running.recent(1).times[0]
+    then = running.store.recent(1).times[0]
     time.sleep(0.05)
     new = record(running, 2)
     running.flush()
-    assert running.prune(now=then + running.keep_days * DAY + 0.01) == 1  # the first row is just over the age
-    assert running.recent(100).ids == new and old[0] not in new
+    keep_days = running.keep_days
+    assert running.store.prune(running.keep_rows, keep_days, now=then + keep_days * DAY + 0.01) == 1  # just over
+    assert running.store.recent(100).ids == new and old[0] not in new
 
 
 def test_the_writer_applies_the_retention_by_itself(db):
-    log = RequestLog(f"sqlite:///{db}", keep_rows=2, prune_seconds=0.05)
+    log = RequestLog.open(f"sqlite:///{db}", ServeConfig(log_keep_rows=2), prune_seconds=0.05)
     log.start()
     ids = record(log, 5)
     assert log.flush()  # written first: an empty log would end the wait below at once
     deadline = time.monotonic() + 10
-    while len(log.recent(100).ids) > 2 and time.monotonic() < deadline:
+    while len(log.store.recent(100).ids) > 2 and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert log.recent(100).ids == ids[-2:]
+    assert log.store.recent(100).ids == ids[-2:]
     log.stop()
 
 
@@ -132,14 +133,14 @@ def test_a_prediction_takes_one_correction_and_unknown_ids_are_told_apart(runnin
     assert running.feedback(b, predicted[1]).disagrees is False
     assert running.feedback("0" * 32, 3).outcome is Outcome.UNKNOWN
     assert running.counts() == {"written": 2, "dropped": 0, "waiting": 0, "corrections": 2, "disagreements": 1}
-    corrected = running.corrected()
+    corrected = running.store.corrected()
     assert corrected.ids == [a, b] and corrected.labels.tolist() == [wrong, predicted[1]]
     assert corrected.sources == ["page", "page"]
-    assert running.recent(2).labels.tolist() == [wrong, predicted[1]]
+    assert running.store.recent(2).labels.tolist() == [wrong, predicted[1]]
 
 
 def test_a_correction_waits_for_its_row_to_be_written(db):
-    log = RequestLog(f"sqlite:///{db}")
+    log = RequestLog.open(f"sqlite:///{db}")
     [queued] = record(log)
     with pytest.raises(LogUnavailable, match="not written yet"):
         log.feedback(queued, 1, wait=0.1)  # no writer: the row stays queued
@@ -150,9 +151,9 @@ def test_a_correction_waits_for_its_row_to_be_written(db):
 
 def test_a_broken_store_never_raises_into_the_caller_and_counts_its_drops(tmp_path, caplog):
     (tmp_path / "file").write_text("not a folder")
-    log = RequestLog(f"sqlite:///{tmp_path / 'file' / 'serving' / 'requests.db'}")
+    log = RequestLog.open(f"sqlite:///{tmp_path / 'file' / 'serving' / 'requests.db'}")
     log.start()
-    with caplog.at_level(logging.WARNING, logger="rotmnist.tracking.request_log"):
+    with caplog.at_level(logging.WARNING, logger="rotmnist.storage.request_log"):
         ids = record(log, 3)
         assert log.flush()
         more = record(log, 2)
@@ -169,16 +170,16 @@ def test_a_broken_store_never_raises_into_the_caller_and_counts_its_drops(tmp_pa
 def test_a_store_that_comes_back_is_written_again(tmp_path, caplog):
     blocker = tmp_path / "serving"
     blocker.write_text("in the way")  # the log's folder cannot be made
-    log = RequestLog(f"sqlite:///{blocker / 'requests.db'}")
+    log = RequestLog.open(f"sqlite:///{blocker / 'requests.db'}")
     log.start()
     record(log, 2)
     assert log.flush()
     blocker.unlink()
-    with caplog.at_level(logging.INFO, logger="rotmnist.tracking.request_log"):
+    with caplog.at_level(logging.INFO, logger="rotmnist.storage.request_log"):
         ids = record(log, 3)
         assert log.flush()
     assert log.counts()["dropped"] == 2 and log.counts()["written"] == 3
-    assert log.recent(10).ids == ids
+    assert log.store.recent(10).ids == ids
     assert any("works again" in r.getMessage() for r in caplog.records)
     log.stop()
 
