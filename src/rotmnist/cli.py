@@ -30,7 +30,10 @@ STAGES = {
     ),
     "tune": ("rotmnist.stages.tune", "Optuna sweep, one MLflow run per trial: models/best_params.json"),
     "train": ("rotmnist.stages.train", "train the final model and log it to MLflow: models/"),
-    "monitor": ("rotmnist.stages.monitor", "holdout drift check, registration and gated promotion to champion"),
+    "monitor": (
+        "rotmnist.stages.monitor",
+        "concept drift (holdout check), registration and gated promotion to champion",
+    ),
     "compare": ("rotmnist.stages.compare", "model families x training data side by side: accuracy, latency, SLA"),
     "curriculum": (
         "rotmnist.stages.curriculum",
@@ -45,7 +48,7 @@ COMMANDS = {
     ),
     "drift": (
         "rotmnist.commands.drift",
-        "compare the digits the server logged with the training data, without labels: ok, narrower or harmful",
+        "input drift: the digits the server logged against the training data, no labels: ok, narrower or harmful",
     ),
     "workspace": (
         "rotmnist.workspace",

@@ -112,12 +112,13 @@ def test_each_check_is_an_mlflow_run_with_its_verdict(ws, capsys):
     check(ws, capsys)
     client = MlflowClient()
     runs = client.search_runs(
-        [e.experiment_id for e in client.search_experiments()], filter_string="tags.role = 'drift'"
+        [e.experiment_id for e in client.search_experiments()], filter_string="tags.role = 'input_drift'"
     )
     latest = max(runs, key=lambda r: r.info.start_time)
     assert latest.data.tags["verdict"] == "harmful" and latest.data.metrics["tilt_degrees_drifted"] == 1.0
-    artifacts = {a.path for a in client.list_artifacts(latest.info.run_id, "drift")}
-    assert artifacts == {"drift/drift.json", "drift/drift.png"}
+    artifacts = {a.path for a in client.list_artifacts(latest.info.run_id, "input_drift")}
+    assert artifacts == {"input_drift/drift.json", "input_drift/drift.png"}
+    assert latest.info.run_name == "input-drift-harmful"
 
 
 def test_a_log_with_too_few_images_is_a_one_line_error(ws, capsys):

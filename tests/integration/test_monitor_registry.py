@@ -173,8 +173,9 @@ def test_a_drifting_candidate_is_registered_but_the_champion_stays(ws, caplog):
     assert (headline["gate_passed"], headline["version"], headline["champion_version"]) == (False, 2, 1)
     assert (headline["holdout_worst_angle"], headline["holdout_worst_angle_accuracy"]) == (-30, 0.8)
     assert alias(NAME, "champion") == "1" and alias(NAME, "candidate") == "2"
-    assert MlflowClient().get_model_version(NAME, "2").tags["gate"] == "failed"
-    assert "version 2 was NOT promoted (champion stays version 1)" in caplog.text
+    tags = MlflowClient().get_model_version(NAME, "2").tags
+    assert (tags["gate"], tags["concept_drift"]) == ("failed", "true")
+    assert "version 2 was NOT promoted (champion stays version 1); concept drift (holdout check) flagged" in caplog.text
     rows = (ws.plots / "monitor" / "angle_accuracy.csv").read_text().splitlines()
     assert rows[0] == "angle,candidate,champion" and rows[1] == "-30,0.8,1.0"
 

@@ -1,10 +1,12 @@
-"""`rotmnist drift`: have the served digits moved away from what the model was trained on? No labels needed.
+"""`rotmnist drift`: input drift. Have the served digits moved away from what the model was trained on?
+
+No labels needed, unlike the gate's concept drift (holdout check) in stage `monitor`.
 
 Reads the last `drift.recent` images the server logged (`storage.request_store`, read only: no writer
 starts) and a sample of `drift.reference` images of `data/splits/train`, scored by the model that
 served most of the recent ones (or `--model`). Compares their tilt, ink mass, bounding box and top probability
 (`learning.drift`), then writes `metrics/drift.json` (`dvc metrics show metrics/drift.json`),
-`plots/drift.png` and an MLflow run tagged `role = drift`. Prints the verdict: `ok`, `narrower`
+`plots/drift.png` and an MLflow run tagged `role = input_drift`. Prints the verdict: `ok`, `narrower`
 (different but inside the trained range) or `harmful` (outside it, or a less sure model).
 """
 
@@ -21,11 +23,11 @@ from rotmnist import io
 from rotmnist.config import MIN_RECENT_INPUTS, Config
 from rotmnist.data.features import bbox_size, ink_mass, tilt_degrees
 from rotmnist.errors import PipelineError
-from rotmnist.learning.drift import compare, plot_drift
+from rotmnist.learning.drift import compare, plot_input_drift
 from rotmnist.paths import Paths
 from rotmnist.storage.request_store import RequestStore, store_url
 from rotmnist.tracking import registry, store
-from rotmnist.tracking.drift import log_drift_run
+from rotmnist.tracking.drift import log_input_drift_run
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +63,8 @@ def main(config: Config, paths: Paths, model_uri: str | None = None) -> dict[str
         recent = requests.recent(cfg.recent)
     if len(recent.ids) < MIN_RECENT_INPUTS:
         raise PipelineError(
-            f"the request log ({requests.describe()}) holds {len(recent.ids)} scored images; a drift check needs at "
-            f"least {MIN_RECENT_INPUTS}: serve more digits first (rotmnist serve, with serve.log_requests: true)"
+            f"the request log ({requests.describe()}) holds {len(recent.ids)} scored images; an input drift check "
+            f"needs at least {MIN_RECENT_INPUTS}: serve more digits first (rotmnist serve, serve.log_requests: true)"
         )
     if len(recent.ids) < cfg.recent:
         log.warning("the request log holds %d images, fewer than drift.recent = %d", len(recent.ids), cfg.recent)
@@ -81,11 +83,11 @@ def main(config: Config, paths: Paths, model_uri: str | None = None) -> dict[str
     }
     written, plot = paths.metrics / "drift.json", paths.plots / "drift.png"
     io.write_metrics(written, report)
-    plot_drift(reference, latest, report, plot)
+    plot_input_drift(reference, latest, report, plot)
     tags = store.standard_tags(paths, "data/splits")
     params = {"recent": cfg.recent, "reference": cfg.reference, "seed": cfg.seed, "bins": cfg.bins, "model": uri}
-    run_id = log_drift_run(report, params, tags, [written, plot])
+    run_id = log_input_drift_run(report, params, tags, [written, plot])
     drifted = report["drifted"] or "none"
-    log.info("drift: %s (features drifted: %s); MLflow run %s", report["verdict"], drifted, run_id)
+    log.info("input drift: %s (features drifted: %s); MLflow run %s", report["verdict"], drifted, run_id)
     print(f"{report['verdict']}\t{drifted}")
     return report

@@ -22,7 +22,7 @@ import torch
 from rotmnist.data.sources import Pool, sample_sources
 from rotmnist.errors import PipelineError
 from rotmnist.io import Dataset
-from rotmnist.learning.gate import is_drift, monitor_perf
+from rotmnist.learning.gate import is_concept_drift, monitor_perf
 from rotmnist.learning.metrics import error_rate, slice_metrics
 from rotmnist.learning.model import RawImageClassifier, predict_labels
 from rotmnist.learning.recipe import Hyper
@@ -65,7 +65,7 @@ class Round:
     threshold: float
     angle_errors: dict[int, float]  # the monitor's error on each arrived angle's part of the mix
     angle_threshold: float
-    drift: bool  # the mix's error above `threshold`, or an arrived angle's above `angle_threshold`
+    concept_drift: bool  # the mix's error above `threshold`, or an arrived angle's above `angle_threshold`
     holdout_accuracy: dict[int, float]  # every angle of the holdout, arrived or not
     train_seconds: float
 
@@ -168,7 +168,7 @@ def _check(
     recorder = _Recorder(state.model)
     mix_drift = bool(monitor_perf(recorder, mix, plan.threshold))
     angle_errors = {a: error_rate(mix.y[mix.angle == a], recorder.yhat[mix.angle == a]) for a in arrived}
-    drift = mix_drift or any(is_drift(e, plan.angle_threshold) for e in angle_errors.values())
+    drift = mix_drift or any(is_concept_drift(e, plan.angle_threshold) for e in angle_errors.values())
     record = Round(
         step=len(sim.rounds),
         phase=phase,
@@ -183,7 +183,7 @@ def _check(
         threshold=plan.threshold,
         angle_errors=angle_errors,
         angle_threshold=plan.angle_threshold,
-        drift=drift,
+        concept_drift=drift,
         holdout_accuracy=holdout_accuracy(state.model, holdout),
         train_seconds=seconds,
     )
@@ -199,7 +199,7 @@ def _check(
         100 * plan.threshold,
         100 * max(angle_errors.values()),
         100 * plan.angle_threshold,
-        ": drift" if drift else "",
+        ": concept drift" if drift else "",
     )
     return record
 
@@ -233,7 +233,7 @@ def _run_phase(
         record = _check(sim, state, phase, rnd, added, seconds, plan, mix, holdout)
         if on_round is not None:
             on_round(record)
-        if not record.drift:
+        if not record.concept_drift:
             worst = max(record.angle_errors.values())
             return Phase(angle, retrains, new_images, record.monitor_error, worst, satisfied=True)
     note = note or f"the round budget (curriculum.max_rounds = {plan.max_rounds}) is spent"
@@ -303,7 +303,7 @@ def round_metrics(r: Round) -> dict[str, float]:
         "threshold": r.threshold,
         "worst_angle_error": max(r.angle_errors.values()),
         "angle_threshold": r.angle_threshold,
-        "drift": float(r.drift),
+        "concept_drift": float(r.concept_drift),
         "train_seconds": r.train_seconds,
     }
     metrics |= {f"train_images_{_angle_key(a)}": float(r.train_per_angle.get(a, 0)) for a in r.holdout_accuracy}
@@ -319,7 +319,7 @@ def round_rows(sim: Simulation) -> list[dict[str, Any]]:
         row = {"step": r.step, "phase": r.phase, "angle": r.angle, "round": r.round, "trained": int(r.trained)}
         row |= {"train_images": r.train_images, "monitor_error": round(r.monitor_error, 6), "threshold": r.threshold}
         row |= {"worst_angle_error": round(max(r.angle_errors.values()), 6), "angle_threshold": r.angle_threshold}
-        row |= {"drift": int(r.drift), "train_seconds": round(r.train_seconds, 2)}
+        row |= {"drift": int(r.concept_drift), "train_seconds": round(r.train_seconds, 2)}
         row |= {f"train_{a}": r.train_per_angle.get(a, 0) for a in sorted(r.holdout_accuracy)}
         row |= {f"accuracy_{a}": round(acc, 6) for a, acc in sorted(r.holdout_accuracy.items())}
         rows.append(row)

@@ -1,4 +1,7 @@
-"""Drift without labels: recent inputs against a reference sample, feature by feature, and a verdict.
+"""Input drift: recent inputs against a reference sample, feature by feature, and a verdict. No labels needed.
+
+Unlike the gate's concept drift (holdout check, `learning.gate`), which is the model's error on labelled
+digits, input drift only says that what comes in has moved.
 
 Each feature (the estimated tilt, ink mass, bounding-box size, the model's top probability) is compared
 two ways: the two-sample Kolmogorov-Smirnov test and the population stability index (PSI) over
@@ -116,7 +119,9 @@ LABELS = {
 }
 
 
-def plot_drift(reference: dict[str, np.ndarray], recent: dict[str, np.ndarray], report: dict[str, Any], path) -> None:
+def plot_input_drift(
+    reference: dict[str, np.ndarray], recent: dict[str, np.ndarray], report: dict[str, Any], path
+) -> None:
     """One panel per compared feature: the reference's and the recent inputs' distributions, PSI and verdict."""
     from matplotlib.figure import Figure
 
@@ -133,5 +138,5 @@ def plot_drift(reference: dict[str, np.ndarray], recent: dict[str, np.ndarray], 
         ax.set_title(f"PSI {f['psi']:.2f}{' drifted' if f['drifted'] else ''}", fontsize=10)
         ax.set_xlabel(LABELS.get(name, name))
     fig.axes[0].legend(fontsize=8)
-    fig.suptitle(f"drift: {report['verdict']} ({report['recent_images']} recent inputs)")
+    fig.suptitle(f"input drift: {report['verdict']} ({report['recent_images']} recent inputs)")
     save_png(fig, path)

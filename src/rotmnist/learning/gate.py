@@ -1,7 +1,10 @@
-"""The drift check and the promotion gate: pure functions over predictions and slice metrics.
+"""The concept drift check (holdout check) and the promotion gate: pure functions over predictions and metrics.
 
-`monitor_perf` is one of the course assignment's four fixed prototypes: a model, labelled ground truth
-and an error threshold in, a drift flag out. `decide` is the gate the stage `monitor` applies before it
+Concept drift: the model's error on labelled held-out digits above a threshold, that is, what users
+expect of an input has moved away from what the model answers. Not to be confused with input drift
+(`learning.drift`, `rotmnist drift`), an unlabelled shift of the inputs. `monitor_perf` is one of the
+course assignment's four fixed prototypes: a model, labelled ground truth and an error threshold in, a
+drift flag (concept drift) out. `decide` is the gate the stage `monitor` applies before it
 moves the registry's `champion` alias.
 """
 
@@ -27,8 +30,8 @@ GATE_TAG = "gate"
 GATE_PASSED, GATE_FAILED = "passed", "failed"
 
 
-def is_drift(error: float, threshold: float) -> bool:
-    """The drift rule used everywhere: an error strictly above its threshold."""
+def is_concept_drift(error: float, threshold: float) -> bool:
+    """The concept drift rule used everywhere: an error strictly above its threshold."""
     return error > threshold
 
 
@@ -41,7 +44,7 @@ def _check_threshold(threshold: Any, name: str = "threshold") -> float:
 
 
 def monitor_perf(model, ground_truth_dataset, threshold):
-    """Return True ("drift") when the model's misclassification rate on the ground truth exceeds `threshold`.
+    """Return True ("drift", concept drift) when the model's error rate on the ground truth exceeds `threshold`.
 
     `model` needs `.predict(x) -> labels`; `ground_truth_dataset` needs `.x` (images) and `.y` (labels),
     as `rotmnist.io.Dataset` has; `threshold` is an error rate in [0, 1].
@@ -55,7 +58,7 @@ def monitor_perf(model, ground_truth_dataset, threshold):
     if y.ndim != 1:
         raise ValueError(f"ground_truth_dataset.y must be one-dimensional, got shape {y.shape}")
     if len(y) == 0:
-        raise ValueError("ground_truth_dataset is empty: the drift check needs at least one labelled image")
+        raise ValueError("ground_truth_dataset is empty: the concept drift check needs at least one labelled image")
     if len(x) != len(y):
         raise ValueError(f"ground_truth_dataset has {len(x)} images but {len(y)} labels")
     yhat = np.asarray(model.predict(x))
@@ -65,19 +68,19 @@ def monitor_perf(model, ground_truth_dataset, threshold):
         )
     error = error_rate(y, yhat)
     log.debug("monitor_perf: error %.4f vs threshold %.4f", error, threshold)
-    return is_drift(error, threshold)
+    return is_concept_drift(error, threshold)
 
 
 # ---- the promotion gate ---------------------------------------------------------------------------
 
 
-def drift_reasons(metrics: dict[str, Any], threshold: float, angle_threshold: float) -> list[str]:
-    """Why the holdout metrics count as drift: the overall error or any angle's error above its threshold."""
+def concept_drift_reasons(metrics: dict[str, Any], threshold: float, angle_threshold: float) -> list[str]:
+    """Why the holdout metrics count as concept drift: the overall error or any angle's error above its threshold."""
     reasons = []
-    if is_drift(metrics["error_rate"], threshold):
+    if is_concept_drift(metrics["error_rate"], threshold):
         reasons.append(f"holdout error {metrics['error_rate']:.2%} > monitor.threshold {threshold:.2%}")
     for angle, m in metrics["per_angle"].items():
-        if is_drift(m["error_rate"], angle_threshold):
+        if is_concept_drift(m["error_rate"], angle_threshold):
             reasons.append(
                 f"error at {angle} deg {m['error_rate']:.2%} > monitor.angle_threshold {angle_threshold:.2%}"
             )
@@ -107,9 +110,9 @@ def regression_reasons(
 
 @dataclass(frozen=True)
 class Gate:
-    """The promotion decision: drift flag, whether the candidate becomes champion, and why not."""
+    """The promotion decision: concept drift flag, whether the candidate becomes champion, and why not."""
 
-    drift: bool
+    concept_drift: bool
     promoted: bool
     reasons: tuple[str, ...]
 
@@ -119,8 +122,8 @@ class Gate:
 
 
 def feedback_reasons(feedback: dict[str, Any] | None, threshold: float | None) -> list[str]:
-    """Why the held-out corrections count as drift: their error above `monitor.feedback_threshold` (None: off)."""
-    if threshold is None or not feedback or not is_drift(feedback["error_rate"], threshold):
+    """Why the held-out corrections count as concept drift: error above `monitor.feedback_threshold` (None: off)."""
+    if threshold is None or not feedback or not is_concept_drift(feedback["error_rate"], threshold):
         return []
     return [f"error on the feedback slice {feedback['error_rate']:.2%} > monitor.feedback_threshold {threshold:.2%}"]
 
@@ -132,15 +135,15 @@ def decide(
     champion_label: str = "the champion",
     feedback: dict[str, Any] | None = None,
 ) -> Gate:
-    """Pass only with no drift and, if there is a champion, no slice worse than it beyond the tolerance.
+    """Pass only with no concept drift and, if there is a champion, no slice worse than it beyond the tolerance.
 
     `feedback`: the candidate's metrics on the held-out corrections, gated by `monitor.feedback_threshold`.
     """
-    drift = drift_reasons(candidate, cfg.threshold, cfg.angle_threshold) + feedback_reasons(
+    drift = concept_drift_reasons(candidate, cfg.threshold, cfg.angle_threshold) + feedback_reasons(
         feedback, cfg.feedback_threshold
     )
     worse = regression_reasons(candidate, champion, cfg.tolerance, champion_label) if champion else []
-    return Gate(drift=bool(drift), promoted=not drift and not worse, reasons=tuple(drift + worse))
+    return Gate(concept_drift=bool(drift), promoted=not drift and not worse, reasons=tuple(drift + worse))
 
 
 def class_distribution(y: np.ndarray, yhat: np.ndarray, n_classes: int = N_CLASSES) -> dict[str, Any]:

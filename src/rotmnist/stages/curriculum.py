@@ -56,7 +56,7 @@ def write_plots(folder: Path, sim: curriculum.Simulation, plan: curriculum.Plan)
     labels = [f"{p.angle:+d}°" if p.angle else "0°" for p in sim.phases]
     matrix = curriculum.accuracy_matrix(sim.rounds, tuple(angles))
     arrived = np.array([[a in r.arrived for a in angles] for r in sim.rounds])
-    round_labels = [f"{r.step}: {labels[r.phase]} r{r.round}{' ✗' if r.drift else ''}" for r in sim.rounds]
+    round_labels = [f"{r.step}: {labels[r.phase]} r{r.round}{' ✗' if r.concept_drift else ''}" for r in sim.rounds]
     io.write_csv(folder / "rounds.csv", rows)
     return [
         folder / "rounds.csv",

@@ -1,4 +1,4 @@
-"""Stage `monitor`: the held-out drift check, registration, and gated promotion to `champion`.
+"""Stage `monitor`: the concept drift check (holdout check), registration, and gated promotion to `champion`.
 
 The candidate from `train` is registered as a new version of `monitor.model_name` (alias `candidate`),
 scored on the holdout split (overall, per angle, per class) and, with the current champion
@@ -68,7 +68,7 @@ def flat_metrics(report: dict[str, Any], prefix: str = "holdout") -> dict[str, f
     fb = report.get("feedback", {})
     out |= {f"feedback_{k}": fb[k] for k in ("accuracy", "champion_accuracy") if k in fb}
     out["gate_passed"] = float(report["gate"]["passed"])
-    out["gate_drift"] = float(report["gate"]["drift"])
+    out["gate_concept_drift"] = float(report["gate"]["drift"])
     return out
 
 
@@ -78,7 +78,7 @@ def version_tags(report: dict[str, Any], commit: str, data_hash: str) -> dict[st
     tags = {
         GATE_TAG: g["decision"],
         "gate_reasons": g["reasons"],
-        "drift": str(g["drift"]).lower(),
+        "concept_drift": str(g["drift"]).lower(),
         "compared_with": f"v{report['registry']['compared_with']}" if "compared_with" in report["registry"] else "none",
         "holdout_n": str(h["n"]),
         "holdout_accuracy": f"{h['accuracy']:.6f}",
@@ -142,7 +142,7 @@ def build_report(
         "gate": {
             "decision": gate.decision,
             "passed": gate.promoted,
-            "drift": gate.drift,
+            "drift": gate.concept_drift,  # the mission's drift flag: concept drift (holdout check)
             "reasons": "; ".join(gate.reasons) or "none",
             "threshold": cfg.threshold,
             "angle_threshold": cfg.angle_threshold,
@@ -330,10 +330,12 @@ def _announce(report: dict[str, Any], gate: Gate) -> None:
         log.info("gate PASSED: %s version %s is now the champion", r["model_name"], r["version"])
         return
     stays = f"version {r['champion_after']}" if "champion_after" in r else "unset"
+    flagged = "; concept drift (holdout check) flagged" if gate.concept_drift else ""
     log.warning(
-        "gate FAILED: %s version %s was NOT promoted (champion stays %s). Reasons:\n  - %s",
+        "gate FAILED: %s version %s was NOT promoted (champion stays %s)%s. Reasons:\n  - %s",
         r["model_name"],
         r["version"],
         stays,
+        flagged,
         "\n  - ".join(gate.reasons),
     )

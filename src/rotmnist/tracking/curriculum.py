@@ -40,7 +40,7 @@ def round_logger(parent_id: str, tags: dict[str, str]) -> Callable[[Round], None
             "arrived": " ".join(str(a) for a in r.arrived),
             "trained": r.trained,
         }
-        run_tags = tags | {ROLE_TAG: "round", "drift": str(r.drift).lower()}
+        run_tags = tags | {ROLE_TAG: "round", "concept_drift": str(r.concept_drift).lower()}
         with mlflow.start_run(run_name=name, nested=True, parent_run_id=parent_id, tags=run_tags):
             mlflow.log_params(params)
             mlflow.log_metrics(round_metrics(r))

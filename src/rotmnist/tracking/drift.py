@@ -1,4 +1,8 @@
-"""The MLflow run of `rotmnist drift`: one run per check, tagged `role = drift` and with its verdict."""
+"""The MLflow run of `rotmnist drift`: one run per input drift check, tagged `role = input_drift` and its verdict.
+
+Input drift (unlabelled inputs moving) is told apart from the gate's concept drift (holdout check), whose
+flag is the registry version's `concept_drift` tag.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 ROLE_TAG = "role"  # as on the sweep's parent run
-ROLE = "drift"
+ROLE = "input_drift"
 
 
-def drift_metrics(report: dict[str, Any]) -> dict[str, float]:
+def input_drift_metrics(report: dict[str, Any]) -> dict[str, float]:
     """Per feature: PSI, KS statistic and p, the share outside the reference's range, drifted (1/0)."""
     out: dict[str, float] = {"features_drifted": float(sum(f["drifted"] for f in report["features"].values()))}
     for name, f in report["features"].items():
@@ -24,14 +28,14 @@ def drift_metrics(report: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def log_drift_run(report: dict[str, Any], params: dict[str, Any], tags: dict[str, str], files: list[Path]) -> str:
-    """Log the check as a new MLflow run (its metrics, `params`, the report and plot files); return its id."""
+def log_input_drift_run(report: dict[str, Any], params: dict[str, Any], tags: dict[str, str], files: list[Path]) -> str:
+    """Log the input drift check as a new MLflow run (metrics, `params`, the report and plot files); return its id."""
     import mlflow
 
     run_tags = tags | {ROLE_TAG: ROLE, "verdict": report["verdict"]}
-    with mlflow.start_run(run_name=f"drift-{report['verdict']}", tags=run_tags) as run:
+    with mlflow.start_run(run_name=f"input-drift-{report['verdict']}", tags=run_tags) as run:
         mlflow.log_params(params)
-        mlflow.log_metrics(drift_metrics(report))
+        mlflow.log_metrics(input_drift_metrics(report))
         for f in files:
             mlflow.log_artifact(str(f), ROLE)
     return run.info.run_id

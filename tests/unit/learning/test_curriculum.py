@@ -52,11 +52,11 @@ def test_an_upright_model_is_flagged_when_a_rotated_angle_arrives(splits):
     arrival = next(r for r in sim.rounds if r.phase == 1)
     assert sim.phases[0].satisfied and arrival.round == 0 and not arrival.trained
     assert arrival.train_per_angle == {0: sim.rounds[arrival.step - 1].train_images}  # still the upright model
-    assert arrival.drift and arrival.monitor_error > plan().threshold
+    assert arrival.concept_drift and arrival.monitor_error > plan().threshold
     assert arrival.holdout_accuracy[-30] < arrival.holdout_accuracy[0] - 0.2
     # every flagged round is followed by a retraining with more data, until the phase is satisfied
     for before, after in zip(sim.rounds, sim.rounds[1:], strict=False):
-        if before.drift and after.phase == before.phase:
+        if before.concept_drift and after.phase == before.phase:
             assert after.trained and after.train_images > before.train_images
     report = curriculum.report(sim, plan())
     assert report["rounds"] == len(sim.rounds) and set(report["final"]["accuracy"]) == {

@@ -1,4 +1,4 @@
-"""The drift check `monitor_perf` and the promotion gate's rules."""
+"""The concept drift check (holdout check) `monitor_perf` and the promotion gate's rules."""
 
 from __future__ import annotations
 
@@ -74,18 +74,18 @@ def test_the_stage_gate_uses_the_same_rule_as_monitor_perf(threshold):
     y = np.arange(20) % 10
     yhat = np.where(np.arange(20) < 5, (y + 1) % 10, y)  # E = 0.25
     sliced = metrics.slice_metrics(y, yhat, np.zeros(20))
-    overall_flagged = any("monitor.threshold" in r for r in gate.drift_reasons(sliced, threshold, 1.0))
+    overall_flagged = any("monitor.threshold" in r for r in gate.concept_drift_reasons(sliced, threshold, 1.0))
     assert gate.monitor_perf(LabelModel(yhat), blank_dataset(y), threshold) is overall_flagged is (threshold < 0.25)
 
 
 def test_gate_passes_a_good_first_candidate():
     g = gate.decide(metrics_with(0.995, {"0": 0.996, "-30": 0.99}), None, CFG)
-    assert (g.drift, g.promoted, g.reasons, g.decision) == (False, True, (), "passed")
+    assert (g.concept_drift, g.promoted, g.reasons, g.decision) == (False, True, (), "passed")
 
 
 def test_gate_fails_on_overall_error_and_names_each_bad_angle():
     g = gate.decide(metrics_with(0.97, {"0": 0.999, "-30": 0.90, "30": 0.98}), None, CFG)
-    assert g.drift and not g.promoted and g.decision == "failed"
+    assert g.concept_drift and not g.promoted and g.decision == "failed"
     assert len(g.reasons) == 3
     assert "monitor.threshold" in g.reasons[0]
     assert "-30 deg" in g.reasons[1] and "30 deg" in g.reasons[2]
@@ -97,7 +97,7 @@ def test_gate_refuses_a_candidate_worse_than_the_champion_beyond_the_tolerance()
     within = gate.decide(metrics_with(0.997, {"0": 0.999, "-30": 0.995}), champion, CFG)
     assert within.promoted and within.reasons == ()
     worse = gate.decide(metrics_with(0.997, {"0": 0.999, "-30": 0.993}), champion, CFG, "champion v4")
-    assert not worse.drift and not worse.promoted
+    assert not worse.concept_drift and not worse.promoted
     assert worse.reasons == (
         "accuracy at -30 deg 99.30% is 0.40% below champion v4 (99.70%), beyond monitor.tolerance 0.20%",
     )
@@ -137,15 +137,15 @@ def test_monitor_perf_refuses_labels_that_are_not_one_dimensional():
         gate.monitor_perf(LabelModel([[1], [2]]), gt, 0.1)
 
 
-def test_drift_reasons_name_the_overall_error_then_each_angle_above_its_threshold():
+def test_concept_drift_reasons_name_the_overall_error_then_each_angle_above_its_threshold():
     holdout = metrics_with(0.75, {"-30": 0.5, "0": 1.0, "30": 0.75})
-    assert gate.drift_reasons(holdout, 0.25, 0.5) == []  # every error at most its threshold
-    assert gate.drift_reasons(holdout, 0.125, 0.5) == ["holdout error 25.00% > monitor.threshold 12.50%"]
-    assert gate.drift_reasons(holdout, 0.25, 0.125) == [
+    assert gate.concept_drift_reasons(holdout, 0.25, 0.5) == []  # every error at most its threshold
+    assert gate.concept_drift_reasons(holdout, 0.125, 0.5) == ["holdout error 25.00% > monitor.threshold 12.50%"]
+    assert gate.concept_drift_reasons(holdout, 0.25, 0.125) == [
         "error at -30 deg 50.00% > monitor.angle_threshold 12.50%",
         "error at 30 deg 25.00% > monitor.angle_threshold 12.50%",
     ]
-    assert len(gate.drift_reasons(holdout, 0.0, 0.0)) == 3  # overall, -30 and 30; 0 deg is perfect
+    assert len(gate.concept_drift_reasons(holdout, 0.0, 0.0)) == 3  # overall, -30 and 30; 0 deg is perfect
 
 
 def test_regression_reasons_name_each_slice_that_fell_beyond_the_tolerance():
@@ -166,13 +166,13 @@ def test_regression_reasons_name_each_slice_that_fell_beyond_the_tolerance():
 def test_without_a_champion_only_drift_counts_and_with_both_failures_drift_comes_first():
     worse_than_champion = metrics_with(0.997, {"0": 0.999, "-30": 0.993})
     alone = gate.decide(worse_than_champion, None, CFG)
-    assert (alone.drift, alone.promoted, alone.decision) == (False, True, "passed")
+    assert (alone.concept_drift, alone.promoted, alone.decision) == (False, True, "passed")
     champion = metrics_with(0.998, {"0": 0.999, "-30": 0.997})
     drifted = metrics_with(0.5, {"0": 0.5})
     both = gate.decide(drifted, champion, CFG, "champion v1")
-    assert both.drift and not both.promoted and both.decision == "failed"
+    assert both.concept_drift and not both.promoted and both.decision == "failed"
     assert both.reasons == (
-        tuple(gate.drift_reasons(drifted, CFG.threshold, CFG.angle_threshold))
+        tuple(gate.concept_drift_reasons(drifted, CFG.threshold, CFG.angle_threshold))
         + tuple(gate.regression_reasons(drifted, champion, CFG.tolerance, "champion v1"))
     )
     assert "monitor.threshold" in both.reasons[0] and "champion v1" in both.reasons[-1]
@@ -191,6 +191,6 @@ def test_the_feedback_slice_gates_only_when_monitor_feedback_threshold_is_set():
     assert gate.decide(good, None, CFG, feedback=slice_).promoted  # off by default
     strict = CFG.model_copy(update={"feedback_threshold": 0.05})
     g = gate.decide(good, None, strict, feedback=slice_)
-    assert g.drift and not g.promoted
+    assert g.concept_drift and not g.promoted
     assert g.reasons == ("error on the feedback slice 10.00% > monitor.feedback_threshold 5.00%",)
     assert gate.decide(good, None, strict, feedback=None).promoted  # no corrections: nothing to gate on

@@ -114,9 +114,10 @@ def test_flat_metrics_and_version_tags_carry_the_decision():
     flat = monitor.flat_metrics(report)
     assert flat["holdout_accuracy"] == 0.75 and flat["holdout_accuracy_angle_-10"] == 0.5
     assert flat["holdout_sources_wrong_at_every_angle"] == 0
-    assert flat["gate_passed"] == 0.0 and flat["gate_drift"] == 1.0 and "holdout_pred_chi2_pvalue" in flat
+    assert flat["gate_passed"] == 0.0 and flat["gate_concept_drift"] == 1.0 and "holdout_pred_chi2_pvalue" in flat
     tags = monitor.version_tags(report, "abc123", "md5:ff")
     assert tags["gate"] == "failed" and tags["gate_reasons"] == "a; b" and tags["compared_with"] == "v2"
+    assert tags["concept_drift"] == "true" and "drift" not in tags
     assert tags["holdout_accuracy_angle_0"] == "1.000000" and tags["training_run_id"] == "r1"
     assert tags["git_commit"] == "abc123" and tags["data_hash"] == "md5:ff"
     assert all(isinstance(v, str) for v in tags.values())
