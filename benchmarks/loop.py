@@ -206,7 +206,7 @@ def print_report(r: dict) -> None:
     s = r["stream"]
     print(f"stream at {r['angle']:g} deg: {s['sent']} digits sent, {s['wrong']} wrong, {s['corrected']} corrected")
     print(f"exported: {r['exported']['train']} to train on, {r['exported']['holdout']} held out (feedback slice)")
-    print(f"drift: {r['drift']['verdict']} ({r['drift']['drifted'] or 'none'}); gate: {r['gate']}")
+    print(f"input drift: {r['drift']['verdict']} ({r['drift']['drifted'] or 'none'}); gate: {r['gate']}")
     print(f"champion: v{r['versions']['before']} -> v{r['versions']['after']}\n")
     print("| test digits | before | after | change (points) |\n|---|---:|---:|---:|")
     rows = [(f"{r['angle']:g} deg (unseen)", r["before"]["unseen"], r["after"]["unseen"])]
