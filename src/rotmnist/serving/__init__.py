@@ -1,1 +1,1 @@
-"""The champion for users: `rotmnist predict` and the HTTP service of `rotmnist serve`; no training code."""
+"""The champion for users: the HTTP service of `rotmnist serve` and its request handling; no training code."""

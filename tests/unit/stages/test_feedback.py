@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -56,9 +57,10 @@ def test_the_corrected_rows_are_exported_divided_by_request_and_a_rerun_writes_t
     by_id = {i: np.frombuffer(b, np.uint8).reshape(28, 28) for i, b in images}
     train = parts["train"]
     assert all(np.array_equal(by_id[i], x) for i, x in zip(train.request_id, train.data.x, strict=True))
-    before = files(paths.feedback)
+    before, threads = files(paths.feedback), threading.active_count()
     stage.main(config, paths)
     assert files(paths.feedback) == before
+    assert threading.active_count() == threads  # the stage reads the store and starts no writer thread
 
 
 def test_corrections_the_log_no_longer_holds_stay_and_new_ones_join(paths):
