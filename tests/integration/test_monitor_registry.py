@@ -21,10 +21,10 @@ from scipy import ndimage
 from torch import nn
 
 from rotmnist import io
+from rotmnist.commands import predict
 from rotmnist.config import Config, MlflowConfig, MonitorConfig
 from rotmnist.learning import model
 from rotmnist.paths import Paths
-from rotmnist.serving import predict
 from rotmnist.stages import monitor
 from rotmnist.tracking import registry, store
 from rotmnist.tracking import train as training_run
