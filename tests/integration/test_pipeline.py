@@ -17,7 +17,7 @@ import yaml
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from rotmnist.io import MNIST_TEST, MNIST_TRAIN, load_dataset
+from rotmnist.data.dataset import MNIST_TEST, MNIST_TRAIN, load_dataset
 from rotmnist.learning.compare import load_pipeline_model
 from rotmnist.learning.model import predict_labels
 from rotmnist.paths import SPLITS

@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from rotmnist.data.dataset import FEEDBACK, Dataset
 from rotmnist.errors import PipelineError, first_line
-from rotmnist.io import FEEDBACK, Dataset
 from rotmnist.learning.device import resolve_precision
 from rotmnist.learning.model import RawImageClassifier, classifier_from_spec
 from rotmnist.learning.recipe import Hyper

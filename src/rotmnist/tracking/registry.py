@@ -14,9 +14,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from rotmnist.errors import PipelineError, first_line
-from rotmnist.io import IMAGE_SHAPE, N_CLASSES
 from rotmnist.learning.gate import GATE_PASSED, GATE_TAG
-from rotmnist.spec import EVAL_BATCH
+from rotmnist.spec import EVAL_BATCH, IMAGE_SHAPE, N_CLASSES
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient

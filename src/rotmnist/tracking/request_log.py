@@ -29,7 +29,7 @@ import numpy as np
 import sqlalchemy as sa
 
 from rotmnist.errors import PipelineError, first_line
-from rotmnist.io import IMAGE_SHAPE
+from rotmnist.spec import IMAGE_SHAPE
 from rotmnist.tracking.locks import store_lock
 
 if TYPE_CHECKING:

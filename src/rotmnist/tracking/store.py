@@ -21,7 +21,7 @@ from rotmnist.tracking.locks import store_lock
 
 if TYPE_CHECKING:
     from rotmnist.config import Config
-    from rotmnist.io import Dataset
+    from rotmnist.data.dataset import Dataset
     from rotmnist.paths import Paths
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ from rotmnist.tracking.store import array_digest, log_dataset
 if TYPE_CHECKING:
     from torch import nn
 
-    from rotmnist.io import Dataset
+    from rotmnist.data.dataset import Dataset
     from rotmnist.paths import Paths
 
 # The input example given to `log_model`: `torch.export` specialises a batch dimension of 1 (and may tie

@@ -24,8 +24,8 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from rotmnist.data.dataset import Dataset
 from rotmnist.errors import PipelineError
-from rotmnist.io import Dataset
 from rotmnist.learning.device import resolve_device
 from rotmnist.learning.latency import measure_latency
 from rotmnist.learning.recipe import PIPELINE_RECIPE_KEYS, Hyper, hyper_dict, recipe

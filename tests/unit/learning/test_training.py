@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from rotmnist.data.dataset import FEEDBACK
 from rotmnist.errors import PipelineError
-from rotmnist.io import FEEDBACK
 from rotmnist.learning import training
 from rotmnist.learning.recipe import Hyper
 from rotmnist.learning.training import fit, pixel_stats, random_shift

@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from rotmnist import io
 from rotmnist.config import MonitorConfig
 from rotmnist.errors import PipelineError
 from rotmnist.learning import gate, metrics
+from rotmnist.reports import metrics_problems
 from rotmnist.stages import monitor
 from tests.support.datasets import blank_dataset
 from tests.support.fakes import metrics_with
@@ -39,7 +39,7 @@ def test_roc_auc_per_class_and_their_mean():
     assert aucs["per_class"] == {"0": 1.0, "1": pytest.approx(5 / 6, abs=1e-6), "2": 0.5}
     assert aucs["macro"] == pytest.approx((1 + 5 / 6 + 0.5) / 3, abs=1e-6)
     assert monitor.roc_auc({}) == {}  # no curve, no figure: never a null
-    assert io.metrics_problems(aucs) == []
+    assert metrics_problems(aucs) == []
 
 
 def test_roc_rows_are_a_few_hundred_points_for_every_class():
