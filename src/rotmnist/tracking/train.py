@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from rotmnist.spec import IMAGE_SHAPE, N_CLASSES
 from rotmnist.tracking.store import array_digest, log_dataset
 
 if TYPE_CHECKING:
@@ -89,12 +90,14 @@ def log_classifier(
 
     module = module.cpu().eval()
     if input_example is None:
-        input_example = np.zeros((EXAMPLE_BATCH, 28, 28), np.float32)
+        input_example = np.zeros((EXAMPLE_BATCH, *IMAGE_SHAPE), np.float32)
         input_example[:, 6:22, 12:16] = 255.0  # a crude "1"
     input_example = np.ascontiguousarray(input_example, dtype=np.float32)
-    if input_example.ndim != 3 or input_example.shape[1:] != (28, 28) or len(input_example) in (0, 1, 10, 28):
+    tied = (0, 1, N_CLASSES, *IMAGE_SHAPE)  # batch sizes `torch.export` would specialise or tie
+    if input_example.ndim != 3 or input_example.shape[1:] != IMAGE_SHAPE or len(input_example) in tied:
         raise ValueError(
-            f"input_example must have shape (N, 28, 28) with N not in 0, 1, 10, 28; got {input_example.shape}"
+            f"input_example must have shape (N, {IMAGE_SHAPE[0]}, {IMAGE_SHAPE[1]}) with N not in "
+            f"{', '.join(map(str, sorted(set(tied))))}; got {input_example.shape}"
         )
     with torch.no_grad():
         output = module(torch.from_numpy(input_example)).numpy()
