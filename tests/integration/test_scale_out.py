@@ -21,6 +21,7 @@ from rotmnist.data.dataset import Dataset, load_dataset, save_dataset
 from rotmnist.paths import Paths
 from rotmnist.tracking import tune as sweep
 from rotmnist.tracking import tune_storage
+from rotmnist.tracking.store import ROLE_TAG
 from tests.support.helpers import tiny_mnist
 from tests.support.postgres import fresh_database
 
@@ -121,7 +122,7 @@ def assert_one_study_one_parent(ws: Paths, storage: str, tracking: str, name: st
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent}
     client = MlflowClient(tracking)
     exp = client.get_experiment_by_name(name)
-    parents = client.search_runs([exp.experiment_id], filter_string=f"tags.{sweep.ROLE_TAG} = 'sweep'")
+    parents = client.search_runs([exp.experiment_id], filter_string=f"tags.{ROLE_TAG} = 'sweep'")
     assert [p.info.run_id for p in parents] == [parent]
     return study
 
@@ -260,7 +261,7 @@ def test_tune_train_and_monitor_track_through_a_tracking_server(tmp_path, splits
     client = MlflowClient(server)
     exp = client.get_experiment_by_name("served")
     runs = client.search_runs([exp.experiment_id], max_results=100)
-    parents = [r for r in runs if r.data.tags.get(sweep.ROLE_TAG) == "sweep"]
+    parents = [r for r in runs if r.data.tags.get(ROLE_TAG) == "sweep"]
     trials = [r for r in runs if "trial_number" in r.data.tags]
     assert len(parents) == 1 and len(trials) == 2
     assert {t.data.tags["mlflow.parentRunId"] for t in trials} == {parents[0].info.run_id}

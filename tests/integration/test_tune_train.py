@@ -31,6 +31,7 @@ from rotmnist.spec import normalize_spec
 from rotmnist.stages import train, tune
 from rotmnist.tracking import store, tune_space, tune_storage
 from rotmnist.tracking import tune as sweep
+from rotmnist.tracking.store import ROLE_TAG
 from tests.support.helpers import tiny_mnist
 
 ANGLES = (0, -30, 30)
@@ -293,5 +294,5 @@ def test_a_study_keeps_its_parent_run_and_replaces_one_that_was_deleted(ws):
     MlflowClient().delete_run(first)
     second = sweep._parent_run(study, "s", {"study": "s"})
     assert second != first and study.user_attrs[sweep.PARENT_ATTR] == second
-    sweeps = [r for r in runs(MlflowClient()) if r.data.tags.get(sweep.ROLE_TAG) == "sweep"]
+    sweeps = [r for r in runs(MlflowClient()) if r.data.tags.get(ROLE_TAG) == "sweep"]
     assert [r.info.run_id for r in sweeps] == [second]
