@@ -195,7 +195,7 @@ def load_candidate(client: MlflowClient, name: str, version: str, model_uri: str
     """Load the just-registered version from the registry; a model that does not load is tagged failed."""
     try:
         return registry.load_model(f"models:/{name}/{version}", version)
-    except Exception as err:
+    except registry.RegistryError as err:  # a missing or damaged artifact, a failing store; a bug propagates
         client.set_model_version_tag(name, version, GATE_TAG, GATE_FAILED)
         client.set_model_version_tag(name, version, "gate_reasons", f"the model does not load: {err}"[:TAG_VALUE_MAX])
         raise PipelineError(f"candidate {name} version {version} ({model_uri}) does not load: {err}") from err

@@ -153,3 +153,33 @@ def test_the_feedback_slice_is_reported_beside_the_holdout_with_the_champion_and
     assert flat["feedback_accuracy"] == 0.75 and flat["feedback_champion_accuracy"] == 0.25
     tags = monitor.version_tags(report, "abc", "md5")
     assert tags["feedback_accuracy"] == "0.750000" and tags["feedback_n"] == "4"
+
+
+class _TagRecorder:
+    def __init__(self):
+        self.tags = {}
+
+    def set_model_version_tag(self, name, version, key, value):
+        self.tags[key] = value
+
+
+def test_a_candidate_that_does_not_load_is_tagged_failed_but_a_bug_in_loading_surfaces(monkeypatch):
+    from rotmnist.tracking import registry
+
+    def broken(uri, version=None):
+        raise registry.RegistryError(f"cannot load model {uri}: BadZipFile: File is not a zip file")
+
+    monkeypatch.setattr(registry, "load_model", broken)
+    client = _TagRecorder()
+    with pytest.raises(PipelineError, match=r"candidate m version 2 \(runs:/r/model\) does not load: cannot load"):
+        monitor.load_candidate(client, "m", "2", "runs:/r/model")
+    assert client.tags["gate"] == "failed" and "BadZipFile" in client.tags["gate_reasons"]
+
+    def buggy(uri, version=None):
+        raise AttributeError("a bug in our own loading code")
+
+    monkeypatch.setattr(registry, "load_model", buggy)
+    client = _TagRecorder()
+    with pytest.raises(AttributeError, match="a bug in our own loading code"):
+        monitor.load_candidate(client, "m", "2", "runs:/r/model")
+    assert client.tags == {}  # the version is not marked as a broken model
