@@ -231,40 +231,45 @@ def fit(
 
     The model starts fresh, or from `init` (a model of the same spec, or its state dict: a warm start that
     keeps its weights and pixel normalisation; `init` itself is not modified).
-    `on_epoch` may raise (e.g. optuna.TrialPruned) to stop early. Seeded: same inputs, same model.
+    `on_epoch` may raise (e.g. optuna.TrialPruned) to stop early. Seeded: same inputs, same model; torch's
+    global RNG is left as the caller had it.
     A loss that turns NaN or infinite stops training with a PipelineError.
     """
     spec = normalize_spec(spec)
     if len(train) == 0:
         raise ValueError("the training set is empty")
     device = torch.device(device)
-    torch.manual_seed(seed)
-    model = _initial_model(spec, train, init, device)
-    x, y = _tensors(train, device)
-    xv, yv = _tensors(val, device) if val is not None and len(val) else (None, None)
-    rows = EpochRows(train.source_id, hp.rotations_per_epoch)
-    opt, sched = _optimizer(model, hp, hp.epochs * math.ceil(len(rows) / hp.batch_size))
-    average = WeightAverage(model, hp.ema) if hp.ema else None
-    bf16 = resolve_precision(hp.precision, device) == "bf16"
-    step = _Step(model, opt, sched, hp, bf16=bf16, average=average, weight=row_weights(train, hp, device))
-    result = average.model if average else model  # what is scored and returned
-    gen = torch.Generator().manual_seed(seed)
-    history: list[dict[str, float]] = []
-    for epoch in range(1, hp.epochs + 1):
-        start = time.perf_counter()
-        order = rows.draw(gen)
-        total_loss, correct = _train_epoch(step, x, y, order, gen, f"{desc} epoch {epoch}/{hp.epochs}")
-        if not math.isfinite(total_loss):
-            raise PipelineError(f"training diverged (loss {total_loss}) at epoch {epoch}; lower the learning rate")
-        metrics = _epoch_metrics(epoch, total_loss, correct, len(order), sched, time.perf_counter() - start)
-        if xv is not None and (epoch % score_every == 0 or epoch == hp.epochs):
-            scores = evaluate(result, xv, yv)
-            metrics |= {"val_loss": scores["loss"], "val_accuracy": scores["accuracy"]}
-        log.info("%s epoch %d/%d: %s", desc, epoch, hp.epochs, _fmt(metrics))
-        history.append(metrics)
-        if on_epoch is not None:
-            on_epoch(metrics)
-    result.eval()
+    # The model's initial weights and dropout draw from torch's global RNG: seeded here, and the caller's
+    # state (CPU, and every GPU that the seed reaches) restored afterwards.
+    cuda = list(range(torch.cuda.device_count())) if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(seed)
+        model = _initial_model(spec, train, init, device)
+        x, y = _tensors(train, device)
+        xv, yv = _tensors(val, device) if val is not None and len(val) else (None, None)
+        rows = EpochRows(train.source_id, hp.rotations_per_epoch)
+        opt, sched = _optimizer(model, hp, hp.epochs * math.ceil(len(rows) / hp.batch_size))
+        average = WeightAverage(model, hp.ema) if hp.ema else None
+        bf16 = resolve_precision(hp.precision, device) == "bf16"
+        step = _Step(model, opt, sched, hp, bf16=bf16, average=average, weight=row_weights(train, hp, device))
+        result = average.model if average else model  # what is scored and returned
+        gen = torch.Generator().manual_seed(seed)
+        history: list[dict[str, float]] = []
+        for epoch in range(1, hp.epochs + 1):
+            start = time.perf_counter()
+            order = rows.draw(gen)
+            total_loss, correct = _train_epoch(step, x, y, order, gen, f"{desc} epoch {epoch}/{hp.epochs}")
+            if not math.isfinite(total_loss):
+                raise PipelineError(f"training diverged (loss {total_loss}) at epoch {epoch}; lower the learning rate")
+            metrics = _epoch_metrics(epoch, total_loss, correct, len(order), sched, time.perf_counter() - start)
+            if xv is not None and (epoch % score_every == 0 or epoch == hp.epochs):
+                scores = evaluate(result, xv, yv)
+                metrics |= {"val_loss": scores["loss"], "val_accuracy": scores["accuracy"]}
+            log.info("%s epoch %d/%d: %s", desc, epoch, hp.epochs, _fmt(metrics))
+            history.append(metrics)
+            if on_epoch is not None:
+                on_epoch(metrics)
+        result.eval()
     return Fitted(model=result, history=history)
 
 
