@@ -149,6 +149,8 @@ class WeightAverage:
 
     The decay warms up as min(decay, (1 + t) / (10 + t)) so short runs are not dominated by the initial
     weights. The averaged copy is the model `fit` returns: it generalises better than the last step's weights.
+    Not `torch.optim.swa_utils.AveragedModel`: its EMA (`get_ema_multi_avg_fn`) has no warm-up, and its first
+    update copies the weights instead of averaging them, so a short run (a sweep trial) would train another model.
     """
 
     def __init__(self, model: RawImageClassifier, decay: float):
