@@ -10,11 +10,12 @@ Callers observe progress through `fit(on_epoch=...)`: the sweep reports to Optun
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -212,6 +213,18 @@ def _train_epoch(
     return float(total_loss), int(correct)
 
 
+@contextlib.contextmanager
+def seeded_global_rng(seed: int, device: torch.device) -> Iterator[None]:
+    """torch's global RNG seeded with `seed` inside the block; the caller's state restored after it.
+
+    The state of the CPU and, training on a GPU, of every GPU that `torch.manual_seed` reaches.
+    """
+    cuda = list(range(torch.cuda.device_count())) if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(seed)
+        yield
+
+
 def fit(
     spec: Mapping[str, Any],
     train: Dataset,
@@ -241,11 +254,7 @@ def fit(
     if len(train) == 0:
         raise ValueError("the training set is empty")
     device = torch.device(device)
-    # The model's initial weights and dropout draw from torch's global RNG: seeded here, and the caller's
-    # state (CPU, and every GPU that the seed reaches) restored afterwards.
-    cuda = list(range(torch.cuda.device_count())) if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda):
-        torch.manual_seed(seed)
+    with seeded_global_rng(seed, device):  # the initial weights and dropout
         model = _initial_model(spec, train, init, device)
         x, y = _tensors(train, device)
         xv, yv = _tensors(val, device) if val is not None and len(val) else (None, None)
