@@ -29,7 +29,12 @@ EXAMPLE_BATCH = 5
 
 @contextlib.contextmanager
 def start_run(name: str, tags: dict[str, str], params: dict[str, Any]) -> Iterator[str]:
-    """A new top-level run of the configured experiment with `tags` and `params`; yields its id, ends it after."""
+    """A new top-level run of the configured experiment with `tags` and `params`; yields its id, ends it after.
+
+    MLflow's active run, not a client and a run id: `mlflow.pytorch.log_model` and `mlflow.log_input` take no
+    run id, and a client's `create_run` leaves out the source and user tags that `mlflow.start_run` adds.
+    The run is active only inside this block, and ended (FAILED on an error) when it exits.
+    """
     import mlflow
 
     with mlflow.start_run(run_name=name, tags=tags) as run:
