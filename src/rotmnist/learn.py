@@ -25,7 +25,7 @@ from rotmnist.tracking.tune import run_sweep
 
 
 def as_dataset(dataset: Any) -> Dataset:
-    """An io.Dataset, or anything with `.x` (N, 28, 28) pixels 0-255 and `.y` digits (optional `.source_id`, `.angle`).
+    """A Dataset, or anything with `.x` (N, 28, 28) pixels 0-255 and `.y` digits (optional `.source_id`, `.angle`).
 
     Without `.source_id` each row counts as its own source image.
     """

@@ -278,7 +278,7 @@ def generate_dataset(
 ) -> Dataset | np.ndarray:
     """Append int(n * (rate - 1)) randomly drawn images, each rotated by a random angle (rate < 1 means 2).
 
-    `dataset` is an upright `io.Dataset` (returns a Dataset whose new rows carry their source's y,
+    `dataset` is an upright `Dataset` (returns a Dataset whose new rows carry their source's y,
     source_id and mnist_split, and the angle drawn) or an (N, 28, 28) uint8/float32/float64 array
     (returns an array of the same dtype). The originals come first, then the new images in draw order.
     The count is n * (oversample_rate - 1.0) in floating point, truncated toward zero by int(): 10

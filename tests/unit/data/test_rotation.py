@@ -313,7 +313,7 @@ def test_exhaustive_is_byte_identical_for_any_chunking(tiny):
 
 
 def test_exhaustive_checks_its_arguments(tiny):
-    with pytest.raises(TypeError, match=r"ds must be a rotmnist\.io\.Dataset, got ndarray"):
+    with pytest.raises(TypeError, match=r"ds must be a rotmnist\.data\.dataset\.Dataset, got ndarray"):
         exhaustive_dataset(tiny.x)
     with pytest.raises(ValueError, match=rf"each of angles must be one of \{ALLOWED}"):
         exhaustive_dataset(tiny, [5])
