@@ -22,7 +22,7 @@ import scipy.ndimage
 
 from rotmnist.config import Config
 from rotmnist.data import rotation
-from rotmnist.io import MNIST_TEST, MNIST_TRAIN, Dataset, load_dataset, save_dataset
+from rotmnist.data.dataset import MNIST_TEST, MNIST_TRAIN, Dataset, load_dataset, save_dataset
 from rotmnist.paths import Paths
 from rotmnist.spec import ALLOWED_ANGLES
 from rotmnist.stages import augment

@@ -28,7 +28,7 @@ import optuna
 import yaml
 from optuna.trial import TrialState
 
-from rotmnist import io
+from rotmnist.data.dataset import Dataset, save_dataset
 from rotmnist.paths import Paths
 from rotmnist.tracking import tune_storage
 
@@ -42,8 +42,8 @@ def synthetic_splits(root: Path, seed: int = 0) -> None:
         x = (rng.random((n, 28, 28)) < 0.1).astype(np.uint8) * 200
         x[np.arange(n), 4 + 2 * y, :] = 255  # one bright row per class: learnable
         zeros = np.zeros(n, np.int8)
-        ds = io.Dataset(x=x, y=y, source_id=np.arange(n, dtype=np.int32), angle=zeros, mnist_split=zeros)
-        io.save_dataset(ds, root / "data" / "splits" / name)
+        ds = Dataset(x=x, y=y, source_id=np.arange(n, dtype=np.int32), angle=zeros, mnist_split=zeros)
+        save_dataset(ds, root / "data" / "splits" / name)
 
 
 def workspace(n_trials: int, epochs: int) -> tuple[Path, str]:

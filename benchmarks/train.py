@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
 from rotmnist.config import load_config
-from rotmnist.io import Dataset, load_dataset
+from rotmnist.data.dataset import Dataset, load_dataset
 from rotmnist.learning.device import cpu_has_bf16, resolve_device, resolve_precision
 from rotmnist.learning.model import classifier_from_spec
 from rotmnist.learning.recipe import Hyper, recipe

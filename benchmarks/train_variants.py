@@ -17,7 +17,7 @@ import time
 import numpy as np
 import torch
 
-from rotmnist import io
+from rotmnist.data.dataset import Dataset, load_dataset
 from rotmnist.learning.metrics import slice_metrics
 from rotmnist.learning.model import predict_proba
 from rotmnist.learning.recipe import Hyper
@@ -41,7 +41,7 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
 }
 
 
-def row(name: str, images: str, minutes: str, probs: dict[str, np.ndarray], splits: dict[str, io.Dataset]) -> str:
+def row(name: str, images: str, minutes: str, probs: dict[str, np.ndarray], splits: dict[str, Dataset]) -> str:
     """One table row: test upright and worst angle, holdout worst angle, of the predicted probabilities."""
     accuracy = {}
     for split in ("test", "holdout"):
@@ -67,8 +67,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     paths = Paths.here()
-    train = io.load_dataset(paths.split("train"))
-    splits = {s: io.load_dataset(paths.split(s)) for s in ("test", "holdout")}
+    train = load_dataset(paths.split("train"))
+    splits = {s: load_dataset(paths.split(s)) for s in ("test", "holdout")}
     summed = {s: 0.0 for s in splits}
     total_minutes = 0.0
     print("| recipe | images | minutes | test upright | test worst angle | holdout worst angle |")

@@ -1,47 +1,23 @@
-"""Atomic file writes and the on-disk dataset format shared by every stage.
+"""Files written atomically (a temporary sibling, then a rename): any file, JSON and CSV; JSON read back.
 
-A dataset is a folder of five `.npy` arrays of equal length N:
-
-- `x`, uint8 (N, 28, 28): pixels 0-255
-- `y`, uint8 (N,): digit label 0-9
-- `source_id`, int32 (N,): index of the original MNIST image (0-69,999)
-- `angle`, int8 (N,): rotation in degrees applied to the source (0 = upright)
-- `mnist_split`, int8 (N,): 0 = MNIST training set, 1 = MNIST test set, 2 = a person's correction (data/feedback)
-
-A few large arrays keep `dvc status` fast and load with one read (or mmap).
+A killed stage never leaves a half file that DVC would cache, and the next writer removes the temporary
+siblings a killed one left behind.
 """
 
 from __future__ import annotations
 
 import contextlib
+import csv
 import glob
 import json
-import math
 import os
 import shutil
 import tempfile
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, fields
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from rotmnist.errors import PipelineError
-
-IMAGE_SHAPE = (28, 28)
-IMAGE_CHUNK = 8192  # images per vectorised step over a whole dataset, to bound temporary memory on the full 70k
-N_CLASSES = 10  # digits 0-9
-MNIST_TRAIN, MNIST_TEST, FEEDBACK = 0, 1, 2
-
-_DTYPES = {
-    "x": np.uint8,
-    "y": np.uint8,
-    "source_id": np.int32,
-    "angle": np.int8,
-    "mnist_split": np.int8,
-}
 
 
 def pid_alive(pid: int) -> bool:
@@ -136,62 +112,6 @@ def write_json(path: str | Path, data: Any) -> None:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
-def metrics_problems(data: Any, where: str = "") -> list[str]:
-    """Why `dvc metrics show` could not show `data`: every value that is not a number, bool or string, by key path.
-
-    DVC reads a metrics file as nested objects; it drops a null, a list or a non-finite number with a
-    "failed to load some metrics" warning, and takes any key named `error` for its own load failure (hence
-    `error_rate` in the slice metrics), so the pipeline writes none of them.
-    """
-    if isinstance(data, dict):
-        named_error = [f"{where}.error" if where else "error"] if "error" in data else []
-        return [f"{k}: DVC reads a key named 'error' as a failed load" for k in named_error] + [
-            p for k, v in data.items() for p in metrics_problems(v, f"{where}.{k}" if where else str(k))
-        ]
-    if isinstance(data, bool | str) or (isinstance(data, int | float) and math.isfinite(data)):
-        return []
-    return [f"{where or '<top>'}: {data!r}"]
-
-
-def rounded(value: Any) -> Any:
-    """`value` with every float (also inside dicts) rounded to 6 decimals, for a readable metrics file."""
-    if isinstance(value, dict):
-        return {k: rounded(v) for k, v in value.items()}
-    return round(value, 6) if isinstance(value, float) else value
-
-
-def write_metrics(path: str | Path, data: dict[str, Any]) -> None:
-    """Write a DVC metrics file (JSON, atomically); ValueError naming the keys DVC could not show."""
-    problems = metrics_problems(data) if isinstance(data, dict) else [f"<top>: {data!r} (not an object)"]
-    if problems:
-        raise ValueError(f"{path} would hold values DVC cannot show: {'; '.join(problems)}")
-    write_json(path, data)
-
-
-def write_report(
-    report_path: str | Path,
-    headline_path: str | Path,
-    report: dict[str, Any],
-    headline: Callable[[dict[str, Any]], dict[str, Any]],
-    start: float,
-) -> dict[str, Any]:
-    """Write a stage's full report and the headline figures derived from it; return the report as written.
-
-    The report gains `seconds`, the stage's wall time since `start` (`time.perf_counter()`); the headline is
-    `headline(report)` less its keys without a value (DVC cannot show a null). It is checked before either file is
-    written: one number, bool or string per key, so that `dvc metrics show` and `dvc exp show` stay one short row.
-    """
-    report = report | {"seconds": round(time.perf_counter() - start, 1)}
-    figures = {k: v for k, v in headline(report).items() if v is not None}
-    problems = [f"{k}: holds more than one value" for k, v in figures.items() if isinstance(v, dict)]
-    problems += metrics_problems(figures)
-    if problems:
-        raise ValueError(f"{headline_path} would not be a flat row of values DVC can show: {'; '.join(problems)}")
-    write_json(report_path, report)
-    write_metrics(headline_path, figures)
-    return report
-
-
 def write_text(path: str | Path, text: str) -> None:
     """Write text atomically."""
     with atomic_path(path) as tmp:
@@ -199,79 +119,12 @@ def write_text(path: str | Path, text: str) -> None:
 
 
 def write_csv(path: str | Path, rows: list[dict[str, Any]]) -> None:
-    """Write rows (dicts with the same keys, in column order) as CSV with a header, atomically."""
+    """Write rows (dicts with the same keys, in column order) as CSV with a header, atomically.
+
+    Values are quoted only where they need it (a comma, a quote, a line break); lines end in `\n`.
+    """
     header = list(rows[0]) if rows else []
-    lines = [",".join(header)] + [",".join(str(row[k]) for k in header) for row in rows]
-    write_text(path, "\n".join(lines) + "\n")
-
-
-@dataclass(frozen=True)
-class Dataset:
-    """Images with their label, source image, rotation angle and MNIST split."""
-
-    x: np.ndarray
-    y: np.ndarray
-    source_id: np.ndarray
-    angle: np.ndarray
-    mnist_split: np.ndarray
-
-    def __post_init__(self) -> None:
-        n = len(self.x)
-        for f in fields(self):
-            arr = getattr(self, f.name)
-            if not isinstance(arr, np.ndarray):
-                raise TypeError(f"Dataset.{f.name} must be a numpy array, got {type(arr).__name__}")
-            if arr.dtype != _DTYPES[f.name]:
-                raise TypeError(f"Dataset.{f.name} must have dtype {np.dtype(_DTYPES[f.name])}, got {arr.dtype}")
-            if len(arr) != n:
-                raise ValueError(f"Dataset.{f.name} has {len(arr)} rows, x has {n}")
-        if self.x.shape[1:] != IMAGE_SHAPE:
-            raise ValueError(f"Dataset.x must have shape (N, 28, 28), got {self.x.shape}")
-        for name in ("y", "source_id", "angle", "mnist_split"):
-            if getattr(self, name).ndim != 1:
-                raise ValueError(f"Dataset.{name} must be one-dimensional")
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def take(self, index: np.ndarray) -> Dataset:
-        """The rows selected by an index or boolean mask."""
-        return Dataset(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
-
-    @staticmethod
-    def concat(parts: list[Dataset]) -> Dataset:
-        """Rows of `parts`, in order."""
-        if not parts:
-            raise ValueError("cannot concatenate an empty list of datasets")
-        return Dataset(**{f.name: np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(Dataset)})
-
-
-def save_dataset(ds: Dataset, folder: str | Path) -> None:
-    """Write `ds` as a folder of `.npy` arrays, atomically (all or nothing)."""
-    with atomic_path(folder, is_dir=True) as tmp:
-        for f in fields(ds):
-            np.save(tmp / f"{f.name}.npy", np.ascontiguousarray(getattr(ds, f.name)), allow_pickle=False)
-
-
-def load_dataset(folder: str | Path, *, mmap: bool = False) -> Dataset:
-    """Read a dataset folder written by `save_dataset`; a clear error if it is incomplete."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise PipelineError(f"dataset folder {folder} does not exist; run the stage that writes it (dvc repro)")
-    arrays = {}
-    for name in _DTYPES:
-        path = folder / f"{name}.npy"
-        if not path.is_file():
-            raise PipelineError(f"dataset folder {folder} lacks {name}.npy; run the stage that writes it again")
-        try:
-            arrays[name] = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-        except (ValueError, OSError, EOFError) as err:
-            raise PipelineError(
-                f"{path} is not a valid .npy array ({err}); run the stage that writes it again"
-            ) from None
-    try:
-        return Dataset(**arrays)
-    except (TypeError, ValueError) as err:
-        raise PipelineError(
-            f"dataset folder {folder} is inconsistent: {err}; run the stage that writes it again"
-        ) from None
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows([row[k] for k in header] for row in rows)

@@ -11,20 +11,21 @@ from typing import Any
 import numpy as np
 
 from rotmnist.config import Config, load_config
+from rotmnist.data.dataset import Dataset
 from rotmnist.data.images import pixel_problem
 from rotmnist.data.sources import holdout_sources, make_folds, sweep_subsets
-from rotmnist.io import IMAGE_SHAPE, N_CLASSES, Dataset
 from rotmnist.learning.device import apply_threads, resolve_device
 from rotmnist.learning.model import RawImageClassifier
 from rotmnist.learning.recipe import PIPELINE_RECIPE_KEYS, recipe
 from rotmnist.learning.training import fit
 from rotmnist.paths import Paths
+from rotmnist.spec import IMAGE_SHAPE, N_CLASSES
 from rotmnist.tracking import store
 from rotmnist.tracking.tune import run_sweep
 
 
 def as_dataset(dataset: Any) -> Dataset:
-    """An io.Dataset, or anything with `.x` (N, 28, 28) pixels 0-255 and `.y` digits (optional `.source_id`, `.angle`).
+    """A Dataset, or anything with `.x` (N, 28, 28) pixels 0-255 and `.y` digits (optional `.source_id`, `.angle`).
 
     Without `.source_id` each row counts as its own source image.
     """
@@ -32,7 +33,9 @@ def as_dataset(dataset: Any) -> Dataset:
         return dataset
     x, y = getattr(dataset, "x", None), getattr(dataset, "y", None)
     if not isinstance(x, np.ndarray) or not isinstance(y, np.ndarray):
-        raise TypeError(f"dataset must be a rotmnist.io.Dataset or have numpy arrays .x and .y; got {type(dataset)}")
+        raise TypeError(
+            f"dataset must be a rotmnist.data.dataset.Dataset or have numpy arrays .x and .y; got {type(dataset)}"
+        )
     if x.ndim != 3 or x.shape[1:] != IMAGE_SHAPE or len(x) != len(y):
         raise ValueError(f"dataset.x must be (N, 28, 28) and dataset.y (N,); got {x.shape} and {y.shape}")
     if len(y) and (y.min() < 0 or y.max() >= N_CLASSES or not np.array_equal(y, np.rint(y))):

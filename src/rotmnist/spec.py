@@ -1,5 +1,5 @@
-"""The allowed values, spelled once: angles, model families and their specs, schedules, precisions, devices,
-and the configurations the `compare` stage can run.
+"""The allowed values, spelled once: the image shape and class count, angles, model families and their specs,
+schedules, precisions, devices, and the configurations the `compare` stage can run.
 
 Torch-free, so `config` validates `params.yaml` with the very checks the model factory applies.
 A model spec is a plain dict, e.g. `{"family": "cnn", "blocks": 2, "channels": 32, "kernel": 3, ...}`:
@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+IMAGE_SHAPE = (28, 28)  # pixels of one image, rows x columns
+N_CLASSES = 10  # digits 0-9
 ALLOWED_ANGLES = (-30, -20, -10, 10, 20, 30)  # degrees, counter-clockwise as displayed
 DATA_ANGLES = (0, *ALLOWED_ANGLES)  # the angles a dataset row may have: upright and the rotations
 SCHEDULES = ("onecycle", "cosine", "constant")

@@ -7,9 +7,9 @@ import pytest
 
 from rotmnist.config import AugmentConfig, Config
 from rotmnist.data import rotation
+from rotmnist.data.dataset import MNIST_TEST, MNIST_TRAIN, load_dataset, save_dataset
 from rotmnist.data.mnist import MnistArrays, to_dataset
 from rotmnist.errors import PipelineError
-from rotmnist.io import MNIST_TEST, MNIST_TRAIN, load_dataset, save_dataset
 from rotmnist.paths import Paths
 from rotmnist.spec import ALLOWED_ANGLES
 from rotmnist.stages import augment

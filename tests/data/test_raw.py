@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from rotmnist.config import Config, DownloadConfig, UrlSource, WheelSource
+from rotmnist.data.dataset import MNIST_TEST, MNIST_TRAIN, load_dataset
 from rotmnist.errors import PipelineError
-from rotmnist.io import MNIST_TEST, MNIST_TRAIN, load_dataset
 from rotmnist.paths import Paths
 from rotmnist.stages import download
 from tests.support.helpers import (

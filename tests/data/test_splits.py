@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from rotmnist.config import Config, SplitConfig
+from rotmnist.data.dataset import MNIST_TEST, MNIST_TRAIN, Dataset, load_dataset, save_dataset
 from rotmnist.data.mnist import MnistArrays, to_dataset
 from rotmnist.errors import PipelineError
-from rotmnist.io import MNIST_TEST, MNIST_TRAIN, Dataset, load_dataset, save_dataset
 from rotmnist.paths import SPLITS, Paths
 from rotmnist.stages import split
 from tests.support.helpers import tiny_mnist

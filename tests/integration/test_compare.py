@@ -12,6 +12,7 @@ from mlflow import MlflowClient
 
 from rotmnist import io
 from rotmnist.config import config_from_dict
+from rotmnist.data.dataset import Dataset, save_dataset
 from rotmnist.data.rotation import exhaustive_dataset
 from rotmnist.errors import PipelineError
 from rotmnist.learning.model import classifier_from_spec
@@ -58,10 +59,10 @@ TINY = {
 }
 
 
-def _upright(x: np.ndarray, y: np.ndarray, first: int) -> io.Dataset:
+def _upright(x: np.ndarray, y: np.ndarray, first: int) -> Dataset:
     n = len(x)
     ids = np.arange(first, first + n, dtype=np.int32)
-    return io.Dataset(x=x, y=y, source_id=ids, angle=np.zeros(n, np.int8), mnist_split=np.zeros(n, np.int8))
+    return Dataset(x=x, y=y, source_id=ids, angle=np.zeros(n, np.int8), mnist_split=np.zeros(n, np.int8))
 
 
 @pytest.fixture
@@ -69,8 +70,8 @@ def ws(tmp_path, monkeypatch, empty_store) -> Paths:
     """Tiny train and test splits at every angle, an untrained `pipeline` model, an empty MLflow store."""
     x, y, x_test, y_test = tiny_mnist(n_train=240, n_test=60, seed=0)
     paths = Paths(root=tmp_path, store_root=tmp_path)
-    io.save_dataset(exhaustive_dataset(_upright(x, y, 0)), paths.split("train"))
-    io.save_dataset(exhaustive_dataset(_upright(x_test, y_test, 240)), paths.split("test"))
+    save_dataset(exhaustive_dataset(_upright(x, y, 0)), paths.split("train"))
+    save_dataset(exhaustive_dataset(_upright(x_test, y_test, 240)), paths.split("test"))
     spec = {"family": "cnn", "blocks": 1, "channels": 4, "kernel": 3, "dense": 16}
     paths.models.mkdir()
     torch.save(classifier_from_spec(spec).state_dict(), paths.model_file)

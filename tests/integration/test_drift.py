@@ -11,7 +11,8 @@ import yaml
 from mlflow import MlflowClient
 from scipy import ndimage
 
-from rotmnist import cli, io
+from rotmnist import cli
+from rotmnist.data.dataset import Dataset, save_dataset
 from rotmnist.data.rotation import rotate_batch
 from rotmnist.spec import ALLOWED_ANGLES
 from rotmnist.storage.request_log import RequestLog
@@ -38,14 +39,14 @@ def ws(tmp_path_factory, empty_store):
     x, y, _, _ = tiny_mnist(n_train=400, n_test=10, seed=3)
     blocks = [x, *(rotate_batch(x, a) for a in ALLOWED_ANGLES)]
     n = len(blocks) * len(x)
-    train = io.Dataset(
+    train = Dataset(
         x=np.concatenate(blocks),
         y=np.tile(y, len(blocks)),
         source_id=np.tile(np.arange(len(x), dtype=np.int32), len(blocks)),
         angle=np.repeat(np.array([0, *ALLOWED_ANGLES], np.int8), len(x)),
         mnist_split=np.zeros(n, np.int8),
     )
-    io.save_dataset(train, folder / "data" / "splits" / "train")
+    save_dataset(train, folder / "data" / "splits" / "train")
     with champion_store(folder, empty_store, NAME):
         yield folder
 

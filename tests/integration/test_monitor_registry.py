@@ -23,8 +23,10 @@ from torch import nn
 from rotmnist import io
 from rotmnist.commands import predict
 from rotmnist.config import Config, MlflowConfig, MonitorConfig
+from rotmnist.data.dataset import Dataset, save_dataset
 from rotmnist.learning import model
 from rotmnist.paths import Paths
+from rotmnist.reports import metrics_problems
 from rotmnist.stages import monitor
 from rotmnist.tracking import registry, store
 from rotmnist.tracking import train as training_run
@@ -52,7 +54,7 @@ class Oracle(nn.Module):
         return nn.functional.one_hot(torch.where(wrong, (label + 1) % 10, label), 10).float()
 
 
-def oracle_holdout() -> io.Dataset:
+def oracle_holdout() -> Dataset:
     """PER_ANGLE synthetic digits per angle, with label, angle index and rank written in pixels (0, 0..2)."""
     x_src, y_src, _, _ = tiny_mnist(n_train=100, n_test=10, seed=1)
     n = len(ANGLES) * PER_ANGLE
@@ -60,7 +62,7 @@ def oracle_holdout() -> io.Dataset:
     y = (rank % 10).astype(np.uint8)
     x = np.stack([x_src[np.flatnonzero(y_src == label)[i % 10]] for i, label in enumerate(y)])
     x[:, 0, 0], x[:, 0, 1], x[:, 0, 2] = y, np.repeat(np.arange(len(ANGLES)), PER_ANGLE), rank
-    return io.Dataset(
+    return Dataset(
         x=x,
         y=y,
         source_id=np.arange(n, dtype=np.int32) % PER_ANGLE,
@@ -81,7 +83,7 @@ def ws(tmp_path, monkeypatch, empty_store) -> Paths:
     shutil.copy(empty_store, tmp_path / "mlflow.db")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     paths = Paths(root=tmp_path, store_root=tmp_path)
-    io.save_dataset(oracle_holdout(), paths.split("holdout"))
+    save_dataset(oracle_holdout(), paths.split("holdout"))
     return paths
 
 
@@ -128,7 +130,7 @@ def test_a_good_model_is_registered_and_promoted(ws):
     assert sorted(h["per_class"], key=int) == [str(c) for c in range(10)]
     assert "champion_holdout" not in report
     assert set(report["roc_auc"]["per_class"]) == {str(c) for c in range(10)} and 0.5 < report["roc_auc"]["macro"] <= 1
-    assert io.metrics_problems(report) == []
+    assert metrics_problems(report) == []
     assert alias(NAME, "champion") == alias(NAME, "candidate") == "1"
     headline = json.loads(ws.headline("monitor").read_text())
     assert headline == expected_headline("monitor", report)
@@ -257,11 +259,11 @@ def test_the_champion_scores_any_batch_size_and_predict_prints_digits(ws, tmp_pa
         predict.main(make_config(), ws, [str(tmp_path / "digits.npy")], f"models:/{NAME}/9")
 
 
-def rotated_set(x: np.ndarray, y: np.ndarray, angles: tuple[int, ...]) -> io.Dataset:
+def rotated_set(x: np.ndarray, y: np.ndarray, angles: tuple[int, ...]) -> Dataset:
     """`x` at every angle in `angles` (bilinear rotation about the centre), as a Dataset."""
     xs = [x if a == 0 else ndimage.rotate(x, a, axes=(2, 1), reshape=False, order=1) for a in angles]
     n = len(x)
-    return io.Dataset(
+    return Dataset(
         x=np.clip(np.concatenate(xs), 0, 255).astype(np.uint8),
         y=np.tile(y, len(angles)).astype(np.uint8),
         source_id=np.tile(np.arange(n, dtype=np.int32), len(angles)),
@@ -270,7 +272,7 @@ def rotated_set(x: np.ndarray, y: np.ndarray, angles: tuple[int, ...]) -> io.Dat
     )
 
 
-def fit(ds: io.Dataset, epochs: int) -> model.RawImageClassifier:
+def fit(ds: Dataset, epochs: int) -> model.RawImageClassifier:
     """A small CNN trained for a couple of seconds (Adam, batches of 128), seeded, on one thread.
 
     One thread: deterministic, and on a busy 2-core box several times faster than two contending ones.
@@ -297,7 +299,7 @@ def fit(ds: io.Dataset, epochs: int) -> model.RawImageClassifier:
 
 def test_a_model_trained_on_upright_digits_only_fails_the_gate_on_the_rotated_holdout(ws):
     x_train, y_train, x_test, y_test = tiny_mnist(n_train=300, n_test=100, seed=3)
-    io.save_dataset(rotated_set(x_test, y_test, ANGLES), ws.split("holdout"))  # 700 images, every angle
+    save_dataset(rotated_set(x_test, y_test, ANGLES), ws.split("holdout"))  # 700 images, every angle
     rotation_robust = fit(rotated_set(x_train, y_train, ANGLES), epochs=4)
     upright_only = fit(rotated_set(x_train, y_train, (0,)), epochs=28)  # as many steps as the other
 

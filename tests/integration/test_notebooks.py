@@ -8,8 +8,8 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+from rotmnist.data.dataset import save_dataset
 from rotmnist.data.mnist import MnistArrays, to_dataset
-from rotmnist.io import save_dataset
 from rotmnist.paths import Paths
 from tests.data.test_splits import stack_angles
 from tests.support.helpers import tiny_mnist

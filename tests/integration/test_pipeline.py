@@ -17,7 +17,7 @@ import yaml
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from rotmnist.io import MNIST_TEST, MNIST_TRAIN, load_dataset
+from rotmnist.data.dataset import MNIST_TEST, MNIST_TRAIN, load_dataset
 from rotmnist.learning.compare import load_pipeline_model
 from rotmnist.learning.model import predict_labels
 from rotmnist.paths import SPLITS
@@ -244,8 +244,8 @@ def test_curriculum_rounds_add_up_to_its_summary_and_its_runs(repo):
     final = {int(k.removeprefix("angle_")): v for k, v in story["final"]["accuracy"].items()}
     assert sorted(final) == ANGLES and story["final"]["min_accuracy"] == min(final.values())
     assert final == {a: float(rounds[-1][f"accuracy_{a}"]) for a in ANGLES}
-    parents = experiment_runs(repo, "tags.curriculum_role = 'curriculum'")
-    children = experiment_runs(repo, "tags.curriculum_role = 'round'")
+    parents = experiment_runs(repo, "tags.role = 'curriculum'")
+    children = experiment_runs(repo, "tags.role = 'round'")
     assert len(parents) == 1 and len(children) == story["rounds"]
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
 

@@ -17,10 +17,11 @@ import yaml
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from rotmnist import io
+from rotmnist.data.dataset import Dataset, load_dataset, save_dataset
 from rotmnist.paths import Paths
 from rotmnist.tracking import tune as sweep
 from rotmnist.tracking import tune_storage
+from rotmnist.tracking.store import ROLE_TAG
 from tests.support.helpers import tiny_mnist
 from tests.support.postgres import fresh_database
 
@@ -44,20 +45,20 @@ TINY = {
 ERRORS = ("locked", "already finished", "Traceback", "UpdateFinishedTrialError")
 
 
-def _dataset(x: np.ndarray, y: np.ndarray, first: int) -> io.Dataset:
+def _dataset(x: np.ndarray, y: np.ndarray, first: int) -> Dataset:
     n = len(x)
     zeros = np.zeros(n, np.int8)
-    return io.Dataset(x=x, y=y, source_id=np.arange(first, first + n, dtype=np.int32), angle=zeros, mnist_split=zeros)
+    return Dataset(x=x, y=y, source_id=np.arange(first, first + n, dtype=np.int32), angle=zeros, mnist_split=zeros)
 
 
 @pytest.fixture(scope="module")
 def splits(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("splits")
     x, y, x_test, y_test = tiny_mnist(n_train=200, n_test=20, seed=1)
-    io.save_dataset(_dataset(x[:160], y[:160], 0), folder / "data" / "splits" / "train")
-    io.save_dataset(_dataset(x[160:], y[160:], 160), folder / "data" / "splits" / "val")
-    io.save_dataset(_dataset(x_test, y_test, 200), folder / "data" / "splits" / "test")
-    io.save_dataset(_dataset(x_test, y_test, 200), folder / "data" / "splits" / "holdout")
+    save_dataset(_dataset(x[:160], y[:160], 0), folder / "data" / "splits" / "train")
+    save_dataset(_dataset(x[160:], y[160:], 160), folder / "data" / "splits" / "val")
+    save_dataset(_dataset(x_test, y_test, 200), folder / "data" / "splits" / "test")
+    save_dataset(_dataset(x_test, y_test, 200), folder / "data" / "splits" / "holdout")
     return folder
 
 
@@ -121,7 +122,7 @@ def assert_one_study_one_parent(ws: Paths, storage: str, tracking: str, name: st
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent}
     client = MlflowClient(tracking)
     exp = client.get_experiment_by_name(name)
-    parents = client.search_runs([exp.experiment_id], filter_string=f"tags.{sweep.ROLE_TAG} = 'sweep'")
+    parents = client.search_runs([exp.experiment_id], filter_string=f"tags.{ROLE_TAG} = 'sweep'")
     assert [p.info.run_id for p in parents] == [parent]
     return study
 
@@ -260,7 +261,7 @@ def test_tune_train_and_monitor_track_through_a_tracking_server(tmp_path, splits
     client = MlflowClient(server)
     exp = client.get_experiment_by_name("served")
     runs = client.search_runs([exp.experiment_id], max_results=100)
-    parents = [r for r in runs if r.data.tags.get(sweep.ROLE_TAG) == "sweep"]
+    parents = [r for r in runs if r.data.tags.get(ROLE_TAG) == "sweep"]
     trials = [r for r in runs if "trial_number" in r.data.tags]
     assert len(parents) == 1 and len(trials) == 2
     assert {t.data.tags["mlflow.parentRunId"] for t in trials} == {parents[0].info.run_id}
@@ -273,5 +274,5 @@ def test_tune_train_and_monitor_track_through_a_tracking_server(tmp_path, splits
     assert client.get_model_version("served", "1").aliases  # the registry answers a version lookup
     assert not list((ws.root).glob("mlartifacts"))  # the server stored the artifacts, not the workspace
     champion = registry.load_champion("served")
-    holdout = io.load_dataset(ws.split("holdout"))
+    holdout = load_dataset(ws.split("holdout"))
     assert champion.version == "1" and champion.predict(holdout.x).shape == (len(holdout),)

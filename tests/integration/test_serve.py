@@ -239,7 +239,7 @@ def test_random_garbage_never_gets_a_500(url):
 @pytest.fixture
 def ws(tmp_path, monkeypatch, empty_store):
     """A workspace with the oracle holdout of the monitor tests and its own MLflow store."""
-    from rotmnist import io
+    from rotmnist.data.dataset import save_dataset
     from rotmnist.paths import Paths
     from tests.integration.test_monitor_registry import oracle_holdout
 
@@ -248,7 +248,7 @@ def ws(tmp_path, monkeypatch, empty_store):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.chdir(tmp_path)
     paths = Paths(root=tmp_path, store_root=tmp_path)
-    io.save_dataset(oracle_holdout(), paths.split("holdout"))
+    save_dataset(oracle_holdout(), paths.split("holdout"))
     return paths
 
 

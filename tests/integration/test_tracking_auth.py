@@ -18,7 +18,7 @@ from mlflow.server import get_app_client
 
 from rotmnist.paths import Paths
 from rotmnist.tracking import registry, tune_storage
-from rotmnist.tracking import tune as sweep
+from rotmnist.tracking.store import ROLE_TAG
 from tests.integration import test_scale_out as scale_out
 from tests.support.mlflow_server import ADMIN, mlflow_server
 
@@ -123,7 +123,7 @@ def test_tune_train_and_monitor_track_through_the_server_with_a_users_login(tmp_
     log_in(monkeypatch, analyst)
     client = MlflowClient(server)
     runs = client.search_runs([client.get_experiment_by_name("guarded").experiment_id], max_results=100)
-    parents = [r.info.run_id for r in runs if r.data.tags.get(sweep.ROLE_TAG) == "sweep"]
+    parents = [r.info.run_id for r in runs if r.data.tags.get(ROLE_TAG) == "sweep"]
     trials = [r for r in runs if "trial_number" in r.data.tags]
     assert len(parents) == 1 and [t.data.tags["mlflow.parentRunId"] for t in trials] == parents * 2
     train_run = json.loads((ws.models / "run.json").read_text())["run_id"]

@@ -22,8 +22,8 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 from scipy import ndimage
 
-from rotmnist import io
 from rotmnist.config import config_from_dict
+from rotmnist.data.dataset import Dataset, load_dataset, save_dataset
 from rotmnist.errors import PipelineError
 from rotmnist.learning.model import classifier_from_spec, predict_labels
 from rotmnist.paths import Paths
@@ -31,6 +31,7 @@ from rotmnist.spec import normalize_spec
 from rotmnist.stages import train, tune
 from rotmnist.tracking import store, tune_space, tune_storage
 from rotmnist.tracking import tune as sweep
+from rotmnist.tracking.store import ROLE_TAG
 from tests.support.helpers import tiny_mnist
 
 ANGLES = (0, -30, 30)
@@ -59,11 +60,11 @@ def config(**sections):
     return config_from_dict(merged)
 
 
-def rotated(x: np.ndarray, y: np.ndarray, first_source: int) -> io.Dataset:
+def rotated(x: np.ndarray, y: np.ndarray, first_source: int) -> Dataset:
     """Every image at every angle of ANGLES, with source ids from `first_source`."""
     xs = [x if a == 0 else ndimage.rotate(x, a, axes=(2, 1), reshape=False, order=1) for a in ANGLES]
     n = len(x)
-    return io.Dataset(
+    return Dataset(
         x=np.concatenate(xs).astype(np.uint8),
         y=np.tile(y, len(ANGLES)),
         source_id=np.tile(np.arange(first_source, first_source + n, dtype=np.int32), len(ANGLES)),
@@ -77,9 +78,9 @@ def splits(tmp_path_factory, empty_store) -> Path:
     """Tiny train/val/test splits and an initialised, empty MLflow store (both made once, copied per test)."""
     folder = tmp_path_factory.mktemp("splits")
     x, y, x_test, y_test = tiny_mnist(n_train=300, n_test=60, seed=0)
-    io.save_dataset(rotated(x[:240], y[:240], 0), folder / "data" / "splits" / "train")
-    io.save_dataset(rotated(x[240:], y[240:], 240), folder / "data" / "splits" / "val")
-    io.save_dataset(rotated(x_test, y_test, 300), folder / "data" / "splits" / "test")
+    save_dataset(rotated(x[:240], y[:240], 0), folder / "data" / "splits" / "train")
+    save_dataset(rotated(x[240:], y[240:], 240), folder / "data" / "splits" / "val")
+    save_dataset(rotated(x_test, y_test, 300), folder / "data" / "splits" / "test")
     shutil.copy(empty_store, folder / "mlflow.db")
     return folder
 
@@ -156,7 +157,7 @@ def test_tune_logs_one_child_run_per_trial_and_train_logs_a_model_that_scores_an
 
     module = classifier_from_spec(ref["spec"])
     module.load_state_dict(torch.load(ws.models / "model.pt", weights_only=True))
-    test = io.load_dataset(ws.split("test"))
+    test = load_dataset(ws.split("test"))
     loaded = mlflow.pyfunc.load_model(ref["model_uri"])
     for n in (1, 7):
         probs = np.asarray(loaded.predict(test.x[:n].astype(np.float32)))
@@ -293,5 +294,5 @@ def test_a_study_keeps_its_parent_run_and_replaces_one_that_was_deleted(ws):
     MlflowClient().delete_run(first)
     second = sweep._parent_run(study, "s", {"study": "s"})
     assert second != first and study.user_attrs[sweep.PARENT_ATTR] == second
-    sweeps = [r for r in runs(MlflowClient()) if r.data.tags.get(sweep.ROLE_TAG) == "sweep"]
+    sweeps = [r for r in runs(MlflowClient()) if r.data.tags.get(ROLE_TAG) == "sweep"]
     assert [r.info.run_id for r in sweeps] == [second]

@@ -1,10 +1,11 @@
-"""Small `rotmnist.io.Dataset`s built for a test: synthetic digits as sources, or blank images with given labels."""
+"""Small datasets (`rotmnist.data.dataset.Dataset`) built for a test: synthetic digits as sources, or blank
+images with given labels."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from rotmnist.io import Dataset
+from rotmnist.data.dataset import Dataset
 from tests.support.helpers import tiny_mnist
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from rotmnist.data.dataset import Dataset
 from rotmnist.data.rotation import exhaustive_dataset
-from rotmnist.io import Dataset
 from tests.support.datasets import upright
 from tests.support.helpers import tiny_mnist
 

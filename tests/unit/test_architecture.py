@@ -72,7 +72,8 @@ def imported_files(stage: str) -> set[str]:
     """The source file of every module that `rotmnist.stages.<stage>` imports, directly or not, and its own."""
     graph = grimp.build_graph("rotmnist")
     found = graph.find_upstream_modules(f"rotmnist.stages.{stage}") | {f"rotmnist.stages.{stage}"}
-    return {"src/" + m.replace(".", "/") + ".py" for m in found}
+    files = {"src/" + m.replace(".", "/") for m in found}
+    return {f"{f}/__init__.py" if (REPO / f).is_dir() else f"{f}.py" for f in files}
 
 
 @pytest.mark.parametrize(

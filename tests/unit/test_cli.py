@@ -17,9 +17,9 @@ import yaml
 
 from rotmnist import cli
 from rotmnist.config import load_config
+from rotmnist.data.dataset import save_dataset
 from rotmnist.data.mnist import MnistArrays, to_dataset
 from rotmnist.errors import PipelineError
-from rotmnist.io import save_dataset
 from rotmnist.paths import Paths
 from tests.support.helpers import tiny_mnist
 

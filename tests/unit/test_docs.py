@@ -255,7 +255,7 @@ def test_strict_build_renders_the_site_offline(tmp_path):
     )
     assert build.returncode == 0, build.stderr
     assert "learn_model" in (tmp_path / "api" / "foundation" / "index.html").read_text()
-    assert "load_config" in (tmp_path / "api" / "foundation" / "index.html").read_text()
+    assert "load_config" in (tmp_path / "api" / "config" / "index.html").read_text()
     assert "generate_dataset" in (tmp_path / "api" / "data" / "index.html").read_text()
     assert "monitor_perf" in (tmp_path / "api" / "learning" / "index.html").read_text()
     assert "load_champion" in (tmp_path / "api" / "tracking" / "index.html").read_text()

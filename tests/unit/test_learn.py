@@ -51,7 +51,7 @@ def test_as_dataset_accepts_objects_with_x_and_y_and_validates_them():
     x, y, _, _ = tiny_mnist(n_train=20, n_test=10)
     ds = learn.as_dataset(types.SimpleNamespace(x=x, y=y))
     assert len(ds) == 20 and np.array_equal(ds.source_id, np.arange(20))
-    with pytest.raises(TypeError, match=r"must be a rotmnist.io.Dataset or have numpy arrays .x and .y"):
+    with pytest.raises(TypeError, match=r"must be a rotmnist.data.dataset.Dataset or have numpy arrays .x and .y"):
         learn.as_dataset([x, y])
     with pytest.raises(ValueError, match=r"\(N, 28, 28\)"):
         learn.as_dataset(types.SimpleNamespace(x=x[:, :20], y=y))

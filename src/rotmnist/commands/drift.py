@@ -19,12 +19,13 @@ from typing import Any
 
 import numpy as np
 
-from rotmnist import io
 from rotmnist.config import MIN_RECENT_INPUTS, Config
+from rotmnist.data.dataset import load_dataset
 from rotmnist.data.features import bbox_size, ink_mass, tilt_degrees
 from rotmnist.errors import PipelineError
 from rotmnist.learning.drift import compare, plot_input_drift
 from rotmnist.paths import Paths
+from rotmnist.reports import write_metrics
 from rotmnist.storage.request_store import RequestStore, store_url
 from rotmnist.tracking import registry, store
 from rotmnist.tracking.drift import log_input_drift_run
@@ -71,7 +72,7 @@ def main(config: Config, paths: Paths, model_uri: str | None = None) -> dict[str
     store.configure_mlflow(config, paths)
     uri = model_uri or served_uri(recent.models, recent.versions, config.monitor.model_name)
     model = registry.load_model(uri)
-    train = io.load_dataset(paths.split("train"))
+    train = load_dataset(paths.split("train"))
     rows = np.sort(np.random.default_rng(cfg.seed).choice(len(train), min(cfg.reference, len(train)), replace=False))
     reference_x = np.asarray(train.x[rows])
     reference = features(reference_x, model.predict_proba(reference_x))
@@ -82,7 +83,7 @@ def main(config: Config, paths: Paths, model_uri: str | None = None) -> dict[str
         "last_request": _utc(recent.times[-1]),
     }
     written, plot = paths.metrics / "drift.json", paths.plots / "drift.png"
-    io.write_metrics(written, report)
+    write_metrics(written, report)
     plot_input_drift(reference, latest, report, plot)
     tags = store.standard_tags(paths, "data/splits")
     params = {"recent": cfg.recent, "reference": cfg.reference, "seed": cfg.seed, "bins": cfg.bins, "model": uri}

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from rotmnist.io import IMAGE_SHAPE
+from rotmnist.spec import IMAGE_SHAPE
 
 INK_THRESHOLD = 64  # a pixel above this (0-255) counts as ink for the bounding box: faint noise does not
 

@@ -1,7 +1,7 @@
 """People's corrections as data: `data/feedback/{train,holdout}`, in the project's on-disk format plus three arrays.
 
 A correction is an image the server scored (28x28 uint8, as the model saw it) and the digit a person
-said it was. Each folder is a dataset (`rotmnist.io`) whose rows are corrections:
+said it was. Each folder is a dataset (`rotmnist.data.dataset`) whose rows are corrections:
 
 - `y` is the person's label; `angle` is 0 (the pipeline rotated nothing; the true tilt is unknown);
   `mnist_split` is `FEEDBACK` (2): not an MNIST image; `source_id` is -1, -2, ... one per request,
@@ -22,8 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
+from rotmnist.data.dataset import FEEDBACK, Dataset, load_dataset
 from rotmnist.errors import PipelineError
-from rotmnist.io import FEEDBACK, IMAGE_SHAPE, Dataset, atomic_path, load_dataset
+from rotmnist.io import atomic_path
+from rotmnist.spec import IMAGE_SHAPE
 
 FOLDERS = ("train", "holdout")
 ID_LENGTH = 32  # the server's request ids: 32 hexadecimal characters

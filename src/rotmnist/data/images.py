@@ -17,7 +17,7 @@ from typing import BinaryIO
 import numpy as np
 
 from rotmnist.errors import PipelineError
-from rotmnist.io import IMAGE_SHAPE
+from rotmnist.spec import IMAGE_SHAPE
 
 
 class ImageTooLarge(PipelineError):

@@ -35,9 +35,11 @@ from numpy._core.multiarray import _reconstruct
 from tqdm import tqdm
 
 from rotmnist.config import DownloadConfig, UrlSource, WheelSource
+from rotmnist.data.dataset import IMAGE_CHUNK, MNIST_TEST, MNIST_TRAIN, Dataset
 from rotmnist.errors import PipelineError
-from rotmnist.io import IMAGE_CHUNK, IMAGE_SHAPE, MNIST_TEST, MNIST_TRAIN, N_CLASSES, Dataset, atomic_path
+from rotmnist.io import atomic_path
 from rotmnist.paths import Paths
+from rotmnist.spec import IMAGE_SHAPE, N_CLASSES
 
 log = logging.getLogger(__name__)
 

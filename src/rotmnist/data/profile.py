@@ -6,7 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from rotmnist.io import IMAGE_CHUNK, MNIST_TEST, N_CLASSES, Dataset
+from rotmnist.data.dataset import IMAGE_CHUNK, MNIST_TEST, Dataset
+from rotmnist.spec import N_CLASSES
 
 
 def duplicate_stats(x: np.ndarray, y: np.ndarray, is_test: np.ndarray) -> dict[str, int]:

@@ -28,8 +28,8 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 import numpy as np
 from tqdm import tqdm
 
-from rotmnist.io import IMAGE_SHAPE, Dataset
-from rotmnist.spec import ALLOWED_ANGLES, ROTATION_CHUNK
+from rotmnist.data.dataset import Dataset
+from rotmnist.spec import ALLOWED_ANGLES, IMAGE_SHAPE, ROTATION_CHUNK
 
 log = logging.getLogger(__name__)
 
@@ -252,7 +252,7 @@ def exhaustive_dataset(
 ) -> Dataset:
     """Upright `ds` plus every image rotated by every angle: originals first, then one block per angle."""
     if not isinstance(ds, Dataset):
-        raise TypeError(f"ds must be a rotmnist.io.Dataset, got {type(ds).__name__}")
+        raise TypeError(f"ds must be a rotmnist.data.dataset.Dataset, got {type(ds).__name__}")
     angles = _check_angles(angles)
     _check_upright(ds)
     n, copies = len(ds), 1 + len(angles)
@@ -278,7 +278,7 @@ def generate_dataset(
 ) -> Dataset | np.ndarray:
     """Append int(n * (rate - 1)) randomly drawn images, each rotated by a random angle (rate < 1 means 2).
 
-    `dataset` is an upright `io.Dataset` (returns a Dataset whose new rows carry their source's y,
+    `dataset` is an upright `Dataset` (returns a Dataset whose new rows carry their source's y,
     source_id and mnist_split, and the angle drawn) or an (N, 28, 28) uint8/float32/float64 array
     (returns an array of the same dtype). The originals come first, then the new images in draw order.
     The count is n * (oversample_rate - 1.0) in floating point, truncated toward zero by int(): 10
@@ -292,7 +292,8 @@ def generate_dataset(
         images = _check_images(dataset, "dataset", (-1, *IMAGE_SHAPE))
     else:
         raise TypeError(
-            f"dataset must be a rotmnist.io.Dataset or a numpy array of shape (N, 28, 28), got {type(dataset).__name__}"
+            "dataset must be a rotmnist.data.dataset.Dataset or a numpy array of shape (N, 28, 28), "
+            f"got {type(dataset).__name__}"
         )
     oversample_rate = _check_rate(oversample_rate)
     angles = np.array(_check_angles(angles), np.int8)

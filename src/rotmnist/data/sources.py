@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from rotmnist.data.dataset import Dataset
 from rotmnist.errors import PipelineError
-from rotmnist.io import Dataset
 
 if TYPE_CHECKING:
     from rotmnist.config import TuneConfig

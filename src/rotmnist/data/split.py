@@ -14,9 +14,10 @@ from typing import NamedTuple
 import numpy as np
 
 from rotmnist.config import SplitConfig
+from rotmnist.data.dataset import MNIST_TEST, MNIST_TRAIN, Dataset
 from rotmnist.errors import PipelineError
-from rotmnist.io import MNIST_TEST, MNIST_TRAIN, N_CLASSES, Dataset
 from rotmnist.paths import SPLITS
+from rotmnist.spec import N_CLASSES
 
 # Split codes are positions in SPLITS: train 0, val 1, holdout 2, test 3.
 TRAIN, VAL, HOLDOUT, TEST = (SPLITS.index(name) for name in ("train", "val", "holdout", "test"))

@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from rotmnist.data.dataset import Dataset
 from rotmnist.data.sources import budget_rows
 from rotmnist.errors import PipelineError, first_line
-from rotmnist.io import Dataset, read_json
+from rotmnist.io import read_json
 from rotmnist.learning.latency import measure_latency
 from rotmnist.learning.metrics import slice_metrics, worst_angle
 from rotmnist.learning.model import RawImageClassifier, classifier_from_spec, predict_labels

@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from rotmnist.data.dataset import Dataset
 from rotmnist.data.sources import Pool, sample_sources
 from rotmnist.errors import PipelineError
-from rotmnist.io import Dataset
 from rotmnist.learning.gate import is_concept_drift, monitor_perf
 from rotmnist.learning.metrics import error_rate, slice_metrics
 from rotmnist.learning.model import RawImageClassifier, predict_labels

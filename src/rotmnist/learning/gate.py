@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from rotmnist.io import N_CLASSES
 from rotmnist.learning.metrics import error_rate
+from rotmnist.spec import N_CLASSES
 
 if TYPE_CHECKING:
     from rotmnist.config import MonitorConfig
@@ -47,7 +47,7 @@ def monitor_perf(model, ground_truth_dataset, threshold):
     """Return True ("drift", concept drift) when the model's error rate on the ground truth exceeds `threshold`.
 
     `model` needs `.predict(x) -> labels`; `ground_truth_dataset` needs `.x` (images) and `.y` (labels),
-    as `rotmnist.io.Dataset` has; `threshold` is an error rate in [0, 1].
+    as `rotmnist.data.dataset.Dataset` has; `threshold` is an error rate in [0, 1].
     """
     threshold = _check_threshold(threshold)
     if not callable(getattr(model, "predict", None)):

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from rotmnist.io import N_CLASSES
+from rotmnist.spec import N_CLASSES
 
 ROC_LOG_FLOOR = 1e-4  # the smallest false positive rate the ROC plots resolve
 

@@ -13,8 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from rotmnist.io import IMAGE_SHAPE, N_CLASSES
-from rotmnist.spec import EVAL_BATCH, normalize_spec
+from rotmnist.spec import EVAL_BATCH, IMAGE_SHAPE, N_CLASSES, normalize_spec
 
 IMAGE_SIDE = IMAGE_SHAPE[0]
 # Pixel statistics of upright MNIST on the 0-255 scale; `train` replaces them with its training set's own.

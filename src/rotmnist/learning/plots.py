@@ -17,8 +17,10 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import PercentFormatter
 
-from rotmnist.io import IMAGE_SHAPE, N_CLASSES, Dataset, atomic_path
+from rotmnist.data.dataset import Dataset
+from rotmnist.io import atomic_path
 from rotmnist.learning.metrics import ROC_LOG_FLOOR, auc, confusion_matrix, sample_curve
+from rotmnist.spec import IMAGE_SHAPE, N_CLASSES
 
 MAX_MISCLASSIFIED = 48  # digits shown in the grid of holdout mistakes
 

@@ -10,11 +10,12 @@ Callers observe progress through `fit(on_epoch=...)`: the sweep reports to Optun
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -23,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from rotmnist.data.dataset import FEEDBACK, Dataset
 from rotmnist.errors import PipelineError, first_line
-from rotmnist.io import FEEDBACK, Dataset
 from rotmnist.learning.device import resolve_precision
 from rotmnist.learning.model import RawImageClassifier, classifier_from_spec
 from rotmnist.learning.recipe import Hyper
@@ -149,6 +150,8 @@ class WeightAverage:
 
     The decay warms up as min(decay, (1 + t) / (10 + t)) so short runs are not dominated by the initial
     weights. The averaged copy is the model `fit` returns: it generalises better than the last step's weights.
+    Not `torch.optim.swa_utils.AveragedModel`: its EMA (`get_ema_multi_avg_fn`) has no warm-up, and its first
+    update copies the weights instead of averaging them, so a short run (a sweep trial) would train another model.
     """
 
     def __init__(self, model: RawImageClassifier, decay: float):
@@ -210,6 +213,18 @@ def _train_epoch(
     return float(total_loss), int(correct)
 
 
+@contextlib.contextmanager
+def seeded_global_rng(seed: int, device: torch.device) -> Iterator[None]:
+    """torch's global RNG seeded with `seed` inside the block; the caller's state restored after it.
+
+    The state of the CPU and, training on a GPU, of every GPU that `torch.manual_seed` reaches.
+    """
+    cuda = list(range(torch.cuda.device_count())) if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(seed)
+        yield
+
+
 def fit(
     spec: Mapping[str, Any],
     train: Dataset,
@@ -231,40 +246,41 @@ def fit(
 
     The model starts fresh, or from `init` (a model of the same spec, or its state dict: a warm start that
     keeps its weights and pixel normalisation; `init` itself is not modified).
-    `on_epoch` may raise (e.g. optuna.TrialPruned) to stop early. Seeded: same inputs, same model.
+    `on_epoch` may raise (e.g. optuna.TrialPruned) to stop early. Seeded: same inputs, same model; torch's
+    global RNG is left as the caller had it.
     A loss that turns NaN or infinite stops training with a PipelineError.
     """
     spec = normalize_spec(spec)
     if len(train) == 0:
         raise ValueError("the training set is empty")
     device = torch.device(device)
-    torch.manual_seed(seed)
-    model = _initial_model(spec, train, init, device)
-    x, y = _tensors(train, device)
-    xv, yv = _tensors(val, device) if val is not None and len(val) else (None, None)
-    rows = EpochRows(train.source_id, hp.rotations_per_epoch)
-    opt, sched = _optimizer(model, hp, hp.epochs * math.ceil(len(rows) / hp.batch_size))
-    average = WeightAverage(model, hp.ema) if hp.ema else None
-    bf16 = resolve_precision(hp.precision, device) == "bf16"
-    step = _Step(model, opt, sched, hp, bf16=bf16, average=average, weight=row_weights(train, hp, device))
-    result = average.model if average else model  # what is scored and returned
-    gen = torch.Generator().manual_seed(seed)
-    history: list[dict[str, float]] = []
-    for epoch in range(1, hp.epochs + 1):
-        start = time.perf_counter()
-        order = rows.draw(gen)
-        total_loss, correct = _train_epoch(step, x, y, order, gen, f"{desc} epoch {epoch}/{hp.epochs}")
-        if not math.isfinite(total_loss):
-            raise PipelineError(f"training diverged (loss {total_loss}) at epoch {epoch}; lower the learning rate")
-        metrics = _epoch_metrics(epoch, total_loss, correct, len(order), sched, time.perf_counter() - start)
-        if xv is not None and (epoch % score_every == 0 or epoch == hp.epochs):
-            scores = evaluate(result, xv, yv)
-            metrics |= {"val_loss": scores["loss"], "val_accuracy": scores["accuracy"]}
-        log.info("%s epoch %d/%d: %s", desc, epoch, hp.epochs, _fmt(metrics))
-        history.append(metrics)
-        if on_epoch is not None:
-            on_epoch(metrics)
-    result.eval()
+    with seeded_global_rng(seed, device):  # the initial weights and dropout
+        model = _initial_model(spec, train, init, device)
+        x, y = _tensors(train, device)
+        xv, yv = _tensors(val, device) if val is not None and len(val) else (None, None)
+        rows = EpochRows(train.source_id, hp.rotations_per_epoch)
+        opt, sched = _optimizer(model, hp, hp.epochs * math.ceil(len(rows) / hp.batch_size))
+        average = WeightAverage(model, hp.ema) if hp.ema else None
+        bf16 = resolve_precision(hp.precision, device) == "bf16"
+        step = _Step(model, opt, sched, hp, bf16=bf16, average=average, weight=row_weights(train, hp, device))
+        result = average.model if average else model  # what is scored and returned
+        gen = torch.Generator().manual_seed(seed)
+        history: list[dict[str, float]] = []
+        for epoch in range(1, hp.epochs + 1):
+            start = time.perf_counter()
+            order = rows.draw(gen)
+            total_loss, correct = _train_epoch(step, x, y, order, gen, f"{desc} epoch {epoch}/{hp.epochs}")
+            if not math.isfinite(total_loss):
+                raise PipelineError(f"training diverged (loss {total_loss}) at epoch {epoch}; lower the learning rate")
+            metrics = _epoch_metrics(epoch, total_loss, correct, len(order), sched, time.perf_counter() - start)
+            if xv is not None and (epoch % score_every == 0 or epoch == hp.epochs):
+                scores = evaluate(result, xv, yv)
+                metrics |= {"val_loss": scores["loss"], "val_accuracy": scores["accuracy"]}
+            log.info("%s epoch %d/%d: %s", desc, epoch, hp.epochs, _fmt(metrics))
+            history.append(metrics)
+            if on_epoch is not None:
+                on_epoch(metrics)
+        result.eval()
     return Fitted(model=result, history=history)
 
 

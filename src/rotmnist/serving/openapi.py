@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from rotmnist.io import IMAGE_SHAPE
+from rotmnist.spec import IMAGE_SHAPE
 
 if TYPE_CHECKING:
     from rotmnist.config import ServeConfig

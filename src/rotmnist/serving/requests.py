@@ -20,7 +20,7 @@ import numpy as np
 
 from rotmnist.data.images import ImageTooLarge, decode_files, pixel_problem
 from rotmnist.errors import PipelineError
-from rotmnist.io import IMAGE_SHAPE
+from rotmnist.spec import IMAGE_SHAPE
 
 if TYPE_CHECKING:
     from starlette.requests import Request

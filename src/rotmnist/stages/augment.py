@@ -19,9 +19,9 @@ import time
 import numpy as np
 
 from rotmnist.config import AugmentConfig, Config
+from rotmnist.data.dataset import Dataset, load_dataset, save_dataset
 from rotmnist.data.rotation import exhaustive_dataset, generate_dataset
 from rotmnist.errors import PipelineError
-from rotmnist.io import Dataset, load_dataset, save_dataset
 from rotmnist.paths import Paths
 
 log = logging.getLogger(__name__)

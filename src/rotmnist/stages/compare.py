@@ -15,12 +15,14 @@ from typing import Any
 
 from rotmnist import io
 from rotmnist.config import Config
+from rotmnist.data.dataset import Dataset, load_dataset
 from rotmnist.errors import PipelineError
 from rotmnist.learning import plots
 from rotmnist.learning.compare import load_pipeline_model, mark_pareto, score, train_configuration
 from rotmnist.learning.device import apply_threads, resolve_device
 from rotmnist.learning.recipe import Hyper, hyper_dict, recipe
 from rotmnist.paths import Paths
+from rotmnist.reports import rounded, write_report
 from rotmnist.spec import CONFIGURATIONS, PIPELINE_CONFIGURATION, describe, split_configuration
 from rotmnist.tracking import store
 from rotmnist.tracking.compare import configuration_run, log_row, log_summary, parent_run, training_record
@@ -28,7 +30,7 @@ from rotmnist.tracking.compare import configuration_run, log_row, log_summary, p
 log = logging.getLogger(__name__)
 
 
-def _model(name: str, config: Config, train: io.Dataset, hp: Hyper, device: Any, pipeline: Any) -> tuple[Any, ...]:
+def _model(name: str, config: Config, train: Dataset, hp: Hyper, device: Any, pipeline: Any) -> tuple[Any, ...]:
     """Configuration `name`'s CPU model, a row's description of it, its spec and its training record."""
     if name != PIPELINE_CONFIGURATION:
         family, data = split_configuration(name)
@@ -67,7 +69,7 @@ def write_outputs(paths: Paths, config: Config, rows: dict[str, dict[str, Any]],
     """reports/compare.json, its headline metrics/compare.json, and plots/compare/: CSV for `dvc plots`, PNGs."""
     sla, folder = config.compare.sla, paths.plots / "compare"
     report = {"configurations": rows, "sla": sla.model_dump(), "latency": config.latency.model_dump()}
-    io.write_report(paths.report("compare"), paths.headline("compare"), report, headline, start)
+    write_report(paths.report("compare"), paths.headline("compare"), report, headline, start)
     with io.atomic_path(folder, is_dir=True) as tmp:
         io.write_csv(tmp / "angle_accuracy.csv", angle_table(rows))
         keys = ("latency_ms_p99", "worst_angle_accuracy", "latency_ms_p50", "sla_met", "pareto")
@@ -81,7 +83,7 @@ def main(config: Config, paths: Paths) -> None:
     """Train and score every listed configuration, judge the SLA, write the table and plots, log to MLflow."""
     cfg, start = config.compare, time.perf_counter()
     apply_threads(config.train.num_threads)
-    train, test = (io.load_dataset(paths.split(s)) for s in ("train", "test"))
+    train, test = (load_dataset(paths.split(s)) for s in ("train", "test"))
     if len(test) == 0:
         raise PipelineError(f"the test split {paths.split('test')} is empty; check the split stage")
     listed = PIPELINE_CONFIGURATION in cfg.configurations
@@ -100,7 +102,7 @@ def main(config: Config, paths: Paths) -> None:
                 rows[name] = described | score(model, test, cfg, config.latency) | record
                 log_row(rows[name], spec)
             _announce(name, rows[name])
-        rows = io.rounded(mark_pareto(rows))
+        rows = rounded(mark_pareto(rows))
         files = write_outputs(paths, config, rows, start)
         log_summary(run_ids, rows, files)
     log.info(

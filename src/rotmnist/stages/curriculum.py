@@ -18,10 +18,12 @@ import numpy as np
 
 from rotmnist import io
 from rotmnist.config import Config
+from rotmnist.data.dataset import load_dataset
 from rotmnist.learning import curriculum, plots
 from rotmnist.learning.device import apply_threads, resolve_device
 from rotmnist.learning.recipe import Hyper, hyper_dict, recipe
 from rotmnist.paths import Paths
+from rotmnist.reports import write_report
 from rotmnist.spec import describe
 from rotmnist.tracking import store
 from rotmnist.tracking.curriculum import log_summary, round_logger, start_curriculum_run
@@ -88,7 +90,7 @@ def main(config: Config, paths: Paths) -> None:
     """Simulate the drift story on the train and holdout splits; log every round; write the report and plots."""
     start = time.perf_counter()
     apply_threads(config.train.num_threads)
-    train, holdout = io.load_dataset(paths.split("train")), io.load_dataset(paths.split("holdout"))
+    train, holdout = load_dataset(paths.split("train")), load_dataset(paths.split("holdout"))
     plan, hp = plan_of(config)
     spec, device = config.curriculum.model, resolve_device(config.train.device)
     store.configure_mlflow(config, paths)
@@ -100,7 +102,7 @@ def main(config: Config, paths: Paths) -> None:
         on_round = round_logger(run_id, tags)
         sim = curriculum.simulate(spec, hp, plan, train, holdout, device=device, on_round=on_round)
         written = paths.report("curriculum")
-        report = io.write_report(written, paths.headline("curriculum"), curriculum.report(sim, plan), headline, start)
+        report = write_report(written, paths.headline("curriculum"), curriculum.report(sim, plan), headline, start)
         files = [written, *write_plots(paths.plots / "curriculum", sim, plan)]
         log_summary(summary_metrics(report), files)
     log.info(

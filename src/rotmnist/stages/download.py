@@ -10,9 +10,10 @@ import logging
 import time
 
 from rotmnist.config import Config
+from rotmnist.data.dataset import save_dataset
 from rotmnist.data.mnist import fetch, to_dataset
 from rotmnist.data.profile import profile_dataset
-from rotmnist.io import save_dataset, write_json
+from rotmnist.io import write_json
 from rotmnist.learning import plots
 from rotmnist.paths import Paths
 

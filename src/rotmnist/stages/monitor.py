@@ -25,12 +25,15 @@ import numpy as np
 from rotmnist import io
 from rotmnist.config import Config, MonitorConfig
 from rotmnist.data import feedback as corrections
+from rotmnist.data.dataset import Dataset, load_dataset
 from rotmnist.errors import PipelineError
-from rotmnist.io import N_CLASSES, Dataset, read_json
+from rotmnist.io import read_json
 from rotmnist.learning import plots
 from rotmnist.learning.gate import GATE_FAILED, GATE_TAG, Gate, class_distribution, decide
 from rotmnist.learning.metrics import auc, one_vs_rest_roc, roc_grid, sample_curve, slice_metrics, worst_angle
 from rotmnist.paths import Paths
+from rotmnist.reports import write_report
+from rotmnist.spec import N_CLASSES
 from rotmnist.tracking import registry, store
 
 if TYPE_CHECKING:
@@ -192,7 +195,7 @@ def load_candidate(client: MlflowClient, name: str, version: str, model_uri: str
     """Load the just-registered version from the registry; a model that does not load is tagged failed."""
     try:
         return registry.load_model(f"models:/{name}/{version}", version)
-    except Exception as err:
+    except registry.RegistryError as err:  # a missing or damaged artifact, a failing store; a bug propagates
         client.set_model_version_tag(name, version, GATE_TAG, GATE_FAILED)
         client.set_model_version_tag(name, version, "gate_reasons", f"the model does not load: {err}"[:TAG_VALUE_MAX])
         raise PipelineError(f"candidate {name} version {version} ({model_uri}) does not load: {err}") from err
@@ -262,7 +265,7 @@ def main(config: Config, paths: Paths) -> None:
     start = time.perf_counter()
     cfg, name = config.monitor, config.monitor.model_name
     run = read_run_reference(paths.run_reference)
-    holdout = io.load_dataset(paths.split("holdout"))
+    holdout = load_dataset(paths.split("holdout"))
     if len(holdout) == 0:
         raise PipelineError(f"the holdout split {paths.split('holdout')} is empty; check split.holdout_fraction")
     store.configure_mlflow(config, paths)
@@ -300,7 +303,7 @@ def main(config: Config, paths: Paths) -> None:
     # The report first, the registry's decision last (champion alias the very last write): a crash in
     # between leaves the champion where it was, so the rerun reuses this version, compares it with the
     # same champion and reaches the same decision and report.
-    io.write_report(paths.report("monitor"), paths.headline("monitor"), report, headline, start)
+    write_report(paths.report("monitor"), paths.headline("monitor"), report, headline, start)
     plot_dir = paths.plots / "monitor"
     write_plots(plot_dir, holdout, probs, report, 1 - cfg.angle_threshold, curves)
     registry.record_on_training_run(client, run["run_id"], report, flat_metrics(report), plot_dir)

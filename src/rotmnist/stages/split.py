@@ -8,8 +8,9 @@ import time
 from tqdm import tqdm
 
 from rotmnist.config import Config
+from rotmnist.data.dataset import load_dataset, save_dataset
 from rotmnist.data.split import build_manifest, row_splits
-from rotmnist.io import atomic_path, load_dataset, save_dataset, write_json
+from rotmnist.io import atomic_path, write_json
 from rotmnist.paths import SPLITS, Paths
 
 log = logging.getLogger(__name__)

@@ -20,6 +20,7 @@ import torch
 from rotmnist import io
 from rotmnist.config import Config
 from rotmnist.data import feedback
+from rotmnist.data.dataset import Dataset, load_dataset
 from rotmnist.errors import PipelineError
 from rotmnist.learning.device import apply_threads, resolve_device
 from rotmnist.learning.latency import measure_latency
@@ -28,6 +29,7 @@ from rotmnist.learning.model import RawImageClassifier, predict_labels
 from rotmnist.learning.recipe import PIPELINE_RECIPE_KEYS, hyper_dict, read_best_params, recipe
 from rotmnist.learning.training import evaluate, fit
 from rotmnist.paths import Paths
+from rotmnist.reports import rounded, write_report
 from rotmnist.spec import describe
 from rotmnist.tracking import store
 from rotmnist.tracking.train import current_uri, log_epoch, log_split_inputs, log_training_results, start_run
@@ -37,7 +39,7 @@ log = logging.getLogger(__name__)
 CURVE_KEYS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr")
 
 
-def test_report(model: RawImageClassifier, test: io.Dataset) -> dict[str, Any]:
+def test_report(model: RawImageClassifier, test: Dataset) -> dict[str, Any]:
     """Accuracy on the test split: overall, per angle (upright and each rotation) and per class.
 
     `worst_rotated_accuracy` is there only when the split has rotated images (the report holds no null).
@@ -125,7 +127,7 @@ def main(config: Config, paths: Paths) -> None:
     start = time.perf_counter()
     apply_threads(config.train.num_threads)
     spec, hyper, best = read_best_params(paths.best_params)
-    splits = {s: io.load_dataset(paths.split(s)) for s in ("train", "val", "test")}
+    splits = {s: load_dataset(paths.split(s)) for s in ("train", "val", "test")}
     train, val, test = splits["train"], splits["val"], splits["test"]
     if len(train) == 0 or len(test) == 0:
         raise PipelineError("the train and test splits must not be empty; check the split stage")
@@ -133,7 +135,7 @@ def main(config: Config, paths: Paths) -> None:
     if config.train.feedback:  # people's corrections join the train split (never val, holdout or test)
         corrections = feedback.training_rows(paths.feedback / "train", config.train.feedback_cap)
         log.info("training on %d of people's corrections too", len(corrections))
-        train, n_feedback = io.Dataset.concat([train, corrections]), len(corrections)
+        train, n_feedback = Dataset.concat([train, corrections]), len(corrections)
     hp = recipe(config, hyper, config.train.epochs, PIPELINE_RECIPE_KEYS)
     device = resolve_device(config.train.device)
     experiment_id = store.configure_mlflow(config, paths)
@@ -170,7 +172,7 @@ def main(config: Config, paths: Paths) -> None:
     io.write_json(paths.run_reference, reference | {"tracking_uri": current_uri()})
     detail = summary(report, val_scores, fitted.history, hp.epochs, len(train)) | lat
     detail["feedback_images"] = n_feedback
-    detail = io.write_report(paths.report("train"), paths.headline("train"), io.rounded(detail), headline, start)
+    detail = write_report(paths.report("train"), paths.headline("train"), rounded(detail), headline, start)
     log.info(
         "test accuracy %.4f (upright %.4f, worst rotation %.4f) in %.0f s; model %s",
         report["accuracy"],

@@ -15,9 +15,11 @@ from typing import Any
 from rotmnist import io
 from rotmnist.config import Config
 from rotmnist.data import feedback
+from rotmnist.data.dataset import Dataset, load_dataset
 from rotmnist.data.sources import make_folds, subsample_sources, sweep_subsets
 from rotmnist.learning.device import apply_threads
 from rotmnist.paths import Paths
+from rotmnist.reports import write_report
 from rotmnist.tracking import store
 from rotmnist.tracking.tune import best_params_document, run_sweep
 
@@ -37,14 +39,14 @@ def main(config: Config, paths: Paths) -> None:
     """Run the sweep; write models/best_params.json, reports/tune.json and metrics/tune.json."""
     start = time.perf_counter()
     apply_threads(config.train.num_threads)
-    train = io.load_dataset(paths.split("train"))
-    val = io.load_dataset(paths.split("val")) if config.tune.cv_folds == 1 else None
+    train = load_dataset(paths.split("train"))
+    val = load_dataset(paths.split("val")) if config.tune.cv_folds == 1 else None
     train, val = sweep_subsets(train, val, config.tune)
     if config.train.feedback:  # the same share of the corrections as of the train split's digits
         corrections = feedback.training_rows(paths.feedback / "train", config.train.feedback_cap)
         corrections = subsample_sources(corrections, config.tune.train_fraction, config.tune.seed)
         log.info("the sweep trains on %d of people's corrections too", len(corrections))
-        train = io.Dataset.concat([train, corrections])
+        train = Dataset.concat([train, corrections])
     folds = make_folds(train, val, config.tune.cv_folds, config.tune.seed)
     store.configure_mlflow(config, paths)
     tags = store.standard_tags(paths, *paths.lineage_data(config.train.feedback)) | {"stage": "tune"}
@@ -57,5 +59,5 @@ def main(config: Config, paths: Paths) -> None:
         "trials": result.counts,
         "study": result.study.study_name,
     }
-    io.write_report(paths.report("tune"), paths.headline("tune"), report, headline, start)
+    write_report(paths.report("tune"), paths.headline("tune"), report, headline, start)
     log.info("best trial %d: val accuracy %.4f with %s %s", result.best_trial, result.value, result.spec, result.hyper)

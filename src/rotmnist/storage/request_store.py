@@ -25,7 +25,7 @@ import numpy as np
 import sqlalchemy as sa
 
 from rotmnist.errors import PipelineError, first_line
-from rotmnist.io import IMAGE_SHAPE, N_CLASSES
+from rotmnist.spec import IMAGE_SHAPE, N_CLASSES
 from rotmnist.storage.locks import store_lock
 from rotmnist.storage.urls import is_postgres, redact
 

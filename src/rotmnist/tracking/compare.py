@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from rotmnist.tracking.store import role_tag
+
 log = logging.getLogger(__name__)
 
 # Row fields logged as tags rather than metrics: they are text.
@@ -22,7 +24,7 @@ def parent_run(name: str, tags: dict[str, str], params: dict[str, Any]) -> Itera
     """The comparison's top-level run of the configured experiment; yields its id, ends it after the block."""
     import mlflow
 
-    with mlflow.start_run(run_name=name, tags=tags | {"role": "compare"}) as run:
+    with mlflow.start_run(run_name=name, tags=tags | role_tag("compare")) as run:
         mlflow.log_params(params)
         yield run.info.run_id
 

@@ -12,8 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from rotmnist.learning.curriculum import Round, round_metrics
-
-ROLE_TAG = "curriculum_role"  # "curriculum" on the parent run, "round" on each nested run
+from rotmnist.tracking.store import role_tag
 
 
 @contextlib.contextmanager
@@ -21,7 +20,7 @@ def start_curriculum_run(name: str, tags: dict[str, str], params: dict[str, Any]
     """The top-level curriculum run with `tags` and `params`; yields its id and ends it after the block."""
     import mlflow
 
-    with mlflow.start_run(run_name=name, tags=tags | {ROLE_TAG: "curriculum"}) as run:
+    with mlflow.start_run(run_name=name, tags=tags | role_tag("curriculum")) as run:
         mlflow.log_params(params)
         yield run.info.run_id
 
@@ -40,7 +39,7 @@ def round_logger(parent_id: str, tags: dict[str, str]) -> Callable[[Round], None
             "arrived": " ".join(str(a) for a in r.arrived),
             "trained": r.trained,
         }
-        run_tags = tags | {ROLE_TAG: "round", "concept_drift": str(r.concept_drift).lower()}
+        run_tags = tags | role_tag("round") | {"concept_drift": str(r.concept_drift).lower()}
         with mlflow.start_run(run_name=name, nested=True, parent_run_id=parent_id, tags=run_tags):
             mlflow.log_params(params)
             mlflow.log_metrics(round_metrics(r))

@@ -9,8 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-ROLE_TAG = "role"  # as on the sweep's parent run
-ROLE = "input_drift"
+from rotmnist.tracking.store import role_tag
+
+ROLE = "input_drift"  # the run's role, and the artifact folder of its report and plot
 
 
 def input_drift_metrics(report: dict[str, Any]) -> dict[str, float]:
@@ -32,7 +33,7 @@ def log_input_drift_run(report: dict[str, Any], params: dict[str, Any], tags: di
     """Log the input drift check as a new MLflow run (metrics, `params`, the report and plot files); return its id."""
     import mlflow
 
-    run_tags = tags | {ROLE_TAG: ROLE, "verdict": report["verdict"]}
+    run_tags = tags | role_tag(ROLE) | {"verdict": report["verdict"]}
     with mlflow.start_run(run_name=f"input-drift-{report['verdict']}", tags=run_tags) as run:
         mlflow.log_params(params)
         mlflow.log_metrics(input_drift_metrics(report))

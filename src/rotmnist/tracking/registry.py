@@ -14,9 +14,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from rotmnist.errors import PipelineError, first_line
-from rotmnist.io import IMAGE_SHAPE, N_CLASSES
 from rotmnist.learning.gate import GATE_PASSED, GATE_TAG
-from rotmnist.spec import EVAL_BATCH
+from rotmnist.spec import EVAL_BATCH, IMAGE_SHAPE, N_CLASSES
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -112,24 +111,45 @@ def check_pickle_free(model_dir: Path, uri: str) -> None:
         raise RegistryError(f"refusing to load model {uri}: {'; '.join(problems)} (it could run code when loaded)")
 
 
-def load_model(uri: str, version: str | None = None) -> Classifier:
-    """Load an MLflow model, pickle-free (`check_pickle_free`); check that it scores a blank image as 10 classes."""
-    import tempfile
+def _broken_model_errors() -> tuple[type[Exception], ...]:
+    """What a missing or damaged model artifact, or a store that fails, raises while a model is fetched and loaded.
+
+    MLflow's errors (the store, the artifact repository), I/O, and what torch's pt2 archive reader raises for
+    a damaged archive: a bad zip, a bad or missing member (RuntimeError, ValueError, JSON), a damaged pickled
+    sample input, and its own `assert`s on the archive's format. Anything else is a bug and propagates.
+    """
+    import pickle
     import zipfile
+
+    from mlflow.exceptions import MlflowException
+
+    archive = (zipfile.BadZipFile, pickle.UnpicklingError, EOFError, AssertionError)
+    return (MlflowException, OSError, RuntimeError, ValueError, *archive)
+
+
+def load_model(uri: str, version: str | None = None) -> Classifier:
+    """Load an MLflow model, pickle-free (`check_pickle_free`); check that it scores a blank image as 10 classes.
+
+    A model that cannot be fetched, loaded or run is a RegistryError naming the first cause.
+    """
+    import tempfile
 
     import mlflow.artifacts
     import mlflow.pyfunc
-    from mlflow.exceptions import MlflowException
 
+    broken = _broken_model_errors()
     try:
         with tempfile.TemporaryDirectory(prefix="rotmnist-model-") as tmp:
             local = Path(mlflow.artifacts.download_artifacts(artifact_uri=check_uri(uri), dst_path=tmp))
             check_pickle_free(local, uri)
             model = mlflow.pyfunc.load_model(str(local))
-    except (MlflowException, OSError, RuntimeError, ValueError, zipfile.BadZipFile) as err:  # torch's too
+    except broken as err:
         raise RegistryError(f"cannot load model {uri}: {_short(err)}") from err
     clf = Classifier(model, uri, version)
-    clf.predict_proba(np.zeros((1, *IMAGE_SHAPE), np.float32))
+    try:
+        clf.predict_proba(np.zeros((1, *IMAGE_SHAPE), np.float32))
+    except broken as err:  # loaded, but does not run: weights that do not fit the graph
+        raise RegistryError(f"model {uri} does not score a blank image: {_short(err)}") from err
     return clf
 
 
@@ -214,7 +234,7 @@ def load_champion(name: str, *, client: MlflowClient | None = None) -> Classifie
         )
     try:
         return load_model(f"models:/{name}@{CHAMPION}", str(champ.version))
-    except Exception as err:  # any failure to load (missing file, corrupt archive) triggers the fallback
+    except RegistryError as err:  # a missing or damaged artifact, a failing store; a bug in our code propagates
         first_error = err
     tried = [f"v{champ.version}: {_short(first_error)}"]
     earlier = [
@@ -225,7 +245,7 @@ def load_champion(name: str, *, client: MlflowClient | None = None) -> Classifie
     for v in earlier:
         try:
             clf = load_model(f"models:/{name}/{v.version}", str(v.version))
-        except Exception as err:
+        except RegistryError as err:
             tried.append(f"v{v.version}: {_short(err)}")
             continue
         log.warning(

@@ -22,7 +22,7 @@ from rotmnist.storage.urls import redact
 
 if TYPE_CHECKING:
     from rotmnist.config import Config
-    from rotmnist.io import Dataset
+    from rotmnist.data.dataset import Dataset
     from rotmnist.paths import Paths
 
 log = logging.getLogger(__name__)
@@ -31,6 +31,23 @@ log = logging.getLogger(__name__)
 # files) MLflow would put artifacts under the working directory, a temporary one in `dvc exp run --queue`.
 _SERVER_SCHEMES = ("http", "https", "databricks", "databricks-uc")
 DATASET_RETRIES = 3
+
+# What a run is, where the run name alone does not say it: one tag, one set of values (docs/tracking.md).
+ROLE_TAG = "role"
+ROLES = {
+    "sweep": "a study's parent run; its trials are nested under it",
+    "compare": "the comparison's parent run; one nested run per configuration",
+    "curriculum": "the drift story's parent run",
+    "round": "one round of the drift story, nested under its curriculum run",
+    "input_drift": "one input-drift check of `rotmnist drift` on the request log",
+}
+
+
+def role_tag(role: str) -> dict[str, str]:
+    """The tag saying what a run is; ValueError for a role outside `ROLES`."""
+    if role not in ROLES:
+        raise ValueError(f"unknown run role {role!r}; expected one of {sorted(ROLES)}")
+    return {ROLE_TAG: role}
 
 
 def tracking_uri(config: Config, paths: Paths) -> str:

@@ -13,12 +13,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from rotmnist.spec import IMAGE_SHAPE, N_CLASSES
 from rotmnist.tracking.store import array_digest, log_dataset
 
 if TYPE_CHECKING:
     from torch import nn
 
-    from rotmnist.io import Dataset
+    from rotmnist.data.dataset import Dataset
     from rotmnist.paths import Paths
 
 # The input example given to `log_model`: `torch.export` specialises a batch dimension of 1 (and may tie
@@ -28,7 +29,12 @@ EXAMPLE_BATCH = 5
 
 @contextlib.contextmanager
 def start_run(name: str, tags: dict[str, str], params: dict[str, Any]) -> Iterator[str]:
-    """A new top-level run of the configured experiment with `tags` and `params`; yields its id, ends it after."""
+    """A new top-level run of the configured experiment with `tags` and `params`; yields its id, ends it after.
+
+    MLflow's active run, not a client and a run id: `mlflow.pytorch.log_model` and `mlflow.log_input` take no
+    run id, and a client's `create_run` leaves out the source and user tags that `mlflow.start_run` adds.
+    The run is active only inside this block, and ended (FAILED on an error) when it exits.
+    """
     import mlflow
 
     with mlflow.start_run(run_name=name, tags=tags) as run:
@@ -89,12 +95,14 @@ def log_classifier(
 
     module = module.cpu().eval()
     if input_example is None:
-        input_example = np.zeros((EXAMPLE_BATCH, 28, 28), np.float32)
+        input_example = np.zeros((EXAMPLE_BATCH, *IMAGE_SHAPE), np.float32)
         input_example[:, 6:22, 12:16] = 255.0  # a crude "1"
     input_example = np.ascontiguousarray(input_example, dtype=np.float32)
-    if input_example.ndim != 3 or input_example.shape[1:] != (28, 28) or len(input_example) in (0, 1, 10, 28):
+    tied = (0, 1, N_CLASSES, *IMAGE_SHAPE)  # batch sizes `torch.export` would specialise or tie
+    if input_example.ndim != 3 or input_example.shape[1:] != IMAGE_SHAPE or len(input_example) in tied:
         raise ValueError(
-            f"input_example must have shape (N, 28, 28) with N not in 0, 1, 10, 28; got {input_example.shape}"
+            f"input_example must have shape (N, {IMAGE_SHAPE[0]}, {IMAGE_SHAPE[1]}) with N not in "
+            f"{', '.join(map(str, sorted(set(tied))))}; got {input_example.shape}"
         )
     with torch.no_grad():
         output = module(torch.from_numpy(input_example)).numpy()

@@ -24,8 +24,8 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from rotmnist.data.dataset import Dataset
 from rotmnist.errors import PipelineError
-from rotmnist.io import Dataset
 from rotmnist.learning.device import resolve_device
 from rotmnist.learning.latency import measure_latency
 from rotmnist.learning.recipe import PIPELINE_RECIPE_KEYS, Hyper, hyper_dict, recipe
@@ -64,7 +64,6 @@ EPOCH_METRICS = (
     "epoch_images",
     "images_per_second",
 )
-ROLE_TAG = "role"  # "sweep" on a study's parent run
 
 
 @dataclass
@@ -96,7 +95,7 @@ def _parent_run(study: optuna.Study, name: str, tags: dict[str, str]) -> str:
         except MlflowException:
             pass
         log.warning("the study's parent MLflow run %s is missing from this store; starting a new one", run_id)
-    with mlflow.start_run(run_name=f"sweep-{name}", tags=tags | {ROLE_TAG: "sweep"}) as run:
+    with mlflow.start_run(run_name=f"sweep-{name}", tags=tags | store.role_tag("sweep")) as run:
         pass
     study.set_user_attr(PARENT_ATTR, run.info.run_id)
     return run.info.run_id

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from rotmnist.data import feedback
+from rotmnist.data.dataset import FEEDBACK, load_dataset
 from rotmnist.errors import PipelineError
-from rotmnist.io import FEEDBACK, load_dataset
 
 RNG = np.random.default_rng(0)
 

@@ -17,8 +17,8 @@ import pytest
 
 from rotmnist.config import UrlSource, WheelSource
 from rotmnist.data import mnist as mnist_sources
+from rotmnist.data.dataset import MNIST_TEST, MNIST_TRAIN
 from rotmnist.errors import PipelineError
-from rotmnist.io import MNIST_TEST, MNIST_TRAIN
 from tests.support.helpers import (
     FAKE_WHEEL_NAME,
     IDX_NAMES,

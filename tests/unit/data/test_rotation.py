@@ -9,9 +9,9 @@ import pytest
 import scipy.ndimage
 
 from rotmnist.data import rotation
+from rotmnist.data.dataset import Dataset
 from rotmnist.data.mnist import MnistArrays, to_dataset
 from rotmnist.data.rotation import exhaustive_dataset, generate_dataset, rotate, rotate_batch
-from rotmnist.io import Dataset
 from rotmnist.spec import ALLOWED_ANGLES
 from tests.support.helpers import tiny_mnist
 
@@ -263,7 +263,9 @@ def test_generate_dataset_refuses_bad_arguments(tiny, kwargs, error, message):
 
 
 def test_generate_dataset_refuses_bad_datasets(tiny):
-    with pytest.raises(TypeError, match=r"dataset must be a rotmnist.io.Dataset or a numpy array of shape \(N, 28"):
+    with pytest.raises(
+        TypeError, match=r"dataset must be a rotmnist.data.dataset.Dataset or a numpy array of shape \(N, 28"
+    ):
         generate_dataset(tiny.x.tolist(), 2)
     with pytest.raises(ValueError, match=r"dataset must have shape \(N, 28, 28\), got \(10, 784\)"):
         generate_dataset(tiny.x.reshape(10, 784), 2)
@@ -311,7 +313,7 @@ def test_exhaustive_is_byte_identical_for_any_chunking(tiny):
 
 
 def test_exhaustive_checks_its_arguments(tiny):
-    with pytest.raises(TypeError, match=r"ds must be a rotmnist\.io\.Dataset, got ndarray"):
+    with pytest.raises(TypeError, match=r"ds must be a rotmnist\.data\.dataset\.Dataset, got ndarray"):
         exhaustive_dataset(tiny.x)
     with pytest.raises(ValueError, match=rf"each of angles must be one of \{ALLOWED}"):
         exhaustive_dataset(tiny, [5])

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from rotmnist.config import SplitConfig
+from rotmnist.data.dataset import MNIST_TEST, MNIST_TRAIN, Dataset
 from rotmnist.data.split import (
     build_manifest,
     row_splits,
@@ -18,7 +19,6 @@ from rotmnist.data.split import (
     stratified_order,
 )
 from rotmnist.errors import PipelineError
-from rotmnist.io import MNIST_TEST, MNIST_TRAIN, Dataset
 from rotmnist.paths import SPLITS
 
 ANGLES = (0, -30, -10, 20)

@@ -8,14 +8,15 @@ import torch
 
 from rotmnist import io
 from rotmnist.config import SlaConfig
+from rotmnist.data.dataset import Dataset
 from rotmnist.errors import PipelineError
 from rotmnist.learning import compare
 from rotmnist.learning.model import classifier_from_spec, predict_proba
 
 
-def _dataset(angles: list[int]) -> io.Dataset:
+def _dataset(angles: list[int]) -> Dataset:
     n = len(angles)
-    return io.Dataset(
+    return Dataset(
         x=np.zeros((n, 28, 28), np.uint8),
         y=np.arange(n, dtype=np.uint8) % 10,
         source_id=np.arange(n, dtype=np.int32),

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from rotmnist.config import DriftConfig
-from rotmnist.io import metrics_problems
 from rotmnist.learning import drift
+from rotmnist.reports import metrics_problems
 
 CFG = DriftConfig()
 RNG = np.random.default_rng(0)

@@ -7,9 +7,9 @@ import types
 import numpy as np
 import pytest
 
-from rotmnist import io
 from rotmnist.config import MonitorConfig
 from rotmnist.learning import gate, metrics
+from rotmnist.reports import metrics_problems
 from tests.support.datasets import blank_dataset
 from tests.support.fakes import metrics_with
 
@@ -115,7 +115,7 @@ def test_class_distribution_chi_square():
     single = gate.class_distribution(np.array([3, 3]), np.array([3, 3]))
     assert single["chi2"] == 0.0 and single["dof"] == 0 and "p_value" not in single
     for dist in (same, skewed, absent, single):
-        assert io.metrics_problems(dist) == []
+        assert metrics_problems(dist) == []
 
 
 # ---- the drift rule at its edges ------------------------------------------------------------------

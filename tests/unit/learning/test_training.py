@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from rotmnist.data.dataset import FEEDBACK
 from rotmnist.errors import PipelineError
-from rotmnist.io import FEEDBACK
 from rotmnist.learning import training
 from rotmnist.learning.recipe import Hyper
 from rotmnist.learning.training import fit, pixel_stats, random_shift
@@ -147,6 +147,20 @@ def test_an_epoch_callback_can_stop_training():
         fit({"family": "logreg"}, digit_dataset(50), digit_dataset(20, seed=1), Hyper(epochs=5), on_epoch=stop)
 
 
+def test_fit_leaves_the_callers_global_rng_as_it_was_and_does_not_depend_on_it():
+    spec = SMALL_CNN | {"dropout": 0.25}  # dropout draws from the global RNG while training
+    hp, ds = Hyper(lr=1e-2, batch_size=32, epochs=1, shift=1), digit_dataset(100)
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    expected = torch.rand(4)  # the caller's next draws
+    torch.set_rng_state(before)
+    first = fit(spec, ds, None, hp, seed=5).model.state_dict()
+    assert torch.equal(torch.get_rng_state(), before)
+    assert torch.equal(torch.rand(4), expected)
+    second = fit(spec, ds, None, hp, seed=5).model.state_dict()  # the caller's RNG is elsewhere now
+    assert all(torch.equal(first[k], second[k]) for k in first)
+
+
 def test_fit_rejects_an_empty_training_set():
     with pytest.raises(ValueError, match="training set is empty"):
         fit({"family": "logreg"}, digit_dataset(10).take(np.zeros(10, bool)), None, Hyper())
@@ -164,6 +178,10 @@ def test_fit_on_the_gpu_matches_the_cpu_contract():
     )
     assert next(result.model.parameters()).device.type == "cuda"
     assert result.history[-1]["val_accuracy"] >= 0.8
+    torch.cuda.manual_seed(7)
+    before = torch.cuda.get_rng_state()
+    fit(SMALL_CNN | {"dropout": 0.25}, digit_dataset(100), None, Hyper(batch_size=32, epochs=1), device="cuda")
+    assert torch.equal(torch.cuda.get_rng_state(), before)  # the GPU's global RNG is left as it was too
 
 
 SPEC = {"family": "cnn", "blocks": 1, "channels": 8, "kernel": 3, "dense": 32, "dropout": 0.0}

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from rotmnist.config import AugmentConfig
+from rotmnist.data.dataset import Dataset
 from rotmnist.data.mnist import MnistArrays, to_dataset
 from rotmnist.data.rotation import exhaustive_dataset, generate_dataset
-from rotmnist.io import Dataset
 from rotmnist.stages import augment
 from tests.support.helpers import tiny_mnist
 

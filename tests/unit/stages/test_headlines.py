@@ -7,14 +7,14 @@ import time
 
 import pytest
 
-from rotmnist import io
+from rotmnist.reports import write_report
 from rotmnist.stages import compare, curriculum, monitor, train, tune
 from tests.support.fakes import metrics_with
 
 
 def written(tmp_path, report: dict, headline) -> tuple[dict, dict]:
     """(report, headline) as the stage writes them, with a wall time of about 2 s."""
-    io.write_report(tmp_path / "report.json", tmp_path / "headline.json", report, headline, time.perf_counter() - 2)
+    write_report(tmp_path / "report.json", tmp_path / "headline.json", report, headline, time.perf_counter() - 2)
     return json.loads((tmp_path / "report.json").read_text()), json.loads((tmp_path / "headline.json").read_text())
 
 

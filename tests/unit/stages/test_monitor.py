@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from rotmnist import io
 from rotmnist.config import MonitorConfig
 from rotmnist.errors import PipelineError
 from rotmnist.learning import gate, metrics
+from rotmnist.reports import metrics_problems
 from rotmnist.stages import monitor
 from tests.support.datasets import blank_dataset
 from tests.support.fakes import metrics_with
@@ -39,7 +39,7 @@ def test_roc_auc_per_class_and_their_mean():
     assert aucs["per_class"] == {"0": 1.0, "1": pytest.approx(5 / 6, abs=1e-6), "2": 0.5}
     assert aucs["macro"] == pytest.approx((1 + 5 / 6 + 0.5) / 3, abs=1e-6)
     assert monitor.roc_auc({}) == {}  # no curve, no figure: never a null
-    assert io.metrics_problems(aucs) == []
+    assert metrics_problems(aucs) == []
 
 
 def test_roc_rows_are_a_few_hundred_points_for_every_class():
@@ -154,3 +154,33 @@ def test_the_feedback_slice_is_reported_beside_the_holdout_with_the_champion_and
     assert flat["feedback_accuracy"] == 0.75 and flat["feedback_champion_accuracy"] == 0.25
     tags = monitor.version_tags(report, "abc", "md5")
     assert tags["feedback_accuracy"] == "0.750000" and tags["feedback_n"] == "4"
+
+
+class _TagRecorder:
+    def __init__(self):
+        self.tags = {}
+
+    def set_model_version_tag(self, name, version, key, value):
+        self.tags[key] = value
+
+
+def test_a_candidate_that_does_not_load_is_tagged_failed_but_a_bug_in_loading_surfaces(monkeypatch):
+    from rotmnist.tracking import registry
+
+    def broken(uri, version=None):
+        raise registry.RegistryError(f"cannot load model {uri}: BadZipFile: File is not a zip file")
+
+    monkeypatch.setattr(registry, "load_model", broken)
+    client = _TagRecorder()
+    with pytest.raises(PipelineError, match=r"candidate m version 2 \(runs:/r/model\) does not load: cannot load"):
+        monitor.load_candidate(client, "m", "2", "runs:/r/model")
+    assert client.tags["gate"] == "failed" and "BadZipFile" in client.tags["gate_reasons"]
+
+    def buggy(uri, version=None):
+        raise AttributeError("a bug in our own loading code")
+
+    monkeypatch.setattr(registry, "load_model", buggy)
+    client = _TagRecorder()
+    with pytest.raises(AttributeError, match="a bug in our own loading code"):
+        monitor.load_candidate(client, "m", "2", "runs:/r/model")
+    assert client.tags == {}  # the version is not marked as a broken model

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from rotmnist.io import Dataset
+from rotmnist.data.dataset import Dataset
 
 
 def test_train_metrics_leave_out_what_has_no_value(monkeypatch):
     """No rotated test image and no val split: the keys are absent, never null (DVC cannot show a null)."""
-    from rotmnist.io import metrics_problems
+    from rotmnist.reports import metrics_problems
     from rotmnist.stages import train
 
     upright = Dataset(

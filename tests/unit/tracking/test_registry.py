@@ -1,7 +1,10 @@
 """Registry loading: the classifier wrapper, allowed URIs, and the champion's fallback (fake client)."""
 
+import io
 import logging
 import types
+import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -56,12 +59,14 @@ class FakeClient:
 @pytest.fixture
 def loads(monkeypatch):
     """Make load_model succeed only for the URIs in `loads.ok`, recording every attempt in `loads.tried`."""
-    state = types.SimpleNamespace(ok=set(), tried=[])
+    state = types.SimpleNamespace(ok=set(), bugs=set(), tried=[])
 
     def fake_load(uri, version=None):
         state.tried.append(uri)
-        if uri not in state.ok:
-            raise OSError(f"No such file: {uri}/data/model.pt2")
+        if uri in state.bugs:
+            raise TypeError("a bug in our own loading code")
+        if uri not in state.ok:  # what load_model raises for a missing artifact
+            raise registry.RegistryError(f"cannot load model {uri}: OSError: No such file: {uri}/data/model.pt2")
         return registry.Classifier(ProbModel(), uri, version)
 
     monkeypatch.setattr(registry, "load_model", fake_load)
@@ -91,8 +96,17 @@ def test_load_champion_skips_versions_that_do_not_load_either(loads):
     assert registry.load_champion("m", client=FakeClient(4, GATES)).version == "1"
 
 
+def test_a_bug_in_loading_surfaces_instead_of_serving_an_older_champion(loads):
+    loads.ok.update({"models:/m/1", "models:/m/3"})
+    loads.bugs.add("models:/m@champion")
+    with pytest.raises(TypeError, match="a bug in our own loading code"):
+        registry.load_champion("m", client=FakeClient(4, GATES))
+    assert loads.tried == ["models:/m@champion"]  # no fallback tried
+
+
 def test_load_champion_error_when_nothing_loads(loads):
-    with pytest.raises(registry.RegistryError, match=r"no version of 'm' could be loaded.*v4: OSError.*v3.*v1"):
+    tried = r"v4: RegistryError: cannot load model models:/m@champion: OSError.*v3.*v1"
+    with pytest.raises(registry.RegistryError, match=rf"no version of 'm' could be loaded.*{tried}"):
         registry.load_champion("m", client=FakeClient(4, GATES))
     with pytest.raises(registry.RegistryError, match="has no version with alias 'champion'"):
         registry.load_champion("m", client=FakeClient(None, GATES))
@@ -122,3 +136,60 @@ def test_a_403_for_a_model_nobody_registered_means_no_champion():
     assert champion_version(_Refusing([]), "digits") is None
     with pytest.raises(MlflowException, match="Permission denied"):  # a real refusal on an existing model
         champion_version(_Refusing(["digits"]), "digits")
+
+
+# ---- a real logged model, damaged on disk ----------------------------------------------------------------
+
+
+def _rewrite_member(archive: Path, good: bytes, member: str, damage: str) -> None:
+    """`archive` as `good` with one member (by its path inside the pt2 archive's folder) damaged or left out."""
+    with zipfile.ZipFile(io.BytesIO(good)) as src, zipfile.ZipFile(archive, "w") as dst:
+        for name in src.namelist():
+            data = src.read(name)
+            if name.split("/", 1)[1] == member:
+                if damage == "drop":
+                    continue
+                data = data[: len(data) // 2] if damage == "half" else b"\x07garbage" * 8
+            dst.writestr(name, data)
+
+
+@pytest.mark.slow  # torch.export
+def test_a_damaged_artifact_is_a_registry_error_and_a_bug_in_loading_propagates(ws, monkeypatch):
+    import mlflow
+    import torch
+
+    from rotmnist.learning.model import classifier_from_spec
+    from rotmnist.tracking import store
+    from rotmnist.tracking import train as training_run
+    from tests.support.tracking import mlflow_config
+
+    store.configure_mlflow(mlflow_config(), ws)
+    torch.manual_seed(0)
+    with mlflow.start_run():
+        uri = training_run.log_classifier(classifier_from_spec({"family": "cnn", "blocks": 1, "channels": 2}))
+    folder = Path(mlflow.get_logged_model(uri.removeprefix("models:/")).artifact_location.removeprefix("file://"))
+    archive = folder / "data" / "model.pt2"
+    good = archive.read_bytes()
+    # what torch's pt2 reader raises for each: AssertionError, UnpicklingError, JSONDecodeError, RuntimeError
+    damages = [
+        ("archive_format", "garbage"),
+        ("data/sample_inputs/model.pt", "garbage"),
+        ("models/model.json", "half"),
+        ("data/weights/weight_0", "drop"),
+    ]
+    for member, damage in damages:
+        _rewrite_member(archive, good, member, damage)
+        with pytest.raises(registry.RegistryError, match=f"cannot load model {uri}: "):
+            registry.load_model(uri)
+    archive.write_bytes(good[: len(good) // 2])  # a truncated archive is no zip at all
+    with pytest.raises(registry.RegistryError, match=r"it is not a torch\.export"):
+        registry.load_model(uri)
+    archive.write_bytes(good)
+    assert registry.load_model(uri).predict(np.zeros((2, 28, 28), np.float32)).shape == (2,)
+
+    def buggy(*args, **kwargs):
+        raise TypeError("a bug in our own loading code")
+
+    monkeypatch.setattr(mlflow.pyfunc, "load_model", buggy)
+    with pytest.raises(TypeError, match="a bug in our own loading code"):
+        registry.load_model(uri)

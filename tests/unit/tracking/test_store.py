@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -133,3 +135,18 @@ def test_the_lineage_hash_covers_the_corrections_a_model_trained_on(tmp_path):
     (paths.feedback / "train" / "y.npy").write_bytes(b"changed")
     assert store.data_digest(paths, *paths.lineage_data(True)) != with_feedback["data_hash"]
     assert store.standard_tags(paths, *paths.lineage_data(False)) == splits_only
+
+
+def test_a_run_role_is_one_tag_with_one_documented_set_of_values():
+    assert store.role_tag("round") == {"role": "round"}
+    with pytest.raises(ValueError, match=r"unknown run role 'curriculum_role'; expected one of \['compare'"):
+        store.role_tag("curriculum_role")
+    page = (Path(__file__).parents[3] / "docs" / "tracking.md").read_text()
+    table = page.split("### Run roles", 1)[1].split("\n## ", 1)[0]
+    assert re.findall(r"^\| `([a-z_]+)` \| (.+) \|$", table, re.MULTILINE)[1:] == list(store.ROLES.items())
+    used = {
+        m
+        for f in (Path(store.__file__).parent).glob("*.py")
+        for m in re.findall(r"role_tag\(\"([a-z_]+)\"\)", f.read_text())
+    }
+    assert used | {"input_drift"} == set(store.ROLES)  # `rotmnist drift` names its role through a constant
