@@ -2,7 +2,9 @@
 
 `/openapi.json` is built from these (the handlers read raw bodies themselves, for several content
 types and the body limit, so the bodies and answers are declared here rather than derived from
-type hints); the limits come from the server's settings.
+type hints); the limits come from the server's settings. The request schemas describe what numpy
+parses (a batch's limits, the rule on pixels scaled to 0..1), which no pydantic type would validate the
+same way; the typed answer `ModelInfo` is a pydantic model and its schema is generated.
 """
 
 from __future__ import annotations
