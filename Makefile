@@ -128,9 +128,9 @@ lint: setup
 	$(BIN)/lint-imports
 
 bench: setup
-	$(BIN)/python benchmarks/augment.py
-	$(BIN)/python benchmarks/train.py
-	$(BIN)/python benchmarks/serve.py
+	$(BIN)/python -m benchmarks.augment
+	$(BIN)/python -m benchmarks.train
+	$(BIN)/python -m benchmarks.serve
 
 ## The API documentation (MkDocs + mkdocstrings, from the docstrings) built into site/; fails on any warning.
 docs: setup

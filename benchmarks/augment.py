@@ -1,6 +1,6 @@
 """Benchmark of the augment stage: batched rotation vs a per-image scipy loop, and the whole stage's time and memory.
 
-Usage: python benchmarks/augment.py [--raw data/raw] [--subset 2000] [--repeats 3] [--chunk-sizes 128 256 1024]
+Usage: python -m benchmarks.augment [--raw data/raw] [--subset 2000] [--repeats 3] [--chunk-sizes 128 256 1024]
 Uses data/raw if it exists, else 70,000 synthetic digits. Prints a markdown table; with --check, exits 1 if a
 goal is missed (420k rotations <= 3 s, >= 10x the scipy loop, whole-stage peak RSS <= 2 GiB).
 """
@@ -24,7 +24,7 @@ from rotmnist.config import Config
 from rotmnist.data import rotation
 from rotmnist.data.dataset import MNIST_TEST, MNIST_TRAIN, Dataset, load_dataset, save_dataset
 from rotmnist.paths import Paths
-from rotmnist.spec import ALLOWED_ANGLES
+from rotmnist.spec import ALLOWED_ANGLES, ROTATION_CHUNK
 from rotmnist.stages import augment
 
 GOAL_SECONDS, GOAL_SPEEDUP, GOAL_RSS_MIB = 3.0, 10.0, 2048
@@ -82,6 +82,29 @@ def stage_child(root: Path) -> None:
     augment.main(Config(), Paths(root=root, store_root=root))
 
 
+def per_image_loops(sub: np.ndarray, total: int) -> tuple[float, float]:
+    """Seconds of a per-image scipy loop and of a per-image `rotation.rotate` loop, extrapolated to `total`."""
+    k = len(ALLOWED_ANGLES)
+    start = time.perf_counter()
+    for angle in ALLOWED_ANGLES:
+        for image in sub:
+            scipy.ndimage.rotate(image, angle, reshape=False, order=1)
+    scipy_loop = (time.perf_counter() - start) / (len(sub) * k) * total
+    start = time.perf_counter()
+    for angle in ALLOWED_ANGLES:
+        for image in sub:
+            rotation.rotate(image, angle)
+    rotate_loop = (time.perf_counter() - start) / (len(sub) * k) * total
+    return scipy_loop, rotate_loop
+
+
+def print_rows(rows: list[tuple[str, float, str]], total: int, scipy_loop: float) -> None:
+    print("| method | time (s) | images/s | speed-up vs scipy loop | how |")
+    print("|---|---:|---:|---:|---|")
+    for name, t, how in rows:
+        print(f"| {name} | {t:.2f} | {total / t:,.0f} | {scipy_loop / t:.1f}x | {how} |")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--raw", type=Path, default=Path("data/raw"), help="raw dataset folder (else synthetic)")
@@ -112,20 +135,11 @@ def main() -> int:
             size: best_of(lambda size=size: rotation.exhaustive_dataset(raw, chunk_size=size), args.repeats)
             for size in args.chunk_sizes
         }
-        start = time.perf_counter()
-        for angle in ALLOWED_ANGLES:
-            for image in sub:
-                scipy.ndimage.rotate(image, angle, reshape=False, order=1)
-        scipy_loop = (time.perf_counter() - start) / (len(sub) * k) * total
-        start = time.perf_counter()
-        for angle in ALLOWED_ANGLES:
-            for image in sub:
-                rotation.rotate(image, angle)
-        rotate_loop = (time.perf_counter() - start) / (len(sub) * k) * total
+        scipy_loop, rotate_loop = per_image_loops(sub, total)
         stage = run_stage(raw_dir)
 
     rows = [
-        (f"batched exhaustive_dataset (chunk {augment.CHUNK_SIZE}, best of {args.repeats})", batched, "measured"),
+        (f"batched exhaustive_dataset (chunk {ROTATION_CHUNK}, best of {args.repeats})", batched, "measured"),
         *(
             (f"batched exhaustive_dataset (chunk {size}, best of {args.repeats})", t, "measured")
             for size, t in sweep.items()
@@ -134,10 +148,7 @@ def main() -> int:
         ("per-image rotation.rotate loop", rotate_loop, f"{len(sub) * k:,} timed, extrapolated"),
     ]
     print(f"\n{total:,} rotations ({n:,} images x {k} angles)\n")
-    print("| method | time (s) | images/s | speed-up vs scipy loop | how |")
-    print("|---|---:|---:|---:|---|")
-    for name, t, how in rows:
-        print(f"| {name} | {t:.2f} | {total / t:,.0f} | {scipy_loop / t:.1f}x | {how} |")
+    print_rows(rows, total, scipy_loop)
     print(
         f"\nwhole stage (fresh process: load {n:,} + rotate + save {stage['images']:,} images): "
         f"{stage['wall_s']:.1f} s wall incl. interpreter start, peak RSS {stage['peak_rss_mib']:,.0f} MiB"

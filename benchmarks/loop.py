@@ -1,6 +1,6 @@
 """The production loop end to end, on a repository whose pipeline has run: serve, correct, detect, retrain, swap.
 
-Usage: python benchmarks/loop.py [--repo .] [--angle 60] [--max-corrections 3000] [--json loop.json]
+Usage: python -m benchmarks.loop [--repo .] [--angle 60] [--max-corrections 3000] [--json loop.json]
 
 It changes `params.yaml` (`train.feedback: true`) and retrains, so run it in a clone that holds the
 pipeline's outputs (e.g. `git clone`, `make repro`), not in the working copy you commit from. Steps:
@@ -35,9 +35,7 @@ import numpy as np
 import yaml
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # the HTTP helpers are the tests' (tests/support/serving.py)
-from tests.support.serving import free_socket, get_json, post_json, stop  # noqa: E402
+from tests.support.serving import free_socket, get_json, post_json, stop
 
 BIN = Path(sys.executable).parent
 BATCH = 256  # images per /invocations request when measuring
@@ -139,7 +137,7 @@ def stream(server: Server, x: np.ndarray, y: np.ndarray, angle: float, max_corre
     return {"sent": sent, "wrong": wrong, "corrected": corrected}
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repo", type=Path, default=Path.cwd(), help="a clone whose pipeline has run")
     parser.add_argument("--angle", type=float, default=60.0, help="the unseen tilt of the stream (degrees)")
@@ -147,8 +145,23 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="the order of the stream's digits")
     parser.add_argument("--target", default="monitor", help="what `dvc repro` reproduces (default: through the gate)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
-    args = parser.parse_args()
-    repo = args.repo.resolve()
+    return parser.parse_args()
+
+
+def retrain(repo: Path, target: str, steps: dict[str, float]) -> tuple[dict, dict]:
+    """`rotmnist drift`, `rotmnist feedback`, `dvc repro target` with `train.feedback`: the drift and gate reports."""
+    steps["rotmnist drift"], _ = run([str(BIN / "rotmnist"), "drift"], repo)
+    drift = json.loads((repo / "metrics/drift.json").read_text())
+    steps["rotmnist feedback"], _ = run([str(BIN / "rotmnist"), "feedback"], repo)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["train"]["feedback"] = True
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    steps[f"dvc repro {target}"], _ = run([str(BIN / "dvc"), "repro", target], repo)
+    return drift, json.loads((repo / "reports/monitor.json").read_text())
+
+
+def loop(repo: Path, args: argparse.Namespace) -> dict:
+    """Run the loop's steps on `repo` with a served champion; the report's figures."""
     steps: dict[str, float] = {}
     test = {k: np.load(repo / "data/splits/test" / f"{k}.npy") for k in ("x", "y", "angle")}
     train = {k: np.load(repo / "data/splits/train" / f"{k}.npy", mmap_mode="r") for k in ("x", "y", "angle")}
@@ -167,14 +180,7 @@ def main() -> None:
             stream_x, stream_y = train["x"][order], np.asarray(train["y"][order])
             counts = stream(server, stream_x, stream_y, args.angle, args.max_corrections)
             steps["stream and correct"] = time.perf_counter() - t0
-            steps["rotmnist drift"], _ = run([str(BIN / "rotmnist"), "drift"], repo)
-            drift = json.loads((repo / "metrics/drift.json").read_text())
-            steps["rotmnist feedback"], _ = run([str(BIN / "rotmnist"), "feedback"], repo)
-            params = yaml.safe_load((repo / "params.yaml").read_text())
-            params["train"]["feedback"] = True
-            (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-            steps[f"dvc repro {args.target}"], _ = run([str(BIN / "dvc"), "repro", args.target], repo)
-            monitor = json.loads((repo / "reports/monitor.json").read_text())
+            drift, monitor = retrain(repo, args.target, steps)
             t0 = time.perf_counter()
             promoted = monitor["gate"]["passed"]
             after_version = server.wait(lambda h: str(h["version"]) != before_version, 60) if promoted else "-"
@@ -185,7 +191,7 @@ def main() -> None:
         finally:
             server.stop()
     exported = {p: len(np.load(repo / f"data/feedback/{p}/y.npy")) for p in ("train", "holdout")}
-    report = {
+    return {
         "angle": args.angle,
         "stream": counts,
         "exported": exported,
@@ -197,6 +203,11 @@ def main() -> None:
         "after": after,
         "seconds": {k: round(v, 1) for k, v in steps.items()},
     }
+
+
+def main() -> None:
+    args = parse_args()
+    report = loop(args.repo.resolve(), args)
     print_report(report)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")

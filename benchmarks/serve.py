@@ -1,6 +1,6 @@
 """Benchmark of `rotmnist serve` against `mlflow models serve` on the same champion, over loopback.
 
-Usage: python benchmarks/serve.py [--duration 10] [--model-name rotmnist-cnn] [--log-requests both]
+Usage: python -m benchmarks.serve [--duration 10] [--model-name rotmnist-cnn] [--log-requests both]
 Uses the repository's MLflow store (MLFLOW_TRACKING_URI wins) and its champion; both servers get the same
 requests on MLflow's protocol (`POST /invocations`, `{"inputs": ...}`). The load comes from `wrk` (or `hey`),
 native programs that leave the two cores to the server; without either the benchmark says so and stops.
@@ -130,7 +130,7 @@ def batch_ms(url: str, body: bytes, repeats: int = 5) -> float:
     return best * 1e3
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=int, default=10, help="seconds of load per row")
     parser.add_argument("--model-name", default=None, help="registered model (default: params.yaml monitor.model_name)")
@@ -140,7 +140,69 @@ def main() -> None:
         default="both",
         help="rotmnist serve's request log (serve.log_requests): on, off, or a row for each (default)",
     )
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def servers(tmp: Path, name: str, log_requests: str) -> dict:
+    """Per row's label: a function of the port giving the server's command and its health URL."""
+
+    def rotmnist(params: Path):
+        return lambda port: (
+            [str(BIN / "rotmnist"), "--params", str(params), "serve", "--port", str(port)],
+            f"http://127.0.0.1:{port}/health",
+        )
+
+    log_modes = {"on": [True], "off": [False], "both": [True, False]}[log_requests]
+    out = {
+        f"`rotmnist serve`, request log {'on' if on else 'off'}": rotmnist(serve_params(tmp, on)) for on in log_modes
+    }
+    mlflow = [str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{name}@champion", "--env-manager", "local"]
+    out["`mlflow models serve`"] = lambda port: (
+        [*mlflow, "--host", "127.0.0.1", "-p", str(port)],
+        f"http://127.0.0.1:{port}/ping",
+    )
+    return out
+
+
+def measure(tool: str, label: str, make, env: dict, one: Path, batch: bytes, duration: int) -> tuple[tuple, dict]:
+    """Start one server, load it at concurrency 1 and 10 and time a batch: its row, and its request log's counts."""
+    port = free_port()
+    cmd, health = make(port)
+    proc, startup = start(cmd, health, env)
+    url = f"http://127.0.0.1:{port}/invocations"
+    logged = {}
+    try:
+        batch_ms(url, batch, repeats=1)  # warm-up
+        c1 = load(tool, url, one, 1, duration)
+        c10 = load(tool, url, one, 10, duration)
+        b = batch_ms(url, batch)
+        if label.endswith("request log on"):
+            logged = log_rows(f"http://127.0.0.1:{port}")
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    return (label, startup, c1, c10, b), logged
+
+
+def print_table(tool: str, duration: int, rows: list[tuple], logged: dict) -> None:
+    base = rows[-1][3]["rps"]  # mlflow models serve
+    print(f"\nLoad: {tool}, {duration} s per row, one thread; {os.cpu_count()} CPU cores shared with the server.\n")
+    print(
+        "| server | start to healthy (s) | c=1 p50 / p99 (ms) | c=1 req/s | c=10 p50 / p99 (ms) | c=10 req/s "
+        "| vs mlflow (c=10) | 256-image batch (ms) |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for label, startup, c1, c10, b in rows:
+        print(
+            f"| {label} | {startup:.1f} | {c1['p50']:.2f} / {c1['p99']:.2f} | {c1['rps']:,.0f} "
+            f"| {c10['p50']:.2f} / {c10['p99']:.2f} | {c10['rps']:,.0f} | {c10['rps'] / base:.1f}x | {b:.0f} |"
+        )
+    for label, counts in logged.items():
+        print(f"\n{label}: {counts['written']:,.0f} rows written, {counts['dropped']:,.0f} dropped.")
+
+
+def main() -> None:
+    args = parse_args()
     tool = next((t for t in ("wrk", "hey") if shutil.which(t)), None)
     if tool is None:
         sys.exit("benchmarks/serve.py needs a native load generator: apt-get install wrk (or hey)")
@@ -155,70 +217,14 @@ def main() -> None:
     one = tmp / "one.json"
     one.write_text(json.dumps({"inputs": digits(1).tolist()}))
     batch = json.dumps({"inputs": digits(256).tolist()}).encode()
-
-    def rotmnist(params: Path):
-        return lambda port: (
-            [str(BIN / "rotmnist"), "--params", str(params), "serve", "--port", str(port)],
-            f"http://127.0.0.1:{port}/health",
-        )
-
-    log_modes = {"on": [True], "off": [False], "both": [True, False]}[args.log_requests]
-    servers = {
-        f"`rotmnist serve`, request log {'on' if on else 'off'}": rotmnist(serve_params(tmp, on)) for on in log_modes
-    }
-    servers |= {
-        "`mlflow models serve`": lambda port: (
-            [
-                str(BIN / "mlflow"),
-                "models",
-                "serve",
-                "-m",
-                f"models:/{name}@champion",
-                "--env-manager",
-                "local",
-                "--host",
-                "127.0.0.1",
-                "-p",
-                str(port),
-            ],
-            f"http://127.0.0.1:{port}/ping",
-        ),
-    }
     rows, logged = [], {}
-    for label, make in servers.items():
-        port = free_port()
-        cmd, health = make(port)
-        proc, startup = start(cmd, health, env)
-        url = f"http://127.0.0.1:{port}/invocations"
-        try:
-            batch_ms(url, batch, repeats=1)  # warm-up
-            c1 = load(tool, url, one, 1, args.duration)
-            c10 = load(tool, url, one, 10, args.duration)
-            b = batch_ms(url, batch)
-            if label.endswith("request log on"):
-                logged[label] = log_rows(f"http://127.0.0.1:{port}")
-        finally:
-            proc.terminate()
-            proc.wait(30)
-        rows.append((label, startup, c1, c10, b))
+    for label, make in servers(tmp, name, args.log_requests).items():
+        row, counts = measure(tool, label, make, env, one, batch, args.duration)
+        rows.append(row)
+        if counts:
+            logged[label] = counts
         print(f"{label}: done", file=sys.stderr)
-
-    base = rows[-1][3]["rps"]  # mlflow models serve
-    print(
-        f"\nLoad: {tool}, {args.duration} s per row, one thread; {os.cpu_count()} CPU cores shared with the server.\n"
-    )
-    print(
-        "| server | start to healthy (s) | c=1 p50 / p99 (ms) | c=1 req/s | c=10 p50 / p99 (ms) | c=10 req/s "
-        "| vs mlflow (c=10) | 256-image batch (ms) |"
-    )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for label, startup, c1, c10, b in rows:
-        print(
-            f"| {label} | {startup:.1f} | {c1['p50']:.2f} / {c1['p99']:.2f} | {c1['rps']:,.0f} "
-            f"| {c10['p50']:.2f} / {c10['p99']:.2f} | {c10['rps']:,.0f} | {c10['rps'] / base:.1f}x | {b:.0f} |"
-        )
-    for label, counts in logged.items():
-        print(f"\n{label}: {counts['written']:,.0f} rows written, {counts['dropped']:,.0f} dropped.")
+    print_table(tool, args.duration, rows, logged)
     shutil.rmtree(tmp, ignore_errors=True)
 
 

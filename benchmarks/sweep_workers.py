@@ -1,7 +1,7 @@
 """Sweep throughput with 1..N parallel `rotmnist tune` workers on one PostgreSQL study, and the time a dead
 worker's trial waits for its retry.
 
-Usage: make postgres && python benchmarks/sweep_workers.py --storage postgresql://postgres@127.0.0.1:5433/optuna \\
+Usage: make postgres && python -m benchmarks.sweep_workers --storage postgresql://postgres@127.0.0.1:5433/optuna \\
            --tracking postgresql://postgres@127.0.0.1:5433/mlflow [--workers 1 2 3] [--trials-per-worker 6]
 Each run works in a fresh temporary workspace on synthetic digits (160 train / 40 val images, a one-block CNN,
 `--epochs` per trial: tiny trials, so the figures measure the coordination, not the training) and its own

@@ -1,6 +1,6 @@
 """The test suite on a clean clone: `make test` as CI runs it, its counts and times, and the machine.
 
-Usage: python benchmarks/test_suite.py [--repo .] [--out benchmarks/results/test_suite.json] [--keep]
+Usage: python -m benchmarks.test_suite [--repo .] [--out benchmarks/results/test_suite.json] [--keep]
 
 Clones the repository's committed HEAD (`git clone`, so nothing uncommitted, no `.venv`, no data) into
 a temporary folder and runs CI's own command there, `bash .ci/run`, which runs `make test`: the

@@ -1,7 +1,7 @@
 """Training throughput of the default model: float32 vs bf16, how close to the CPU's peak, and the loop's overhead.
 
-Usage: python benchmarks/train.py [--images 20000] [--batch-size 256] [--repeats 2] [--spec '{"family": "cnn", ...}']
-       python benchmarks/train.py --time-to 0.99   # also: wall time until val accuracy >= 99 % (meant for a GPU)
+Usage: python -m benchmarks.train [--images 20000] [--batch-size 256] [--repeats 2] [--spec '{"family": "cnn", ...}']
+       python -m benchmarks.train --time-to 0.99   # also: wall time until val accuracy >= 99 % (meant for a GPU)
 Uses data/splits/train (and val) if they exist, else synthetic digits; the model is models/best_params.json's,
 else the CNN below. Every loop runs the same model, optimiser, batch size and images; the best of `--repeats`
 one-epoch timings is reported (the machine may be shared: the minimum is the signal).

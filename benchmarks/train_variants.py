@@ -1,6 +1,6 @@
 """Training recipes side by side: images processed, minutes, and test/holdout accuracy per angle of each.
 
-Usage: python benchmarks/train_variants.py [--only one-rotation-ema-50 ...] [--precision bf16] [--threads 2]
+Usage: python -m benchmarks.train_variants [--only one-rotation-ema-50 ...] [--precision bf16] [--threads 2]
                                            [--ensemble]
 Needs data/splits (run `dvc repro split` first). Each variant trains the default CNN on the whole train split
 (from scratch, seed 0) and is scored on the test and holdout splits; a variant takes 5-20 minutes on 2 CPU

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 from collections.abc import Sequence
@@ -17,16 +16,11 @@ from rotmnist.data.mnist import MnistArrays, to_dataset
 from rotmnist.errors import PipelineError
 from rotmnist.paths import SPLITS, Paths
 from rotmnist.stages import split
+from tests.support.datasets import stack_angles
 from tests.support.helpers import tiny_mnist
 
 N_TRAIN, N_TEST = 120, 40
 ANGLES = (-30, -20, -10, 10, 20, 30)
-
-
-def stack_angles(raw: Dataset, angles: Sequence[int]) -> Dataset:
-    """An augmented-like dataset: `raw` (angle 0) followed by one copy of it per angle (pixels not rotated)."""
-    copies = [dataclasses.replace(raw, angle=np.full(len(raw), a, np.int8)) for a in angles]
-    return Dataset.concat([raw, *copies])
 
 
 def tiny_augmented(n_train: int = N_TRAIN, n_test: int = N_TEST, angles: Sequence[int] = ANGLES) -> Dataset:

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from rotmnist.tracking.store import folder_md5
-from tests.integration.conftest import BIN, run
+from tests.support.tiny_repo import BIN, run
 
 pytestmark = pytest.mark.slow  # dvc repro of the tiny pipeline
 
@@ -100,7 +100,7 @@ def file_digests(folder: Path) -> dict[str, str]:
 def test_gc_then_pull_restores_the_splits_the_champion_was_trained_on(tiny_repo):
     from mlflow import MlflowClient
 
-    from tests.integration.conftest import set_params
+    from tests.support.tiny_repo import set_params
 
     set_params(tiny_repo / "params.yaml", {"monitor": {"threshold": 1.0, "angle_threshold": 1.0}})
     run(["git", "commit", "-qam", "a gate the tiny model passes"], tiny_repo)

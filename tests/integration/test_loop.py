@@ -1,4 +1,4 @@
-"""The production loop of `benchmarks/loop.py` on the tiny pipeline: serve, correct, drift, export, retrain, swap."""
+"""The loop benchmark (`python -m benchmarks.loop`) on the tiny pipeline: serve, correct, drift, retrain, swap."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from rotmnist.data import feedback
-from tests.integration.conftest import REPO, make_tiny_repo, run, set_params
+from tests.support.tiny_repo import REPO, make_tiny_repo, run, set_params
 
 pytestmark = pytest.mark.slow
 
@@ -24,8 +24,8 @@ def test_the_loop_turns_corrections_into_a_new_champion_the_running_server_picks
     run(["dvc", "repro", "monitor"], repo)
     assert [len(feedback.load(repo / "data/feedback" / p)) for p in feedback.FOLDERS] == [0, 0]
     out = tmp_path / "loop.json"
-    cmd = [sys.executable, str(REPO / "benchmarks/loop.py"), "--repo", str(repo), "--max-corrections", "40"]
-    proc = subprocess.run([*cmd, "--json", str(out)], capture_output=True, text=True, timeout=900)
+    cmd = [sys.executable, "-m", "benchmarks.loop", "--repo", str(repo), "--max-corrections", "40"]
+    proc = subprocess.run([*cmd, "--json", str(out)], cwd=REPO, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = json.loads(out.read_text())
     stream, exported = report["stream"], report["exported"]

@@ -11,7 +11,7 @@ from nbclient import NotebookClient
 from rotmnist.data.dataset import save_dataset
 from rotmnist.data.mnist import MnistArrays, to_dataset
 from rotmnist.paths import Paths
-from tests.data.test_splits import stack_angles
+from tests.support.datasets import stack_angles
 from tests.support.helpers import tiny_mnist
 
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"

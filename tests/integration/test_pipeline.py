@@ -22,13 +22,13 @@ from rotmnist.learning.compare import load_pipeline_model
 from rotmnist.learning.model import predict_labels
 from rotmnist.paths import SPLITS
 from rotmnist.spec import CONFIGURATIONS, DATA_ANGLES
-from tests.integration.conftest import make_tiny_repo, run, set_params
 from tests.support.headlines import HEADLINES, expected_headline
 from tests.support.helpers import tiny_mnist
+from tests.support.tiny_repo import make_tiny_repo, run, set_params
 
 pytestmark = pytest.mark.slow
 
-N_TRAIN, N_TEST = 300, 60  # the tiny MNIST of tests/integration/conftest.py
+N_TRAIN, N_TEST = 300, 60  # the tiny MNIST of tests/support/tiny_repo.py
 ANGLES = sorted(DATA_ANGLES)  # 0 and every rotation
 # What `dvc metrics show` shows: each stage's headline figures, a flat row derived from its report.
 METRICS_FILES = {f"metrics/{n}.json" for n in HEADLINES}

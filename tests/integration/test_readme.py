@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.integration.conftest import REPO, TINY_OVERLAY, run, tool_env
 from tests.support.helpers import tiny_mnist, write_idx_dir
 from tests.support.serving import get_json, stop, wait_for
+from tests.support.tiny_repo import REPO, TINY_OVERLAY, run, tool_env
 
 pytestmark = pytest.mark.slow
 

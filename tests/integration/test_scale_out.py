@@ -6,71 +6,31 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import optuna
 import pytest
 import yaml
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from rotmnist.data.dataset import Dataset, load_dataset, save_dataset
+from rotmnist.data.dataset import load_dataset
 from rotmnist.paths import Paths
 from rotmnist.tracking import tune as sweep
 from rotmnist.tracking import tune_storage
 from rotmnist.tracking.store import ROLE_TAG
-from tests.support.helpers import tiny_mnist
 from tests.support.postgres import fresh_database
+from tests.support.sweep import ROTMNIST, TINY, tiny_splits, workspace
 
 pytestmark = pytest.mark.slow  # each test starts several Python processes that train models
 
-ROTMNIST = str(Path(sys.executable).parent / "rotmnist")
-# Tiny trials: a handful of images, small CNNs, no pruning (every trial runs its epochs).
-TINY = {
-    "tune": {
-        "n_trials": 4,
-        "epochs": 1,
-        "train_fraction": 1.0,
-        "val_fraction": 1.0,
-        "pruner": "none",
-        "heartbeat_interval": 1,
-        "grace_period": 3,
-        "space": {"batch_size": [32], "cnn": {"blocks": [1], "channels": [4], "kernel": [3], "dense": [16, 32]}},
-    },
-    "train": {"shift": 0, "num_threads": 1, "device": "cpu"},
-}
 ERRORS = ("locked", "already finished", "Traceback", "UpdateFinishedTrialError")
-
-
-def _dataset(x: np.ndarray, y: np.ndarray, first: int) -> Dataset:
-    n = len(x)
-    zeros = np.zeros(n, np.int8)
-    return Dataset(x=x, y=y, source_id=np.arange(first, first + n, dtype=np.int32), angle=zeros, mnist_split=zeros)
 
 
 @pytest.fixture(scope="module")
 def splits(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("splits")
-    x, y, x_test, y_test = tiny_mnist(n_train=200, n_test=20, seed=1)
-    save_dataset(_dataset(x[:160], y[:160], 0), folder / "data" / "splits" / "train")
-    save_dataset(_dataset(x[160:], y[160:], 160), folder / "data" / "splits" / "val")
-    save_dataset(_dataset(x_test, y_test, 200), folder / "data" / "splits" / "test")
-    save_dataset(_dataset(x_test, y_test, 200), folder / "data" / "splits" / "holdout")
-    return folder
-
-
-def workspace(tmp_path: Path, splits: Path, name: str, **tune) -> Paths:
-    """A workspace with the tiny splits and a params.yaml naming its own study and MLflow experiment."""
-    import shutil
-
-    shutil.copytree(splits, tmp_path, dirs_exist_ok=True)
-    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
-    params = TINY | {"tune": TINY["tune"] | {"study_name": name} | tune, "mlflow": {"experiment": name}}
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    return Paths(root=tmp_path, store_root=tmp_path)
+    return tiny_splits(tmp_path_factory.mktemp("splits"))
 
 
 def start_workers(ws: Paths, n: int, storage: str, tracking: str) -> list[subprocess.Popen]:

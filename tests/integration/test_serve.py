@@ -6,7 +6,6 @@ The champion is a template-matching model (tests/support/serving.py) that reads 
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 import subprocess
@@ -241,7 +240,7 @@ def ws(tmp_path, monkeypatch, empty_store):
     """A workspace with the oracle holdout of the monitor tests and its own MLflow store."""
     from rotmnist.data.dataset import save_dataset
     from rotmnist.paths import Paths
-    from tests.integration.test_monitor_registry import oracle_holdout
+    from tests.support.oracle import oracle_holdout
 
     monkeypatch.delenv("ROTMNIST_STORE_ROOT", raising=False)
     shutil.copy(empty_store, tmp_path / "mlflow.db")
@@ -256,8 +255,8 @@ def test_rotmnist_serve_picks_up_a_promotion_by_monitor_without_dropping_request
     """The real command in a subprocess; `monitor` promotes version 2 while a client keeps scoring."""
     import yaml
 
-    from tests.integration.test_monitor_registry import NAME as ORACLE_NAME
-    from tests.integration.test_monitor_registry import Oracle, oracle_holdout, run_monitor
+    from tests.support.oracle import NAME as ORACLE_NAME
+    from tests.support.oracle import Oracle, oracle_holdout, run_monitor
 
     assert run_monitor(ws, Oracle())["registry"]["champion_after"] == 1
     params = tmp_path / "params.yaml"
@@ -267,11 +266,9 @@ def test_rotmnist_serve_picks_up_a_promotion_by_monitor_without_dropping_request
     sock = free_socket()
     port = sock.getsockname()[1]
     sock.close()
-    env = os.environ | {"PYTHONPATH": os.pathsep.join(sys.path)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "rotmnist.cli", "--params", str(params), "serve", "--port", str(port)],
         cwd=tmp_path,
-        env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -311,8 +308,8 @@ def test_rotmnist_serve_picks_up_a_promotion_by_monitor_without_dropping_request
 
 
 def test_a_champion_that_does_not_load_leaves_the_old_one_serving(ws):
-    from tests.integration.test_monitor_registry import NAME as ORACLE_NAME
-    from tests.integration.test_monitor_registry import Oracle, artifact_dir, oracle_holdout, run_monitor
+    from tests.support.oracle import NAME as ORACLE_NAME
+    from tests.support.oracle import Oracle, artifact_dir, oracle_holdout, run_monitor
 
     run_monitor(ws, Oracle())
     source = ModelSource(ORACLE_NAME)

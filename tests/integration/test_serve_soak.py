@@ -1,4 +1,4 @@
-"""A 20-second soak of the real `rotmnist serve` (benchmarks/serve_soak.py, shortened): mixed load, two promotions.
+"""A 20-second soak of the real `rotmnist serve` (the soak benchmark, shortened): mixed load, two promotions.
 
 The same code as the 5-minute benchmark: a subprocess server on a throwaway SQLite store with the template
 champion, 16 requests in flight over batches, single digits, uploads and malformed bodies, and a new champion
@@ -9,7 +9,8 @@ a loose bound on memory are checked.
 from __future__ import annotations
 
 import pytest
-from benchmarks.serve_soak import soak
+
+from tests.support.soak import soak
 
 pytestmark = pytest.mark.slow  # a registered model, a server subprocess and 20 s of load: 40-60 s
 

@@ -37,8 +37,7 @@ def serve_cmd(store: Path, serve: dict, *args: str, token: str | None = None) ->
     port = free_socket()
     number = port.getsockname()[1]
     port.close()
-    env = os.environ | {"PYTHONPATH": os.pathsep.join(sys.path)}
-    env.pop(TOKEN_ENV, None)
+    env = {k: v for k, v in os.environ.items() if k != TOKEN_ENV}
     if token:
         env[TOKEN_ENV] = token
     cmd = [sys.executable, "-m", "rotmnist.cli", "--params", str(params), "serve", "--port", str(number), *args]

@@ -9,6 +9,7 @@ import secrets
 import subprocess
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 import yaml
@@ -19,15 +20,20 @@ from mlflow.server import get_app_client
 from rotmnist.paths import Paths
 from rotmnist.tracking import registry, tune_storage
 from rotmnist.tracking.store import ROLE_TAG
-from tests.integration import test_scale_out as scale_out
 from tests.support.mlflow_server import ADMIN, mlflow_server
+from tests.support.sweep import ROTMNIST, tiny_splits, workspace
 
 pytestmark = pytest.mark.slow  # a tracking server and three stage processes
 
 SEARCH = "/api/2.0/mlflow/experiments/search?max_results=1"
 ADMIN_PASSWORD = secrets.token_urlsafe(18)
 CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
-splits = scale_out.splits  # the tiny train/val/test/holdout splits, made once for this module
+
+
+@pytest.fixture(scope="module")
+def splits(tmp_path_factory) -> Path:
+    """The tiny train/val/test/holdout splits, made once for this module."""
+    return tiny_splits(tmp_path_factory.mktemp("splits"))
 
 
 @pytest.fixture(scope="module")
@@ -96,12 +102,12 @@ def stage_env(server: str, login: tuple[str, str] | None) -> dict[str, str]:
 
 def rotmnist(stage: str, ws: Paths, env: dict[str, str]) -> subprocess.CompletedProcess:
     """Run the real CLI's `stage` in the workspace."""
-    cmd = [scale_out.ROTMNIST, stage]
+    cmd = [ROTMNIST, stage]
     return subprocess.run(cmd, cwd=ws.root, env=env, capture_output=True, text=True, timeout=300)
 
 
 def test_a_stage_without_a_login_stops_with_one_line_naming_the_401(tmp_path, splits, server):
-    done = rotmnist("tune", scale_out.workspace(tmp_path, splits, "anonymous"), stage_env(server, None))
+    done = rotmnist("tune", workspace(tmp_path, splits, "anonymous"), stage_env(server, None))
     assert done.returncode == 1
     assert "401" in done.stderr and "Traceback" not in done.stderr, done.stderr[-3000:]
     assert "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD" in done.stderr
@@ -110,7 +116,7 @@ def test_a_stage_without_a_login_stops_with_one_line_naming_the_401(tmp_path, sp
 def test_tune_train_and_monitor_track_through_the_server_with_a_users_login(tmp_path, splits, server, monkeypatch):
     """The CLI's stages, given MLFLOW_TRACKING_USERNAME/PASSWORD, log runs and register and promote the model."""
     analyst = add_user(server, monkeypatch, "analyst")
-    ws = scale_out.workspace(tmp_path, splits, "guarded", n_trials=2)
+    ws = workspace(tmp_path, splits, "guarded", n_trials=2)
     params = yaml.safe_load((ws.root / "params.yaml").read_text())
     params["train"]["epochs"] = 1
     params["monitor"] = {"model_name": "guarded", "threshold": 1.0, "angle_threshold": 1.0}

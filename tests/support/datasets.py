@@ -3,6 +3,9 @@ images with given labels."""
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
+
 import numpy as np
 
 from rotmnist.data.dataset import Dataset
@@ -40,3 +43,9 @@ def blank_dataset(y, angle=None) -> Dataset:
         angle=np.zeros(n, np.int8) if angle is None else np.asarray(angle, np.int8),
         mnist_split=np.zeros(n, np.int8),
     )
+
+
+def stack_angles(raw: Dataset, angles: Sequence[int]) -> Dataset:
+    """An augmented-like dataset: `raw` (angle 0) followed by one copy of it per angle (pixels not rotated)."""
+    copies = [dataclasses.replace(raw, angle=np.full(len(raw), a, np.int8)) for a in angles]
+    return Dataset.concat([raw, *copies])

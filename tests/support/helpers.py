@@ -212,3 +212,11 @@ def serve_directory(folder: str | Path) -> Iterator[str]:
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+def assert_arrays_equal(got, expected) -> None:
+    """`got` holds the four uint8 arrays of `expected` (x_train, y_train, x_test, y_test)."""
+    assert len(got) == 4
+    for g, e in zip(got, expected, strict=True):
+        assert g.dtype == np.uint8
+        np.testing.assert_array_equal(g, e)

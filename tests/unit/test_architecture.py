@@ -1,5 +1,6 @@
 """The architecture is checked, not hoped for: import-linter's contracts, and dvc.yaml's deps per stage."""
 
+import ast
 import json
 import os
 import shutil
@@ -94,3 +95,73 @@ def test_no_stage_depends_on_a_serving_module():
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     serving = {d for s in stages.values() for d in s["deps"] if d.startswith("src/rotmnist/serving/")}
     assert serving == set()
+
+
+def test_benchmarks_and_test_folders_import_each_other_only_through_tests_support(tmp_path):
+    for folder in ("tests", "benchmarks"):
+        shutil.copytree(REPO / folder, tmp_path / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    contract = one_contract(tmp_path, "Benchmarks and test folders share only tests/support")
+    for module, injected in [
+        ("tests/integration/test_serve_soak.py", "from benchmarks import serve_soak"),
+        ("benchmarks/loop.py", "from tests.integration import test_loop"),
+        ("tests/support/serving.py", "from tests.unit.serving import test_batcher"),
+    ]:
+        target = tmp_path / module
+        original = target.read_text()
+        target.write_text(original + f"\n{injected}  # noqa\n")
+        proc = subprocess.run(
+            [str(LINT_IMPORTS), str(contract), "--no-cache"],
+            cwd=tmp_path,
+            env=os.environ | {"PYTHONPATH": str(REPO / "src")},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 1, (module, proc.stdout + proc.stderr)
+        target.write_text(original)
+
+
+def is_test_module(name: str) -> bool:
+    """A module pytest collects or loads by itself: test_*.py or conftest.py."""
+    last = name.rsplit(".", 1)[-1]
+    return last.startswith("test_") or last == "conftest"
+
+
+def test_no_module_imports_a_test_module():
+    # What two tests share lives in tests/support; a test module imported elsewhere runs its tests twice
+    # and ties one test's fixtures to another's.
+    graph = grimp.build_graph("tests", "benchmarks")
+    found = {
+        (importer, imported)
+        for importer in graph.modules
+        for imported in graph.find_modules_directly_imported_by(importer)
+        if is_test_module(imported)
+    }
+    assert found == set()
+    assert is_test_module("tests.unit.test_cli") and not is_test_module("tests.support.tiny_repo")
+
+
+MAX_MODULE_LINES, MAX_FUNCTION_LINES = 400, 60
+
+
+def sizes(folder: str) -> tuple[dict[str, int], dict[str, int]]:
+    """Lines of every module under `folder` over the limit, and of every function over it (its `def` to its end)."""
+    modules, functions = {}, {}
+    for path in sorted((REPO / folder).rglob("*.py")):
+        text = path.read_text()
+        name = path.relative_to(REPO).as_posix()
+        if len(text.splitlines()) > MAX_MODULE_LINES:
+            modules[name] = len(text.splitlines())
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    functions[f"{name}:{node.name}"] = lines
+    return modules, functions
+
+
+@pytest.mark.parametrize("folder", ["src", "tests", "benchmarks"])
+def test_no_module_over_400_lines_and_no_function_over_60(folder):
+    modules, functions = sizes(folder)
+    assert modules == {}, f"split these modules (at most {MAX_MODULE_LINES} lines)"
+    assert functions == {}, f"split these functions (at most {MAX_FUNCTION_LINES} lines)"

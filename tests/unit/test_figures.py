@@ -3,27 +3,40 @@
 `FIGURES` names, for each figure a page quotes, the page, the words around it (`{}` stands for the figure),
 its source (a file and a key in it) and how it is written. The expected text is formatted from the file,
 never typed here, so after a new `make repro` a failing row says which text the page should hold now.
-`TABLES` does the same for whole markdown tables generated from a report. `ONE_PLACE` lists measured figures
+Whole markdown tables generated from a report are checked in test_tables.py. `ONE_PLACE` lists measured figures
 that no committed file holds (benchmarks run by hand, whole-run times): each lives on one page only, and the
 others link to it.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import re
-from collections.abc import Callable
-from functools import cache
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import pytest
-import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
-PAGES = ["README.md", *sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "docs").glob("*.md"))]
-MINUS = "\u2212"  # the docs write negative angles and signed figures with a minus sign, not a hyphen
+from tests.support.figures import (
+    COMPARE,
+    COMPARE_R,
+    CURRICULUM,
+    CURRICULUM_R,
+    FORMATS,
+    LOCK,
+    MINUS,
+    MISSING,
+    MONITOR,
+    MONITOR_R,
+    PAGES,
+    SUITE,
+    TRAIN,
+    TRAIN_R,
+    TUNE,
+    TUNE_R,
+    angle,
+    duration,
+    lookup,
+    page_text,
+)
 
 
 class Figure(NamedTuple):
@@ -34,67 +47,7 @@ class Figure(NamedTuple):
     fmt: str  # a name in FORMATS
 
 
-def signed(value: float, digits: int) -> str:
-    return f"{value:+.{digits}f}".replace("-", MINUS)
-
-
-def angle(value: int | str) -> str:
-    return f"{int(value):+d}°".replace("-", MINUS).replace("+0°", "0°")
-
-
-def duration(seconds: float) -> str:
-    """`17 min 1 s`, `4 min`, `25 s`: a stage's `seconds`, rounded to the second."""
-    minutes, rest = divmod(round(seconds), 60)
-    if not minutes:
-        return f"{rest} s"
-    return f"{minutes} min {rest} s" if rest else f"{minutes} min"
-
-
-def error_counts(per_angle: dict[str, Any]) -> str:
-    """`23 to 30`: the fewest and most digits misread at one angle."""
-    counts = sorted(round(m["n"] * (1 - m["accuracy"])) for m in per_angle.values())
-    return f"{counts[0]} to {counts[-1]}"
-
-
-def names(rows: dict[str, Any], flag: str) -> str:
-    """`` `a`, `b` ``: the configurations of a compare report whose `flag` is true."""
-    return ", ".join(f"`{name}`" for name, row in rows.items() if row[flag])
-
-
-def final_angle(accuracy: dict[str, float]) -> str:
-    """The angle of the lowest final accuracy in curriculum's `final.accuracy` (`angle_-30`, ...; the smallest on
-    a tie, as the stages choose)."""
-    by_angle = {int(k.removeprefix("angle_")): v for k, v in accuracy.items()}
-    return angle(min(sorted(by_angle), key=by_angle.__getitem__))
-
-
-FORMATS: dict[str, Callable[[Any], str]] = {
-    "percent": lambda v: f"{100 * v:.2f} %",  # 0.994943 -> 99.49 %
-    "percent0": lambda v: f"{100 * v:.0f} %",  # 0.257 -> 26 %
-    "count": lambda v: f"{round(v):,}",  # 2875.8 -> 2,876
-    "duration": duration,  # 1020.8 -> 17 min 1 s
-    "ms": lambda v: f"{v:.2f} ms",  # 3.486 -> 3.49 ms
-    "text": str,
-    "passed": lambda v: "passed" if v else "failed",
-    "satisfied": lambda v: "every phase satisfied" if v else "not every phase satisfied",
-    "bf16": lambda v: "with AVX512-BF16" if v else "without AVX512-BF16",
-    "md5": str,  # the whole hash
-    "md5_short": lambda v: f"{v[:8]}…",  # 839399bd…
-    "angle": angle,  # -30 -> −30°
-    "error_counts": error_counts,  # over a `per_angle` mapping: 23 to 30
-    "final_angle": final_angle,  # over curriculum's `final.accuracy`: +30°
-    # over compare's `configurations`
-    "sla_met": lambda v: names(v, "sla_met"),  # `pipeline`
-    "pareto": lambda v: names(v, "pareto"),
-    "slowest_p99": lambda v: FORMATS["ms"](max(r["latency_ms_p99"] for r in v.values())),
-}
-
 F = Figure
-TRAIN, MONITOR, TUNE = "metrics/train.json", "metrics/monitor.json", "metrics/tune.json"
-COMPARE, CURRICULUM = "metrics/compare.json", "metrics/curriculum.json"
-TRAIN_R, MONITOR_R, TUNE_R = "reports/train.json", "reports/monitor.json", "reports/tune.json"
-COMPARE_R, CURRICULUM_R = "reports/compare.json", "reports/curriculum.json"
-SUITE, LOCK = "benchmarks/results/test_suite.json", "dvc.lock"
 WRONG_EVERYWHERE = "every_angle_errors.sources_wrong_at_every_angle"
 SHARE_EVERYWHERE = "every_angle_errors.share_of_errors"
 RM, IX, GS, TR, RS = "README.md", "docs/index.md", "docs/getting-started.md", "docs/tracking.md", "docs/results.md"
@@ -198,134 +151,6 @@ FIGURES: list[Figure] = [
 ]
 
 
-class Table(NamedTuple):
-    page: str
-    header: str  # the table's first line, as on the page
-    render: Callable[[], list[str]]  # every row under the header and its separator, from the source files
-
-
-@cache
-def load(source: str) -> Any:
-    """A source file's content; for dvc.lock, {output path: MD5} over every stage."""
-    path = ROOT / source
-    if source == LOCK:
-        lock = yaml.safe_load(path.read_text())
-        return {out["path"]: out["md5"] for stage in lock["stages"].values() for out in stage.get("outs", [])}
-    if path.suffix == ".csv":
-        with path.open(newline="") as f:
-            return list(csv.DictReader(f))
-    return json.loads(path.read_text())
-
-
-MISSING = object()
-
-
-def lookup(source: str, key: str) -> Any:
-    data = load(source)
-    if source == LOCK:
-        return data.get(key, MISSING)
-    for part in key.split("."):
-        if not isinstance(data, dict) or part not in data:
-            return MISSING
-        data = data[part]
-    return data
-
-
-@cache
-def page_text(page: str) -> str:
-    """The page with every run of whitespace (line breaks included) as one space."""
-    return " ".join((ROOT / page).read_text().split())
-
-
-def pct(value: float) -> str:
-    return FORMATS["percent"](value)
-
-
-ANGLES = ("-30", "-20", "-10", "10", "20", "30")
-
-
-def accuracy_rows() -> list[str]:
-    """The committed run's accuracy per angle on test and holdout."""
-    rows = []
-    for split, source, key in (("test", TRAIN_R, "test"), ("holdout", MONITOR_R, "holdout")):
-        m = load(source)[key]
-        cells = [pct(m["accuracy"]), *(pct(m["per_angle"][a]["accuracy"]) for a in ("0", *ANGLES))]
-        rows.append(f"| {split} ({m['n']:,}) | " + " | ".join(cells) + " |")
-    return rows
-
-
-def compare_rows() -> list[str]:
-    """One row per configuration of the committed `compare`."""
-    rows = []
-    for name, r in load(COMPARE_R)["configurations"].items():
-        acc = r["angle_accuracy"]
-        cells = [
-            f"`{name}`",
-            f"`{r['model']}`",
-            pct(r["accuracy"]),
-            pct(r["upright_accuracy"]),
-            pct(acc["-30"]),
-            pct(acc["30"]),
-            f"{pct(r['worst_angle_accuracy'])} ({angle(r['worst_angle'])})",
-            f"{r['latency_ms_p50']:.2f}",
-            f"{r['latency_ms_p99']:.2f}",
-            f"{r['batch_images_per_second']:,.0f}",
-            f"{r['parameters']:,}",
-            f"{r['model_bytes'] / 1024:,.0f} KiB",
-            f"{r['train_images']:,}",
-            f"{r['train_seconds']:,.0f}",
-            "**met**" if r["sla_met"] else "no",
-            "yes" if r["pareto"] else "",
-        ]
-        rows.append("| " + " | ".join(cells) + " |")
-    return rows
-
-
-def curriculum_phase_rows() -> list[str]:
-    """Per phase of the committed drift story: the error on arrival (its first round), retrainings, new images."""
-    report, rounds = load(CURRICULUM_R), load("plots/curriculum/rounds.csv")
-    rows = []
-    for key, phase in report["phases"].items():
-        number, _, arrived = key.split("_")
-        first = next(r for r in rounds if r["phase"] == number)
-        cells = [
-            number,
-            angle(arrived),
-            pct(float(first["worst_angle_error"])),
-            str(phase["rounds"]),
-            f"{phase['new_images']:,}",
-            pct(phase["worst_angle_error"]),
-            "yes" if phase["satisfied"] else "**no**",
-        ]
-        rows.append("| " + " | ".join(cells) + " |")
-    return rows
-
-
-def curriculum_final_rows() -> list[str]:
-    report = load(CURRICULUM_R)
-    final, cl = report["final"]["accuracy"], report["continual"]
-    cells = [pct(final[f"angle_{a}"]) for a in ("-30", "-20", "-10", "0", "10", "20", "30")]
-    cells += [f"{cl['acc']:.4f}", signed(cl["bwt"], 4), signed(cl["fwt"], 3)]
-    return ["| the committed run | " + " | ".join(cells) + " |"]
-
-
-TABLES = [
-    Table(RS, "| split | overall | upright | −30° | −20° | −10° | +10° | +20° | +30° |", accuracy_rows),
-    Table(
-        RS,
-        "| configuration | model | test | upright | −30° | +30° | worst angle | p50 ms | p99 ms | batch 256 img/s "
-        "| params | file | train images | train s | SLA | Pareto |",
-        compare_rows,
-    ),
-    Table(
-        RS,
-        "| phase | angle | worst angle's error on arrival | retrainings | new images | worst angle's error at the end "
-        "| satisfied |",
-        curriculum_phase_rows,
-    ),
-    Table(RS, "| run | −30° | −20° | −10° | 0° | +10° | +20° | +30° | ACC | BWT | FWT |", curriculum_final_rows),
-]
-
 # Measured figures with no committed output: (the figure as written, the one page that quotes it).
 ONE_PLACE = [
     ("38 min 15 s", GS),  # a fresh clone's `make setup` and `make repro` on the Xeon
@@ -367,21 +192,6 @@ def test_the_page_quotes_the_figure_its_source_holds(fig):
         where = f'the page has "{found}"' if found else "the text around the figure is not on the page any more"
         shown = "{...}" if isinstance(value, dict) else repr(value)
         pytest.fail(f'{fig.page} should say "{want}" ({fig.source} `{fig.key}` = {shown}); {where}', pytrace=False)
-
-
-@pytest.mark.parametrize("table", TABLES, ids=[t.header[:40] for t in TABLES])
-def test_the_page_holds_the_table_its_source_generates(table):
-    lines = (ROOT / table.page).read_text().splitlines()
-    assert table.header in lines, f"{table.page} has no table headed {table.header!r}"
-    start = lines.index(table.header) + 2  # past the separator
-    on_page = []
-    for line in lines[start:]:
-        if not line.startswith("|"):
-            break
-        on_page.append(line)
-    want = table.render()
-    if on_page != want:
-        pytest.fail(f"{table.page}: the table under\n{table.header}\nshould read:\n" + "\n".join(want), pytrace=False)
 
 
 @pytest.mark.parametrize(("figure", "home"), ONE_PLACE, ids=[f for f, _ in ONE_PLACE])

@@ -27,8 +27,11 @@ class ImageTooLarge(PipelineError):
 def pixel_problem(x: np.ndarray) -> str | None:
     """What is wrong with raw pixels `x` (NaN, outside 0..255, or scaled to 0..1), or None if nothing.
 
-    Every entry point (`learn_model`, `rotmnist predict`, the HTTP service) refuses 0..1 images the same
-    way, rather than guessing a scale: an almost-black 0..255 image is also within 0..1.
+    Pixels look scaled to 0..1 when some are above 0 and none is above 1, whatever their type (a binary
+    digit of 0 and 1 is as wrong as 0.0 and 1.0): the rule reads values only, so the HTTP service's JSON
+    Schema states it exactly. Every entry point (`learn_model`, `rotmnist predict`, the HTTP service)
+    refuses such images the same way, rather than guessing a scale: an almost-black 0..255 image is also
+    within 0..1.
     """
     if x.size == 0:
         return None
@@ -37,7 +40,7 @@ def pixel_problem(x: np.ndarray) -> str | None:
     lo, hi = x.min(), x.max()
     if lo < 0 or hi > 255:
         return f"pixels must be in 0..255, got values in [{lo}, {hi}]"
-    if x.dtype.kind == "f" and 0 < hi <= 1.0:
+    if 0 < hi <= 1:
         return "pixels look scaled to [0, 1]; pass values in 0..255 (multiply by 255)"
     return None
 

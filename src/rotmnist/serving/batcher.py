@@ -4,7 +4,9 @@ The worker runs the model on everything that queued while its previous forward p
 (`serve.batch_images` at most), so ten clients cost about one forward pass each round instead of ten.
 A batch runs on the model current when it starts: a hot reload never changes a batch in flight.
 When the server stops, every request not yet answered fails at once with `Stopped` (a 503), rather than
-waiting for a model that will not answer it.
+waiting for a model that will not answer it. Serving frameworks batch the same way (Ray Serve's
+`@serve.batch`, BentoML's adaptive batching) but bring their own server and process model, where the
+service needs only this loop.
 """
 
 from __future__ import annotations

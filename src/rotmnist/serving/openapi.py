@@ -2,7 +2,9 @@
 
 `/openapi.json` is built from these (the handlers read raw bodies themselves, for several content
 types and the body limit, so the bodies and answers are declared here rather than derived from
-type hints); the limits come from the server's settings.
+type hints); the limits come from the server's settings. The request schemas describe what numpy
+parses (a batch's limits, the rule on pixels scaled to 0..1), which no pydantic type would validate the
+same way; the typed answer `ModelInfo` is a pydantic model and its schema is generated.
 """
 
 from __future__ import annotations
@@ -74,8 +76,8 @@ SCORE_RESPONSES: dict[int | str, dict[str, Any]] = {
     413: _problem(_TOO_LARGE + ", or an uploaded image is over serve.max_image_pixels"),
     415: _problem("the content type is not application/json, multipart/form-data or image/*"),
     422: _problem(
-        "the JSON is not a batch of 28x28 images of pixels 0-255 (pixels scaled to 0..1 are refused), "
-        "or the form holds no file"
+        "the JSON is not a batch of 28x28 images of pixels 0-255 (the schema's Images: pixels scaled to 0..1 "
+        "are refused), or the form holds no file"
     ),
     503: _MODEL_FAILED,
 }
@@ -91,7 +93,10 @@ INVOCATIONS_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: _problem("the body is not valid JSON"),
     413: _problem(_TOO_LARGE),
     415: _problem("the content type is not application/json"),
-    422: _problem("the JSON is not a batch of 28x28 images of pixels 0-255 (pixels scaled to 0..1 are refused)"),
+    422: _problem(
+        "the JSON is not a batch of 28x28 images of pixels 0-255 (the schema's Images: pixels scaled to 0..1 are "
+        "refused)"
+    ),
     503: _MODEL_FAILED,
 }
 
@@ -232,7 +237,13 @@ def schemas(settings: ServeConfig) -> dict[str, Any]:
         "minItems": 1,
         "maxItems": settings.max_images,
         "items": _ref("Image"),
-        "description": "28x28 images, pixels 0-255 (white digit on black, as MNIST)",
+        # pixels scaled to 0..1 are refused (data.images.pixel_problem): blank, or some pixel above 1
+        "anyOf": [
+            {"items": {"items": {"items": {"const": 0}}}},
+            {"contains": {"contains": {"contains": {"type": "number", "exclusiveMinimum": 1}}}},
+        ],
+        "description": "28x28 images, pixels 0-255 (white digit on black, as MNIST); a batch whose pixels are "
+        "all within 0..1, some above 0, looks scaled to 0..1 and is refused",
     }
     upload = {
         "type": "string",

@@ -47,7 +47,9 @@ class BodyLimit:
     """ASGI middleware: a request body over `limit` bytes gets 413 (by its Content-Length, or while streaming).
 
     The rest of a refused body is read and dropped (up to 4x the limit) before answering, so that the
-    client, still sending, reads the 413 instead of a reset connection.
+    client, still sending, reads the 413 instead of a reset connection. Starlette's own limit
+    (`max_body_size`, RequestBodyLimitMiddleware) drains nothing and answers a text/plain 413, where the
+    published schema promises the JSON problem body.
     """
 
     def __init__(self, app: ASGIApp, limit: int):

@@ -6,7 +6,6 @@ Nothing happens at import: `configure_mlflow` is called by each stage's `main`.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import subprocess
@@ -135,26 +134,23 @@ def _relative(paths: Paths, out: str | Path) -> str:
     return p.as_posix().rstrip("/")
 
 
-def _md5_file(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def folder_md5(folder: str | Path) -> str:
-    """DVC's hash of a folder (`<md5 of its sorted file listing>.dir`), or a file's md5: computed from disk."""
+    """DVC's hash of a folder (`<md5 of its sorted file listing>.dir`), or a file's md5: computed from disk.
+
+    DVC's own hashing (`dvc_data`, installed with dvc) computes it, in a dry run that stores nothing, so the
+    digest is the one `dvc add` or `dvc repro` records.
+    """
+    from dvc_data.hashfile.build import build  # imported on use: only a run without dvc.lock hashes from disk
+    from dvc_data.hashfile.db import HashFileDB
+    from dvc_objects.fs.local import LocalFileSystem
+    from dvc_objects.fs.memory import MemoryFileSystem
+
     folder = Path(folder)
-    if folder.is_file():
-        return _md5_file(folder)
-    if not folder.is_dir():
+    if not folder.exists():
         raise FileNotFoundError(f"cannot hash {folder}: it does not exist")
-    entries = sorted(
-        ({"md5": _md5_file(p), "relpath": p.relative_to(folder).as_posix()} for p in folder.rglob("*") if p.is_file()),
-        key=lambda e: e["relpath"],
-    )
-    return hashlib.md5(json.dumps(entries, sort_keys=True).encode("utf-8")).hexdigest() + ".dir"
+    staging = HashFileDB(MemoryFileSystem(), "/staging")
+    _, _, obj = build(staging, str(folder.resolve()), LocalFileSystem(), "md5", dry_run=True)
+    return obj.hash_info.value
 
 
 def _lock_md5(paths: Paths, rel: str) -> str | None:

@@ -222,7 +222,11 @@ def release_dead_trials(study: optuna.Study, grace_period: float) -> list[int]:
 
 @contextlib.contextmanager
 def heartbeat(trial: optuna.Trial, interval: float) -> Iterator[None]:
-    """While the block runs, record the trial's heartbeat every `interval` seconds (journal storage)."""
+    """While the block runs, record the trial's heartbeat every `interval` seconds (journal storage).
+
+    Optuna's own heartbeats (`heartbeat_interval`, `fail_stale_trials`) exist for RDBStorage only: its
+    JournalStorage implements no `BaseHeartbeat`, so on a shared journal file the trial beats here.
+    """
     stop = threading.Event()
 
     def beat() -> None:

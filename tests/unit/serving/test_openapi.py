@@ -1,4 +1,4 @@
-"""The published request schemas accept exactly what the parsers accept (one documented exception)."""
+"""The published request schemas accept exactly what the parsers accept."""
 
 from __future__ import annotations
 
@@ -20,6 +20,10 @@ NEGATIVE = [[-1] + [0] * 27] + [[0] * 28] * 27
 BOOLEAN = [[True] + [0] * 27] + [[0] * 28] * 27
 TEXT = [["7"] + [0] * 27] + [[0] * 28] * 27
 FLOATS = [[254.5] + [0.25] * 27] + [[0] * 28] * 27
+SCALED = [[0.5] * 28] * 28  # pixels scaled to 0..1
+UNIT_DOT = [[1.0] + [0] * 27] + [[0] * 28] * 27  # a blank image with one pixel at 1.0: within 0..1 too
+INT_DOT = [[1] + [0] * 27] + [[0] * 28] * 27
+JUST_OVER = [[1.001] + [0.5] * 27] + [[0] * 28] * 27
 
 
 def valid(name: str, body) -> bool:
@@ -50,6 +54,13 @@ def parsed(parse, body) -> bool:
         {"images": BLANK},
         {"inputs": [BLANK]},
         [BLANK],
+        {"images": [SCALED]},
+        {"images": [UNIT_DOT]},
+        {"images": [INT_DOT]},
+        {"images": [BLANK, UNIT_DOT]},
+        {"images": [JUST_OVER]},
+        {"images": [SCALED, FLOATS]},  # the batch is judged as a whole: one pixel above 1 tells the scale
+        {"images": [BLANK, BLANK]},
     ],
 )
 def test_the_score_schema_accepts_what_the_parser_accepts(body):
@@ -67,6 +78,9 @@ def test_the_score_schema_accepts_what_the_parser_accepts(body):
         {"instances": [HOT]},
         {"images": [BLANK]},
         {},
+        {"inputs": [UNIT_DOT]},
+        {"instances": [SCALED, HOT]},
+        {"inputs": [SCALED, FLOATS]},
     ],
 )
 def test_the_invocations_schema_accepts_what_the_parser_accepts(body):
@@ -105,9 +119,13 @@ def test_true_and_false_among_the_pixels_are_refused_in_any_json_encoding(encodi
     assert refused.value.status == 422
 
 
-def test_pixels_scaled_to_0_1_are_the_one_refusal_the_schema_cannot_say():
-    scaled = {"images": [[[0.5] * 28] * 28]}
-    assert valid("ScoreRequest", scaled) and not parsed(score_images, scaled)
+@pytest.mark.parametrize("image", [SCALED, UNIT_DOT, INT_DOT])
+def test_pixels_scaled_to_0_1_are_refused_by_the_schema_and_the_parser_alike(image):
+    body = {"images": [image]}
+    assert not valid("ScoreRequest", body) and not valid("InvocationRequest", {"inputs": [image]})
+    with pytest.raises(HTTPProblem, match=r"scaled to \[0, 1\]") as refused:
+        score_images(json.dumps(body).encode(), MAX)
+    assert refused.value.status == 422
 
 
 def test_swagger_uis_files_are_installed():

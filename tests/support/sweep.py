@@ -1,0 +1,55 @@
+"""Tiny sweep workspaces for `rotmnist tune` processes: the splits, a params.yaml naming its own study, the command."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from rotmnist.data.dataset import Dataset, save_dataset
+from rotmnist.paths import Paths
+from tests.support.helpers import tiny_mnist
+
+ROTMNIST = str(Path(sys.executable).parent / "rotmnist")
+# Tiny trials: a handful of images, small CNNs, no pruning (every trial runs its epochs).
+TINY = {
+    "tune": {
+        "n_trials": 4,
+        "epochs": 1,
+        "train_fraction": 1.0,
+        "val_fraction": 1.0,
+        "pruner": "none",
+        "heartbeat_interval": 1,
+        "grace_period": 3,
+        "space": {"batch_size": [32], "cnn": {"blocks": [1], "channels": [4], "kernel": [3], "dense": [16, 32]}},
+    },
+    "train": {"shift": 0, "num_threads": 1, "device": "cpu"},
+}
+
+
+def _dataset(x: np.ndarray, y: np.ndarray, first: int) -> Dataset:
+    n = len(x)
+    zeros = np.zeros(n, np.int8)
+    return Dataset(x=x, y=y, source_id=np.arange(first, first + n, dtype=np.int32), angle=zeros, mnist_split=zeros)
+
+
+def tiny_splits(folder: Path) -> Path:
+    """The tiny train/val/test/holdout splits of synthetic digits in `folder`/data/splits."""
+    x, y, x_test, y_test = tiny_mnist(n_train=200, n_test=20, seed=1)
+    save_dataset(_dataset(x[:160], y[:160], 0), folder / "data" / "splits" / "train")
+    save_dataset(_dataset(x[160:], y[160:], 160), folder / "data" / "splits" / "val")
+    save_dataset(_dataset(x_test, y_test, 200), folder / "data" / "splits" / "test")
+    save_dataset(_dataset(x_test, y_test, 200), folder / "data" / "splits" / "holdout")
+    return folder
+
+
+def workspace(tmp_path: Path, splits: Path, name: str, **tune) -> Paths:
+    """A workspace with the tiny splits and a params.yaml naming its own study and MLflow experiment."""
+    shutil.copytree(splits, tmp_path, dirs_exist_ok=True)
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    params = TINY | {"tune": TINY["tune"] | {"study_name": name} | tune, "mlflow": {"experiment": name}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    return Paths(root=tmp_path, store_root=tmp_path)
