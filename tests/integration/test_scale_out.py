@@ -176,7 +176,8 @@ def fresh_stores(postgres: dict[str, str], suffix: str) -> dict[str, str]:
     return {store: fresh_database(postgres[store], f"{store}_{suffix}") for store in ("optuna", "mlflow")}
 
 
-@pytest.mark.parametrize("round_", [1, 2, 3])
+# One round by default; `pytest -m stress` repeats the race twice more.
+@pytest.mark.parametrize("round_", [1, pytest.param(2, marks=pytest.mark.stress), pytest.param(3, marks=pytest.mark.stress)])
 def test_three_workers_started_together_on_an_empty_postgresql_share_one_study_and_one_parent_run(
     tmp_path, splits, postgres, round_
 ):
