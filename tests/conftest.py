@@ -12,6 +12,16 @@ from mlflow import MlflowClient
 from tests.support.tracking import restored_mlflow
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under `pytest -n N --dist loadgroup` (`make test`), each module's tests run on one worker, so a module
+    fixture (a store, a server) is made once; modules that name one `xdist_group` share a worker and its
+    session fixtures (the tiny pipeline of tests/integration/conftest.py)."""
+    for item in items:
+        if not any(item.iter_markers("xdist_group")):
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+
+
 @pytest.fixture(scope="session")
 def empty_store(tmp_path_factory) -> Path:
     """An initialised, empty SQLite MLflow store (creating its tables takes seconds: do it once, copy it)."""

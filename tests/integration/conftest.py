@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +14,7 @@ import pytest
 import yaml
 
 from rotmnist import workspace
+from tests.support.headlines import HEADLINES, expected_headline
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -36,12 +40,6 @@ def set_params(params_file: Path, overrides: dict) -> None:
     params_file.write_text(yaml.safe_dump(data, sort_keys=False))
 
 
-@pytest.fixture
-def tiny_repo(tmp_path: Path) -> Path:
-    """A git + DVC repository holding the project's pipeline, on a tiny MNIST in IDX files."""
-    return make_tiny_repo(tmp_path)
-
-
 def make_tiny_repo(tmp_path: Path) -> Path:
     """Create the tiny workspace in `tmp_path` (`repo/`, its IDX files and its DVC remote beside it).
 
@@ -57,6 +55,52 @@ def make_tiny_repo(tmp_path: Path) -> Path:
     return repo
 
 
+# What the session's tiny pipeline runs once: every stage but the gate, whose registry and thresholds the tests set.
+BEFORE_THE_GATE = ("train", "compare", "curriculum")
+
+
+@pytest.fixture(scope="session")
+def tiny_trained(tmp_path_factory) -> Path:
+    """The tiny workspace with every stage but `monitor` reproduced, made once per session; never changed:
+    the tests work on their copies (`trained_repo`)."""
+    repo = make_tiny_repo(tmp_path_factory.mktemp("tiny-trained"))
+    run(["dvc", "repro", *BEFORE_THE_GATE], repo)
+    return repo
+
+
+@pytest.fixture
+def trained_repo(tiny_trained: Path, tmp_path: Path) -> Path:
+    """A copy of the session's tiny workspace, trained but not yet gated, with its own stores and DVC remote."""
+    return copy_workspace(tiny_trained, tmp_path / "copy")
+
+
+def copy_workspace(repo: Path, dest: Path) -> Path:
+    """Copy the tiny workspace `repo` and its siblings (IDX files, DVC remote) into `dest`; return the copy.
+
+    The copy is the same workspace in a new place: the MLflow store's artifact locations and the DVC remote
+    (in `.dvc/config.local`, outside git) point into it. What git and DVC track stays byte for byte, so DVC
+    sees every stage up to date; params.yaml still names the original's IDX files, which no stage changes.
+    """
+    shutil.copytree(repo.parent, dest, symlinks=True)
+    copy = dest / repo.name
+    _relocate_mlflow(copy, f"{repo.parent}/", f"{dest}/")
+    (copy / ".dvc" / "config.local").write_text(f"['remote \"local\"']\n    url = {dest / 'remote'}\n")
+    return copy
+
+
+def _relocate_mlflow(repo: Path, old: str, new: str) -> None:
+    """Point the SQLite MLflow store at `repo` and its artifacts (MLmodel files) at the copy's folder."""
+    with sqlite3.connect(repo / "mlflow.db") as db:
+        tables = [t for (t,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        for table in tables:
+            for _, column, kind, *_ in db.execute(f'PRAGMA table_info("{table}")').fetchall():
+                if "CHAR" in kind.upper() or "TEXT" in kind.upper():
+                    db.execute(f'UPDATE "{table}" SET "{column}" = replace("{column}", ?, ?)', (old, new))
+    db.close()
+    for mlmodel in (repo / "mlartifacts").rglob("MLmodel"):
+        mlmodel.write_text(mlmodel.read_text().replace(old, new))
+
+
 # Tiny sizes for every stage, set through params only (as config/quick.yaml is for `make quick`).
 TINY_OVERLAY = Path(__file__).resolve().parents[1] / "support" / "tiny.yaml"
 
@@ -68,3 +112,34 @@ def postgres() -> dict[str, str]:
 
     with postgres_cluster(("optuna", "mlflow", "registry")) as urls:
         yield urls
+
+
+# What `dvc metrics show` shows: each stage's headline figures, a flat row derived from its report.
+METRICS_FILES = {f"metrics/{n}.json" for n in HEADLINES}
+REPORT_FILES = {f"reports/{n}.json" for n in ("data_profile", "split_manifest", *HEADLINES)}
+MAX_METRICS = 30  # values in all metrics files together: one row per file that fits a wide terminal
+
+
+def assert_each_headline_is_its_report(repo: Path) -> None:
+    """metrics/<stage>.json holds exactly its headline keys, each the value (and type) its report holds."""
+    assert {p.relative_to(repo).as_posix() for p in (repo / "reports").glob("*.json")} == REPORT_FILES
+    for stage in HEADLINES:
+        headline = json.loads((repo / "metrics" / f"{stage}.json").read_text())
+        expected = expected_headline(stage, json.loads((repo / "reports" / f"{stage}.json").read_text()))
+        assert headline == expected, stage
+        assert {k: type(v) for k, v in headline.items()} == {k: type(v) for k, v in expected.items()}, stage
+        assert headline["seconds"] > 0, stage
+
+
+def assert_dvc_shows_every_metric(repo: Path) -> None:
+    """`dvc metrics show` loads every metrics file whole, as written, at most MAX_METRICS headline values."""
+    proc = run(["dvc", "metrics", "show", "--json"], repo)
+    assert not proc.stderr.strip(), proc.stderr
+    shown = json.loads(proc.stdout)[""]["data"]
+    files = {f"metrics/{p.name}": json.loads(p.read_text()) for p in sorted((repo / "metrics").glob("*.json"))}
+    assert set(shown) == set(files) == METRICS_FILES
+    for path, content in files.items():
+        assert "error" not in shown[path], (path, shown[path])
+        assert shown[path]["data"] == content, path  # DVC silently drops a value it cannot show
+    assert sum(len(shown[path]["data"]) for path in shown) <= MAX_METRICS
+    assert_each_headline_is_its_report(repo)

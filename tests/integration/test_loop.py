@@ -12,13 +12,13 @@ import pytest
 import yaml
 
 from rotmnist.data import feedback
-from tests.integration.conftest import REPO, make_tiny_repo, run, set_params
+from tests.integration.conftest import REPO, run, set_params
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("tiny_trained")]  # with -n: on the worker that trained it
 
 
-def test_the_loop_turns_corrections_into_a_new_champion_the_running_server_picks_up(tmp_path):
-    repo = make_tiny_repo(tmp_path)
+def test_the_loop_turns_corrections_into_a_new_champion_the_running_server_picks_up(trained_repo, tmp_path):
+    repo = trained_repo
     # The gate's thresholds are tested elsewhere; here every candidate passes, so the loop always swaps.
     set_params(repo / "params.yaml", {"monitor": {"threshold": 1.0, "angle_threshold": 1.0, "tolerance": 1.0}})
     run(["dvc", "repro", "monitor"], repo)

@@ -139,6 +139,7 @@ def test_a_heartbeat_is_recorded_while_the_block_runs_and_stops_after(tmp_path):
     storage = tune_storage.open_storage(str(tmp_path / "journal.log"), Paths(root=tmp_path, store_root=tmp_path))
     study = optuna.create_study(study_name="s", storage=storage)
     trial = study.ask()
+
     def beat() -> float:
         return study.trials[0].user_attrs[tune_storage.HEARTBEAT_ATTR]
 
