@@ -13,10 +13,12 @@ from tests.support.tracking import restored_mlflow
 
 
 @pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Under `pytest -n N --dist loadgroup` (`make test`), each module's tests run on one worker, so a module
     fixture (a store, a server) is made once; modules that name one `xdist_group` share a worker and its
     session fixtures (the tiny pipeline of tests/integration/conftest.py)."""
+    if not config.pluginmanager.hasplugin("xdist"):
+        return
     for item in items:
         if not any(item.iter_markers("xdist_group")):
             item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
