@@ -78,7 +78,7 @@ quick: setup
 
 ## Run the test suite with a coverage summary, on every core (pytest-xdist: the tests of a module on one worker).
 test: setup
-	$(BIN)/python -m pytest -n auto --dist loadgroup
+	$(BIN)/python -m pytest -n auto --dist loadfile
 
 ## The fast tests only (what the pre-commit hook runs).
 test-fast: setup

@@ -17,7 +17,7 @@ import yaml
 from rotmnist.tracking.store import folder_md5
 from tests.integration.conftest import BIN, run
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("tiny_trained")]  # dvc repro of the tiny pipeline
+pytestmark = pytest.mark.slow  # dvc repro of the tiny pipeline
 
 # The stage's real code in a real process; only numpy's writer is slowed (it pauses after each array it
 # writes), so the SIGKILL lands while the stage's output is half written.

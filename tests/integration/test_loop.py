@@ -14,7 +14,7 @@ import yaml
 from rotmnist.data import feedback
 from tests.integration.conftest import REPO, run, set_params
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("tiny_trained")]  # with -n: on the worker that trained it
+pytestmark = pytest.mark.slow  # on one worker under -n: tests/conftest.py SHARED_WORKER
 
 
 def test_the_loop_turns_corrections_into_a_new_champion_the_running_server_picks_up(trained_repo, tmp_path):

@@ -24,7 +24,7 @@ from rotmnist.spec import CONFIGURATIONS, DATA_ANGLES
 from tests.integration.conftest import assert_dvc_shows_every_metric, copy_workspace, run
 from tests.support.helpers import tiny_mnist
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("tiny_trained")]  # with -n: on the worker that trained it
+pytestmark = pytest.mark.slow  # on one worker under -n: tests/conftest.py SHARED_WORKER
 
 N_TRAIN, N_TEST = 300, 60  # the tiny MNIST of tests/integration/conftest.py
 ANGLES = sorted(DATA_ANGLES)  # 0 and every rotation

@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 from rotmnist.io import load_dataset
 from tests.integration.conftest import assert_dvc_shows_every_metric, run, set_params
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("tiny_trained")]  # with -n: on the worker that trained it
+pytestmark = pytest.mark.slow  # on one worker under -n: tests/conftest.py SHARED_WORKER
 
 
 def test_dvc_shows_every_metric_and_the_roc_curves_after_a_first_and_a_second_promotion(trained_repo):
