@@ -76,9 +76,9 @@ quick: setup
 	@echo "  make ui QUICK=1      # its runs, models and plots in the MLflow UI on http://127.0.0.1:5000"
 	@echo "  make repro           # the full pipeline (about 40 minutes on 2 cores): the repository's own champion"
 
-## Run the test suite with a coverage summary.
+## Run the test suite with a coverage summary, on every core (pytest-xdist: the tests of a module on one worker).
 test: setup
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto --dist loadfile
 
 ## The fast tests only (what the pre-commit hook runs).
 test-fast: setup

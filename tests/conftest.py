@@ -11,6 +11,29 @@ from mlflow import MlflowClient
 
 from tests.support.tracking import restored_mlflow
 
+# Modules that share one worker under `pytest -n N --dist loadfile` (`make test`), and with it the session
+# fixtures they use: the tiny pipeline that tests/integration/conftest.py trains once.
+SHARED_WORKER = {
+    f"tests/integration/{name}.py": "tiny_trained"
+    for name in ("test_faults", "test_loop", "test_pipeline", "test_pipeline_reruns")
+}
+
+
+@pytest.hookimpl(tryfirst=True, optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """`--dist loadfile`, but the modules named in SHARED_WORKER run on one worker (pytest-xdist's own
+    xdist_group marker cannot regroup tests under pytest 9)."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class ModulesTogether(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = super()._split_scope(nodeid)
+            return SHARED_WORKER.get(module, module)
+
+    return ModulesTogether(config, log)
+
 
 @pytest.fixture(scope="session")
 def empty_store(tmp_path_factory) -> Path:

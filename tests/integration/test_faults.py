@@ -62,31 +62,31 @@ def kill_while_writing(repo: Path, stage: str, out: Path) -> None:
     proc.wait()
 
 
-def test_a_stage_killed_while_writing_leaves_nothing_half_written_and_the_rerun_gives_the_same_hashes(tiny_repo):
-    run(["dvc", "repro", "split"], tiny_repo)
-    augmented, splits = tiny_repo / "data" / "augmented", tiny_repo / "data" / "splits"
+def test_a_stage_killed_while_writing_leaves_nothing_half_written_and_the_rerun_gives_the_same_hashes(trained_repo):
+    run(["dvc", "repro", "split"], trained_repo)
+    augmented, splits = trained_repo / "data" / "augmented", trained_repo / "data" / "splits"
     hashes = {
-        "data/augmented": lock_md5(tiny_repo, "data/augmented"),
-        "data/splits": lock_md5(tiny_repo, "data/splits"),
+        "data/augmented": lock_md5(trained_repo, "data/augmented"),
+        "data/splits": lock_md5(trained_repo, "data/splits"),
     }
 
     # 1. A forced rerun of augment killed mid-write: the previous output stays whole, DVC sees no change.
-    kill_while_writing(tiny_repo, "augment", augmented)
+    kill_while_writing(trained_repo, "augment", augmented)
     assert folder_md5(augmented) == hashes["data/augmented"]
     assert temporary_siblings(augmented), "the kill did not land while the stage was writing"
-    assert dvc_status(tiny_repo, "split") == {}
+    assert dvc_status(trained_repo, "split") == {}
 
     # 2. split killed mid-write with no previous output: nothing appears where DVC or `train` would read it.
     shutil.rmtree(splits)
-    kill_while_writing(tiny_repo, "split", splits)
+    kill_while_writing(trained_repo, "split", splits)
     assert not splits.exists()
-    assert dvc_status(tiny_repo, "split") == {"split": [{"changed outs": {"data/splits": "deleted"}}]}
+    assert dvc_status(trained_repo, "split") == {"split": [{"changed outs": {"data/splits": "deleted"}}]}
 
     # The reruns (forced: DVC would otherwise restore the outputs from its run cache without running the
     # stages) remove what the killed processes left and write the same bytes.
-    run(["dvc", "repro", "-f", "-s", "augment"], tiny_repo)
-    run(["dvc", "repro", "-f", "-s", "split"], tiny_repo)
-    assert {out: lock_md5(tiny_repo, out) for out in hashes} == hashes
+    run(["dvc", "repro", "-f", "-s", "augment"], trained_repo)
+    run(["dvc", "repro", "-f", "-s", "split"], trained_repo)
+    assert {out: lock_md5(trained_repo, out) for out in hashes} == hashes
     assert folder_md5(augmented) == hashes["data/augmented"] and folder_md5(splits) == hashes["data/splits"]
     assert temporary_siblings(augmented) == temporary_siblings(splits) == []
 
@@ -97,39 +97,39 @@ def file_digests(folder: Path) -> dict[str, str]:
     return {p.relative_to(folder).as_posix(): hashlib.md5(p.read_bytes()).hexdigest() for p in folder.rglob("*.npy")}
 
 
-def test_gc_then_pull_restores_the_splits_the_champion_was_trained_on(tiny_repo):
+def test_gc_then_pull_restores_the_splits_the_champion_was_trained_on(trained_repo):
     from mlflow import MlflowClient
 
     from tests.support.tiny_repo import set_params
 
-    set_params(tiny_repo / "params.yaml", {"monitor": {"threshold": 1.0, "angle_threshold": 1.0}})
-    run(["git", "commit", "-qam", "a gate the tiny model passes"], tiny_repo)
-    run(["dvc", "repro"], tiny_repo)
-    run(["git", "add", "dvc.lock", "metrics", "reports", "plots"], tiny_repo)
-    run(["git", "commit", "-qm", "the champion's run"], tiny_repo)
-    run(["dvc", "push"], tiny_repo)
-    trained_on = file_digests(tiny_repo / "data" / "splits")
-    splits_hash = lock_md5(tiny_repo, "data/splits")
-    cached = tiny_repo / ".dvc" / "cache" / "files" / "md5" / splits_hash[:2] / splits_hash[2:]
+    set_params(trained_repo / "params.yaml", {"monitor": {"threshold": 1.0, "angle_threshold": 1.0}})
+    run(["git", "commit", "-qam", "a gate the tiny model passes"], trained_repo)
+    run(["dvc", "repro"], trained_repo)
+    run(["git", "add", "dvc.lock", "metrics", "reports", "plots"], trained_repo)
+    run(["git", "commit", "-qm", "the champion's run"], trained_repo)
+    run(["dvc", "push"], trained_repo)
+    trained_on = file_digests(trained_repo / "data" / "splits")
+    splits_hash = lock_md5(trained_repo, "data/splits")
+    cached = trained_repo / ".dvc" / "cache" / "files" / "md5" / splits_hash[:2] / splits_hash[2:]
     assert cached.is_file()  # DVC's record of the folder's files
 
     # The team moves on: other splits, committed; then the cache keeps only what the workspace uses.
-    set_params(tiny_repo / "params.yaml", {"split": {"seed": 1}})
-    run(["dvc", "repro", "split"], tiny_repo)
-    run(["git", "commit", "-qam", "new splits"], tiny_repo)
-    assert file_digests(tiny_repo / "data" / "splits") != trained_on
-    run(["dvc", "gc", "--workspace", "--force"], tiny_repo)
+    set_params(trained_repo / "params.yaml", {"split": {"seed": 1}})
+    run(["dvc", "repro", "split"], trained_repo)
+    run(["git", "commit", "-qam", "new splits"], trained_repo)
+    assert file_digests(trained_repo / "data" / "splits") != trained_on
+    run(["dvc", "gc", "--workspace", "--force"], trained_repo)
 
     # The recipe of docs/pipeline.md: the champion's data_hash tag finds the commit whose dvc.lock recorded it.
-    champion = MlflowClient(f"sqlite:///{tiny_repo / 'mlflow.db'}").get_model_version_by_alias(
+    champion = MlflowClient(f"sqlite:///{trained_repo / 'mlflow.db'}").get_model_version_by_alias(
         "rotmnist-cnn", "champion"
     )
     data_hash = champion.tags["data_hash"]
     assert data_hash == splits_hash
     assert not cached.exists()  # gc removed the champion's splits from the cache: only the remote has them
     log = ["git", "log", "-S", data_hash, "--format=%H", "--reverse", "--", "dvc.lock"]
-    commit = run(log, tiny_repo).stdout.split()[0]
-    run(["git", "checkout", commit, "--", "dvc.lock"], tiny_repo)
-    run(["dvc", "pull", "split"], tiny_repo)
-    assert file_digests(tiny_repo / "data" / "splits") == trained_on
-    assert folder_md5(tiny_repo / "data" / "splits") == data_hash
+    commit = run(log, trained_repo).stdout.split()[0]
+    run(["git", "checkout", commit, "--", "dvc.lock"], trained_repo)
+    run(["dvc", "pull", "split"], trained_repo)
+    assert file_digests(trained_repo / "data" / "splits") == trained_on
+    assert folder_md5(trained_repo / "data" / "splits") == data_hash

@@ -2,13 +2,12 @@
 
 One run of the whole pipeline (module fixture `repo`) feeds one test per stage, so a failing stage does not
 hide the others; then DVC's view of it all, a second repro that runs nothing, and the deps that re-run one
-stage. The later tests run their own pipelines: a second promotion, `exp run --temp`, push/pull.
+stage. The runs that change the pipeline's state are in test_pipeline_reruns.py.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -22,24 +21,27 @@ from rotmnist.learning.compare import load_pipeline_model
 from rotmnist.learning.model import predict_labels
 from rotmnist.paths import SPLITS
 from rotmnist.spec import CONFIGURATIONS, DATA_ANGLES
-from tests.support.headlines import HEADLINES, expected_headline
 from tests.support.helpers import tiny_mnist
-from tests.support.tiny_repo import make_tiny_repo, run, set_params
+from tests.support.tiny_repo import assert_dvc_shows_every_metric, copy_workspace, run
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slow  # on one worker under -n: tests/conftest.py SHARED_WORKER
 
 N_TRAIN, N_TEST = 300, 60  # the tiny MNIST of tests/support/tiny_repo.py
 ANGLES = sorted(DATA_ANGLES)  # 0 and every rotation
-# What `dvc metrics show` shows: each stage's headline figures, a flat row derived from its report.
-METRICS_FILES = {f"metrics/{n}.json" for n in HEADLINES}
-REPORT_FILES = {f"reports/{n}.json" for n in ("data_profile", "split_manifest", *HEADLINES)}
-MAX_METRICS = 30  # values in all metrics files together: one row per file that fits a wide terminal
+# What the tiny run reaches with its fixed seeds (chance is 0.1), with a margin for another CPU's float
+# rounding (each test image is 0.0024 of the 420): the one-epoch pipeline CNN stays near chance (0.12 here),
+# so the gate refuses it; the compare stage's 2,000-image models learn the seven-segment digits
+# (logistic regression and MLP 0.46 to 0.50 here, the small CNNs 0.21 to 0.27); the curriculum's model
+# ends at 0.23 or more at every angle.
+MAX_PIPELINE_ACCURACY = 0.3
+MIN_COMPARE_ACCURACY = {"logreg": 0.35, "mlp": 0.35, "cnn": 0.15}
+MIN_CURRICULUM_ACCURACY = 0.15
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory) -> Path:
-    """The tiny pipeline, run once by `dvc repro` for every test of this module that only reads it."""
-    repo = make_tiny_repo(tmp_path_factory.mktemp("pipeline"))
+def repo(tiny_trained, tmp_path_factory) -> Path:
+    """The tiny pipeline, run to its end by `dvc repro` once for every test of this module that only reads it."""
+    repo = copy_workspace(tiny_trained, tmp_path_factory.mktemp("pipeline") / "copy")
     run(["dvc", "repro"], repo)
     return repo
 
@@ -141,6 +143,7 @@ def test_train_scores_the_saved_model_as_its_metrics_say(repo):
     rotated = {int(a): float(v) for a, v in per_angle[1:] if a != "0"}
     assert sorted(rotated) == [a for a in ANGLES if a != 0]
     assert trained["test"]["worst_rotated_accuracy"] == min(rotated.values())
+    assert trained["test"]["accuracy"] <= MAX_PIPELINE_ACCURACY and trained["val_accuracy"] <= MAX_PIPELINE_ACCURACY
     assert trained["test"]["n"] == len(splits["test"]) and trained["train_images"] == len(splits["train"])
     assert trained["epochs"] == train["epochs"]
     n_sources = len(np.unique(splits["train"].source_id))
@@ -200,6 +203,7 @@ def test_compare_has_one_consistent_row_per_configuration(repo):
         assert row["sla_met"] is meets and (row["sla_reasons"] == "none") is meets, name
         if name != "pipeline":
             assert row["train_images"] == params(repo)["compare"]["train_images"] and row["trained_by"] == "compare"
+            assert row["accuracy"] >= MIN_COMPARE_ACCURACY[name.split("-")[0]], (name, row["accuracy"])
     assert table["logreg-upright"]["parameters"] == 28 * 28 * 10 + 10
     pipeline = table["pipeline"]
     assert pipeline["trained_by"] == f"train run {read(repo, 'models/run.json')['run_id']}"
@@ -243,36 +247,12 @@ def test_curriculum_rounds_add_up_to_its_summary_and_its_runs(repo):
         assert in_unit_range(*(float(r[f"accuracy_{a}"]) for a in ANGLES))
     final = {int(k.removeprefix("angle_")): v for k, v in story["final"]["accuracy"].items()}
     assert sorted(final) == ANGLES and story["final"]["min_accuracy"] == min(final.values())
+    assert story["final"]["min_accuracy"] >= MIN_CURRICULUM_ACCURACY
     assert final == {a: float(rounds[-1][f"accuracy_{a}"]) for a in ANGLES}
     parents = experiment_runs(repo, "tags.role = 'curriculum'")
     children = experiment_runs(repo, "tags.role = 'round'")
     assert len(parents) == 1 and len(children) == story["rounds"]
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
-
-
-def assert_each_headline_is_its_report(repo) -> None:
-    """metrics/<stage>.json holds exactly its headline keys, each the value (and type) its report holds."""
-    assert {p.relative_to(repo).as_posix() for p in (repo / "reports").glob("*.json")} == REPORT_FILES
-    for stage in HEADLINES:
-        headline = read(repo, f"metrics/{stage}.json")
-        expected = expected_headline(stage, read(repo, f"reports/{stage}.json"))
-        assert headline == expected, stage
-        assert {k: type(v) for k, v in headline.items()} == {k: type(v) for k, v in expected.items()}, stage
-        assert headline["seconds"] > 0, stage
-
-
-def assert_dvc_shows_every_metric(repo) -> None:
-    """`dvc metrics show` loads every metrics file whole, as written, at most MAX_METRICS headline values."""
-    proc = run(["dvc", "metrics", "show", "--json"], repo)
-    assert not proc.stderr.strip(), proc.stderr
-    shown = json.loads(proc.stdout)[""]["data"]
-    files = {f"metrics/{p.name}": json.loads(p.read_text()) for p in sorted((repo / "metrics").glob("*.json"))}
-    assert set(shown) == set(files) == METRICS_FILES
-    for path, content in files.items():
-        assert "error" not in shown[path], (path, shown[path])
-        assert shown[path]["data"] == content, path  # DVC silently drops a value it cannot show
-    assert sum(len(shown[path]["data"]) for path in shown) <= MAX_METRICS
-    assert_each_headline_is_its_report(repo)
 
 
 def test_dvc_shows_at_most_30_headline_values_from_the_reports_and_every_declared_plot(repo):
@@ -316,85 +296,3 @@ def test_editing_a_module_reruns_exactly_the_stages_that_import_it(repo, module,
         path.write_text(original)
     assert set(changed) == stages, changed
     assert json.loads(run(["dvc", "status", "--json"], repo).stdout) == {}
-
-
-def test_dvc_shows_every_metric_and_the_roc_curves_after_a_first_and_a_second_promotion(tiny_repo):
-    set_params(tiny_repo / "params.yaml", {"monitor": {"threshold": 1.0, "angle_threshold": 1.0, "tolerance": 1.0}})
-    run(["git", "commit", "-qam", "a gate every tiny model passes"], tiny_repo)
-    run(["dvc", "repro"], tiny_repo)
-    first = json.loads((tiny_repo / "reports" / "monitor.json").read_text())
-    assert first["registry"] == {"model_name": "rotmnist-cnn", "version": 1, "champion_after": 1}
-    assert_dvc_shows_every_metric(tiny_repo)
-
-    run(["dvc", "exp", "run", "-S", "train.epochs=2"], tiny_repo)
-    second = json.loads((tiny_repo / "reports" / "monitor.json").read_text())
-    assert second["gate"]["passed"] is True
-    assert second["registry"] == {
-        "model_name": "rotmnist-cnn",
-        "version": 2,
-        "champion_before": 1,
-        "compared_with": 1,
-        "champion_after": 2,
-    }
-    assert set(second["champion_holdout"]["per_angle"]) == set(second["holdout"]["per_angle"])
-    assert set(second["roc_auc"]["per_class"]) == {str(c) for c in range(10)}
-    assert_dvc_shows_every_metric(tiny_repo)
-
-    proc = run(["dvc", "plots", "show", "--json"], tiny_repo)
-    rendered = json.loads(proc.stdout)
-    assert "errors" not in rendered, rendered["errors"]
-    roc = rendered["data"]["plots/monitor/roc.csv"][0]["content"]
-    assert roc["title"]["text"] if isinstance(roc["title"], dict) else roc["title"]
-    values = roc["data"]["values"]
-    assert {v["field"] for v in values} == {f"class_{c}" for c in range(10)}
-    assert 250 * 10 <= len(values) <= 300 * 10  # a few hundred points per class
-    assert "plots/monitor/roc.png" in rendered["data"]
-
-
-def _children(client: MlflowClient) -> list:
-    """The trial runs of the sweep(s) in the `rotmnist` experiment."""
-    experiment = client.get_experiment_by_name("rotmnist")
-    return client.search_runs([experiment.experiment_id], "tags.mlflow.parentRunId != '' and tags.stage = 'tune'")
-
-
-def _digests(folder):
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def test_exp_run_in_a_temporary_copy_logs_into_the_same_stores(tiny_repo):
-    run(["dvc", "repro"], tiny_repo)
-    client = MlflowClient(f"sqlite:///{tiny_repo / 'mlflow.db'}")
-    parent = {r.data.tags["mlflow.parentRunId"] for r in _children(client)}
-
-    run(["dvc", "exp", "run", "--temp", "-S", "tune.n_trials=3", "-S", "train.epochs=2"], tiny_repo)
-
-    # The study's name ignores n_trials, so the journal at the repository root is extended by one trial
-    # under the same parent run, and the new train run and model version land in the same MLflow store.
-    children = _children(client)
-    assert len(children) == 3
-    assert {r.data.tags["mlflow.parentRunId"] for r in children} == parent
-    train_runs = client.search_runs([client.get_experiment_by_name("rotmnist").experiment_id], "tags.stage = 'train'")
-    assert sorted(r.data.params["epochs"] for r in train_runs) == ["1", "2"]
-    assert str(client.get_model_version_by_alias("rotmnist-cnn", "candidate").version) == "2"
-    assert not list((tiny_repo / ".dvc" / "tmp").rglob("mlflow.db"))
-    assert not list((tiny_repo / ".dvc" / "tmp").rglob("journal.log"))
-
-
-def test_augment_is_byte_identical_after_forced_rerun(tiny_repo):
-    run(["dvc", "repro", "augment"], tiny_repo)
-    lock_before = (tiny_repo / "dvc.lock").read_text()
-    run(["dvc", "repro", "-f", "-s", "augment"], tiny_repo)
-    assert (tiny_repo / "dvc.lock").read_text() == lock_before
-
-
-def test_push_then_pull_restores_identical_files(tiny_repo):
-    run(["dvc", "repro", "split"], tiny_repo)
-    before = {d: _digests(tiny_repo / "data" / d) for d in ("raw", "augmented", "splits")}
-    run(["dvc", "push", "--with-deps", "split"], tiny_repo)
-    shutil.rmtree(tiny_repo / ".dvc" / "cache")
-    shutil.rmtree(tiny_repo / "data")
-    run(["dvc", "pull", "--with-deps", "split"], tiny_repo)
-    after = {d: _digests(tiny_repo / "data" / d) for d in ("raw", "augmented", "splits")}
-    assert after == before
-    x = load_dataset(tiny_repo / "data" / "splits" / "train").x
-    assert x.dtype == np.uint8 and x.shape[1:] == (28, 28)

@@ -22,8 +22,9 @@ TINY = {
         "train_fraction": 1.0,
         "val_fraction": 1.0,
         "pruner": "none",
+        # A beat a second; silent for 10 s a worker is dead: a live one on a busy machine beats well within it.
         "heartbeat_interval": 1,
-        "grace_period": 3,
+        "grace_period": 10,
         "space": {"batch_size": [32], "cnn": {"blocks": [1], "channels": [4], "kernel": [3], "dense": [16, 32]}},
     },
     "train": {"shift": 0, "num_threads": 1, "device": "cpu"},

@@ -45,6 +45,12 @@ def images(value: float, n: int) -> np.ndarray:
     return np.full((n, 28, 28), value, np.float32)
 
 
+async def queued(batcher: Batcher, n: int) -> None:
+    """Return once `n` requests wait behind the running batch (the event loop runs their `score` calls)."""
+    while batcher.queued < n:
+        await asyncio.sleep(0)
+
+
 async def scenario(model: GatedModel, sizes: list[int], max_images: int, swap: Served | None = None) -> list:
     """Score a first request, then, while the model runs it, `sizes` more at once; every caller's outcome."""
     keeper = SimpleNamespace(served=served(model))
@@ -56,7 +62,7 @@ async def scenario(model: GatedModel, sizes: list[int], max_images: int, swap: S
         if swap:
             keeper.served = swap  # a reload while a batch runs
         rest = [asyncio.ensure_future(batcher.score(images(i, n))) for i, n in enumerate(sizes)]
-        await asyncio.sleep(0.05)  # all of them queued behind the running batch
+        await queued(batcher, len(sizes))  # all of them behind the running batch
         model.release.set()
         return await asyncio.gather(first, *rest, return_exceptions=True)
     finally:
@@ -102,7 +108,7 @@ def test_a_model_error_reaches_every_caller_of_the_batch_and_the_batcher_keeps_s
             first = asyncio.ensure_future(batcher.score(images(1, 1)))
             await asyncio.to_thread(model.started.wait, 10)
             rest = [asyncio.ensure_future(batcher.score(images(2, 1))) for _ in range(2)]
-            await asyncio.sleep(0.05)
+            await queued(batcher, 2)
             model.release.set()
             outcomes = await asyncio.gather(first, *rest, return_exceptions=True)
             model.fail = False

@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import optuna
@@ -138,10 +139,19 @@ def test_a_heartbeat_is_recorded_while_the_block_runs_and_stops_after(tmp_path):
     storage = tune_storage.open_storage(str(tmp_path / "journal.log"), Paths(root=tmp_path, store_root=tmp_path))
     study = optuna.create_study(study_name="s", storage=storage)
     trial = study.ask()
+
+    def beat() -> float:
+        return study.trials[0].user_attrs[tune_storage.HEARTBEAT_ATTR]
+
     with tune_storage.heartbeat(trial, interval=0.05):
-        first = study.trials[0].user_attrs[tune_storage.HEARTBEAT_ATTR]
-        time.sleep(0.3)
-        later = study.trials[0].user_attrs[tune_storage.HEARTBEAT_ATTR]
-    assert later > first
-    time.sleep(0.2)
-    assert study.trials[0].user_attrs[tune_storage.HEARTBEAT_ATTR] == later
+        first = later = beat()
+        deadline = time.monotonic() + 30  # a bound for a regression only: the wait ends at the next beat
+        while later == first and time.monotonic() < deadline:
+            time.sleep(0.01)
+            later = beat()
+        assert later > first
+    stopped = beat()
+    assert stopped >= later  # at most one more beat, the one running as the block ended
+    # The beating thread is joined on exit, so nothing records a heartbeat any more (no wait can prove that).
+    assert not [t for t in threading.enumerate() if t.name == f"heartbeat-{trial.number}"]
+    assert beat() == stopped
