@@ -153,7 +153,7 @@ FIGURES: list[Figure] = [
 
 # Measured figures with no committed output: (the figure as written, the one page that quotes it).
 ONE_PLACE = [
-    ("38 min 15 s", GS),  # a fresh clone's `make setup` and `make repro` on the Xeon
+    ("32 min 9 s", GS),  # a fresh clone's `make setup` and `make repro` on the Xeon
     ("2 min 48 s", "docs/benchmarks.md"),  # a fresh clone's `make quick` on the Xeon, after `make setup`
     ("about 29 min", GS),  # the core stages in float32 on a 2-core AMD EPYC with AVX2 only
     ("9 min 32 s", RS),  # the core stages on the AMD EPYC, commit 16f88d2

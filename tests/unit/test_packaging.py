@@ -9,6 +9,8 @@ import subprocess
 import sys
 import tomllib
 from collections import defaultdict
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -137,11 +139,22 @@ def test_a_dependency_only_a_newer_python_needs_is_reported_as_left_out_by_pip()
     assert requirements_pip_left_out(report, RUNNING) == []
 
 
+OTHER_PYTHONS = [v for v in admitted_pythons() if v != RUNNING]
+
+
+@pytest.fixture(scope="module")
+def resolutions(source_only_wheels) -> Iterator[dict[str, Future]]:
+    """Each other admitted Python's resolution of the pins, all started at once: each waits on the index, not on
+    the CPU, so together they take about as long as the slowest one."""
+    with ThreadPoolExecutor(max_workers=len(OTHER_PYTHONS)) as pool:
+        yield {python: pool.submit(resolve, python, source_only_wheels) for python in OTHER_PYTHONS}
+
+
 @pytest.mark.network
 @pytest.mark.slow
-@pytest.mark.parametrize("python", [v for v in admitted_pythons() if v != RUNNING])
-def test_the_pins_resolve_to_wheels_on_every_other_admitted_python(python, source_only_wheels):
-    report = resolve(python, source_only_wheels)
+@pytest.mark.parametrize("python", OTHER_PYTHONS)
+def test_the_pins_resolve_to_wheels_on_every_other_admitted_python(python, resolutions):
+    report = resolutions[python].result()
     [torch] = [item for item in report if canonicalize_name(item["metadata"]["name"]) == "torch"]
     wheel = torch["download_info"]["url"].rsplit("/", 1)[-1]
     cp = "cp" + python.replace(".", "")
