@@ -35,7 +35,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("json", "upload", "page")
 CONNECT_TIMEOUT_SECONDS = 5  # PostgreSQL: connecting, and each statement (x2)
 LOCK_NAME = "rotmnist-request-log"
 DAY = 86_400.0
@@ -175,7 +174,7 @@ class RequestStore:
         """Where rows go, for the server's log (no password)."""
         if self._file is not None:
             return f"SQLite {self._file} (WAL)"
-        return self._engine.url.render_as_string(hide_password=True)
+        return redact(self.url)
 
     def ensure_table(self) -> None:
         """Create the table once; replicas starting together on one store take turns (`store_lock`)."""

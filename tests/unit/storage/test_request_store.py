@@ -52,3 +52,8 @@ def test_the_writer_takes_its_retention_and_queue_from_serve_settings(tmp_path: 
     )
     chosen = RequestLog.open(log.store.url, ServeConfig(log_keep_rows=7, log_keep_days=2.5, log_queue=9))
     assert (chosen.keep_rows, chosen.keep_days, chosen.queue_rows) == (7, 2.5, 9)
+
+
+def test_a_postgresql_store_describes_itself_without_its_password_even_one_holding_an_at_sign():
+    store = RequestStore("postgresql://ann:s3cr@t@db.example:5432/log")  # no connection is made
+    assert store.describe() == "postgresql://ann:***@db.example:5432/log"
