@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -36,8 +35,8 @@ import yaml
 from PIL import Image
 
 from tests.support.serving import free_socket, get_json, post_json, stop
+from tests.support.tiny_repo import BIN, tool_env
 
-BIN = Path(sys.executable).parent
 BATCH = 256  # images per /invocations request when measuring
 STREAM_BATCH = 16  # images per request of the stream: small, as people's requests are
 
@@ -47,15 +46,10 @@ def rotated(x: np.ndarray, angle: float) -> np.ndarray:
     return np.stack([np.asarray(Image.fromarray(img).rotate(angle, resample=Image.BILINEAR)) for img in x])
 
 
-def env() -> dict[str, str]:
-    out = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "ROTMNIST_STORE_ROOT")}
-    return out | {"PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-
-
 def run(cmd: list[str], repo: Path) -> tuple[float, str]:
     """Run a command in `repo`; its seconds and output (exit on failure, with the output's end)."""
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=repo, env=env(), capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=repo, env=tool_env(), capture_output=True, text=True)
     if proc.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{(proc.stdout + proc.stderr)[-4000:]}")
     return time.perf_counter() - t0, proc.stdout + proc.stderr
@@ -73,7 +67,7 @@ class Server:
         self.url = f"http://127.0.0.1:{port}"
         cmd = [str(BIN / "rotmnist"), "--params", str(tmp / "serve-params.yaml"), "serve", "--port", str(port)]
         self.log = open(tmp / "serve.log", "w")  # noqa: SIM115 (open while the server runs)
-        self.proc = subprocess.Popen(cmd, cwd=repo, env=env(), stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(cmd, cwd=repo, env=tool_env(), stdout=self.log, stderr=subprocess.STDOUT)
         self.version = self.wait(lambda health: True, 300)
 
     def wait(self, ready, timeout: float) -> str:

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import shutil
-import sys
 from pathlib import Path
 
-import numpy as np
 import yaml
 
-from rotmnist.data.dataset import Dataset, save_dataset
+from rotmnist.data.dataset import save_dataset
 from rotmnist.paths import Paths
+from tests.support.datasets import upright
 from tests.support.helpers import tiny_mnist
+from tests.support.tiny_repo import BIN
 
-ROTMNIST = str(Path(sys.executable).parent / "rotmnist")
+ROTMNIST = str(BIN / "rotmnist")
 # Tiny trials: a handful of images, small CNNs, no pruning (every trial runs its epochs).
 TINY = {
     "tune": {
@@ -31,19 +31,13 @@ TINY = {
 }
 
 
-def _dataset(x: np.ndarray, y: np.ndarray, first: int) -> Dataset:
-    n = len(x)
-    zeros = np.zeros(n, np.int8)
-    return Dataset(x=x, y=y, source_id=np.arange(first, first + n, dtype=np.int32), angle=zeros, mnist_split=zeros)
-
-
 def tiny_splits(folder: Path) -> Path:
     """The tiny train/val/test/holdout splits of synthetic digits in `folder`/data/splits."""
     x, y, x_test, y_test = tiny_mnist(n_train=200, n_test=20, seed=1)
-    save_dataset(_dataset(x[:160], y[:160], 0), folder / "data" / "splits" / "train")
-    save_dataset(_dataset(x[160:], y[160:], 160), folder / "data" / "splits" / "val")
-    save_dataset(_dataset(x_test, y_test, 200), folder / "data" / "splits" / "test")
-    save_dataset(_dataset(x_test, y_test, 200), folder / "data" / "splits" / "holdout")
+    save_dataset(upright(x[:160], y[:160], 0), folder / "data" / "splits" / "train")
+    save_dataset(upright(x[160:], y[160:], 160), folder / "data" / "splits" / "val")
+    save_dataset(upright(x_test, y_test, 200), folder / "data" / "splits" / "test")
+    save_dataset(upright(x_test, y_test, 200), folder / "data" / "splits" / "holdout")
     return folder
 
 

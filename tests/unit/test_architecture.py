@@ -1,6 +1,7 @@
 """The architecture is checked, not hoped for: import-linter's contracts, and dvc.yaml's deps per stage."""
 
 import ast
+import functools
 import json
 import os
 import shutil
@@ -17,12 +18,14 @@ REPO = Path(__file__).resolve().parents[2]
 LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
 
 
-def lint_imports(package_parent: Path, config: Path = REPO / "pyproject.toml") -> subprocess.CompletedProcess:
-    """Run import-linter with the contracts of `config` on the `rotmnist` package found in `package_parent`."""
+def lint_imports(
+    package_parent: Path, config: Path = REPO / "pyproject.toml", cwd: Path = REPO
+) -> subprocess.CompletedProcess:
+    """Run import-linter in `cwd` with the contracts of `config` on the `rotmnist` package found in `package_parent`."""
     env = os.environ | {"PYTHONPATH": str(package_parent)}
     return subprocess.run(
         [str(LINT_IMPORTS), str(config), "--no-cache"],
-        cwd=REPO,
+        cwd=cwd,
         env=env,
         capture_output=True,
         text=True,
@@ -69,10 +72,15 @@ def test_a_new_cycle_or_upward_import_breaks_a_contract(tmp_path, module, inject
     assert proc.returncode == 1, proc.stdout + proc.stderr  # and fails on the changed copy
 
 
+@functools.cache
+def package_graph() -> grimp.ImportGraph:
+    """The import graph of `rotmnist`, built once for every stage's check."""
+    return grimp.build_graph("rotmnist")
+
+
 def imported_files(stage: str) -> set[str]:
     """The source file of every module that `rotmnist.stages.<stage>` imports, directly or not, and its own."""
-    graph = grimp.build_graph("rotmnist")
-    found = graph.find_upstream_modules(f"rotmnist.stages.{stage}") | {f"rotmnist.stages.{stage}"}
+    found = package_graph().find_upstream_modules(f"rotmnist.stages.{stage}") | {f"rotmnist.stages.{stage}"}
     files = {"src/" + m.replace(".", "/") for m in found}
     return {f"{f}/__init__.py" if (REPO / f).is_dir() else f"{f}.py" for f in files}
 
@@ -109,14 +117,7 @@ def test_benchmarks_and_test_folders_import_each_other_only_through_tests_suppor
         target = tmp_path / module
         original = target.read_text()
         target.write_text(original + f"\n{injected}  # noqa\n")
-        proc = subprocess.run(
-            [str(LINT_IMPORTS), str(contract), "--no-cache"],
-            cwd=tmp_path,
-            env=os.environ | {"PYTHONPATH": str(REPO / "src")},
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        proc = lint_imports(REPO / "src", contract, cwd=tmp_path)
         assert proc.returncode == 1, (module, proc.stdout + proc.stderr)
         target.write_text(original)
 
@@ -150,8 +151,8 @@ def sizes(folder: str) -> tuple[dict[str, int], dict[str, int]]:
     for path in sorted((REPO / folder).rglob("*.py")):
         text = path.read_text()
         name = path.relative_to(REPO).as_posix()
-        if len(text.splitlines()) > MAX_MODULE_LINES:
-            modules[name] = len(text.splitlines())
+        if (n := len(text.splitlines())) > MAX_MODULE_LINES:
+            modules[name] = n
         for node in ast.walk(ast.parse(text)):
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
                 lines = node.end_lineno - node.lineno + 1
