@@ -1,8 +1,8 @@
 """The production loop end to end, on a repository whose pipeline has run: serve, correct, detect, retrain, swap.
 
-Usage: python -m benchmarks.loop [--repo .] [--angle 60] [--max-corrections 3000] [--json loop.json]
+Usage: python -m benchmarks.loop [--repo .] [--angle 60] [--max-corrections 3000] [--json loop.json] [--check]
 
-It changes `params.yaml` (`train.feedback: true`) and retrains, so run it in a clone that holds the
+It changes `params.yaml` (`finetune.feedback: true`) and retrains, so run it in a clone that holds the
 pipeline's outputs (e.g. `git clone`, `make repro`), not in the working copy you commit from. Steps:
 
 1. `rotmnist serve` serves the champion (the request log on, polling the registry every second).
@@ -12,12 +12,14 @@ pipeline's outputs (e.g. `git clone`, `make repro`), not in the working copy you
    source digit of holdout or test is ever trained on, goes to `POST /invocations`; each wrong answer
    is corrected through `POST /feedback` with the known label, until `--max-corrections`.
 4. `rotmnist drift` on the logged stream: its verdict.
-5. `rotmnist feedback` exports the corrections; `dvc repro <target>` with `train.feedback: true`
-   (default target `monitor`: tune, train and the gate; `compare` and `curriculum` are reports).
+5. `rotmnist feedback` exports the corrections; `dvc repro <target>` with `finetune.feedback: true`
+   (default target `monitor`: train's model fine-tuned on them, then the gate; `tune` and `train` stay cached).
 6. The running server picks up the new champion by itself (no restart, no /reload).
 7. After: the same accuracies through the server.
 
-Prints a markdown table (each step's time, the counts, before and after) and writes it as JSON.
+Prints markdown tables (the counts; test digits through the server and the gate's holdout digits, before and
+after; each step's time) and writes them as JSON. With `--check` it exits 1, naming the gate's reasons, when
+the champion did not change.
 """
 
 from __future__ import annotations
@@ -139,16 +141,17 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="the order of the stream's digits")
     parser.add_argument("--target", default="monitor", help="what `dvc repro` reproduces (default: through the gate)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    parser.add_argument("--check", action="store_true", help="exit 1 (with the gate's reasons) if no new champion")
     return parser.parse_args()
 
 
 def retrain(repo: Path, target: str, steps: dict[str, float]) -> tuple[dict, dict]:
-    """`rotmnist drift`, `rotmnist feedback`, `dvc repro target` with `train.feedback`: the drift and gate reports."""
+    """`rotmnist drift`, `rotmnist feedback`, `dvc repro target` with `finetune.feedback`: drift and gate reports."""
     steps["rotmnist drift"], _ = run([str(BIN / "rotmnist"), "drift"], repo)
     drift = json.loads((repo / "metrics/drift.json").read_text())
     steps["rotmnist feedback"], _ = run([str(BIN / "rotmnist"), "feedback"], repo)
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["train"]["feedback"] = True
+    params["finetune"]["feedback"] = True
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     steps[f"dvc repro {target}"], _ = run([str(BIN / "dvc"), "repro", target], repo)
     return drift, json.loads((repo / "reports/monitor.json").read_text())
@@ -191,11 +194,22 @@ def loop(repo: Path, args: argparse.Namespace) -> dict:
         "exported": exported,
         "drift": {"verdict": drift["verdict"], "drifted": drift["drifted"]},
         "gate": monitor["gate"]["decision"],
+        "gate_reasons": monitor["gate"]["reasons"],
+        "holdout": holdout_angles(monitor),
         "feedback_slice": monitor.get("feedback", {}),
         "versions": {"before": before_version, "after": after_version},
         "before": before,
         "after": after,
         "seconds": {k: round(v, 1) for k, v in steps.items()},
+    }
+
+
+def holdout_angles(monitor: dict) -> dict:
+    """The gate's view: holdout accuracy per angle of the champion before the loop and of the candidate."""
+    champion = monitor.get("champion_holdout", {}).get("per_angle", {})
+    return {
+        a: {"champion": champion.get(a, {}).get("accuracy"), "candidate": m["accuracy"]}
+        for a, m in monitor["holdout"]["per_angle"].items()
     }
 
 
@@ -205,6 +219,8 @@ def main() -> None:
     print_report(report)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
+    if args.check and report["versions"]["after"] == "-":
+        sys.exit(f"check failed: the gate kept champion v{report['versions']['before']}: {report['gate_reasons']}")
 
 
 def print_report(r: dict) -> None:
@@ -212,12 +228,20 @@ def print_report(r: dict) -> None:
     print(f"stream at {r['angle']:g} deg: {s['sent']} digits sent, {s['wrong']} wrong, {s['corrected']} corrected")
     print(f"exported: {r['exported']['train']} to train on, {r['exported']['holdout']} held out (feedback slice)")
     print(f"input drift: {r['drift']['verdict']} ({r['drift']['drifted'] or 'none'}); gate: {r['gate']}")
+    if r["gate"] != "passed":
+        print(f"gate reasons: {r['gate_reasons']}")
     print(f"champion: v{r['versions']['before']} -> v{r['versions']['after']}\n")
     print("| test digits | before | after | change (points) |\n|---|---:|---:|---:|")
     rows = [(f"{r['angle']:g} deg (unseen)", r["before"]["unseen"], r["after"]["unseen"])]
     rows += [(f"{a} deg", r["before"]["trained"][a], r["after"]["trained"][a]) for a in r["before"]["trained"]]
     for name, b, a in rows:
         print(f"| {name} | {100 * b:.2f} % | {100 * a:.2f} % | {100 * (a - b):+.2f} |")
+    print("\n| holdout digits (the gate) | champion before | candidate | change (points) |\n|---|---:|---:|---:|")
+    for angle, h in r["holdout"].items():
+        b, a = h["champion"], h["candidate"]
+        change = f"{100 * (a - b):+.2f}" if b is not None else "-"
+        before = f"{100 * b:.2f} %" if b is not None else "-"
+        print(f"| {angle} deg | {before} | {100 * a:.2f} % | {change} |")
     print("\n| step | seconds |\n|---|---:|")
     for step, seconds in r["seconds"].items():
         print(f"| {step} | {seconds:.1f} |")

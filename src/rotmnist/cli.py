@@ -30,6 +30,10 @@ STAGES = {
     ),
     "tune": ("rotmnist.stages.tune", "Optuna sweep, one MLflow run per trial: models/best_params.json"),
     "train": ("rotmnist.stages.train", "train the final model and log it to MLflow: models/"),
+    "finetune": (
+        "rotmnist.stages.finetune",
+        "the candidate: train's model, or it fine-tuned on people's corrections (finetune.feedback)",
+    ),
     "monitor": (
         "rotmnist.stages.monitor",
         "concept drift (holdout check), registration and gated promotion to champion",
@@ -68,8 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     """The `rotmnist` parser: one subparser per command, each naming the function that runs it (`func`)."""
     parser = argparse.ArgumentParser(
         prog="rotmnist",
-        description="Rotation-robust MNIST. The pipeline: download -> augment -> split -> feedback -> tune -> train -> "
-        "monitor, and the reports compare and curriculum. Outside it: predict, serve, drift, workspace.",
+        description="Rotation-robust MNIST. The pipeline: download -> augment -> split -> tune -> train -> finetune -> "
+        "monitor (feedback feeds finetune), and the reports compare and curriculum. Outside it: predict, serve, drift, "
+        "workspace.",
     )
     parser.add_argument("--params", default=None, help="params file (default: params.yaml of the workspace)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks")

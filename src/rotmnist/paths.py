@@ -13,8 +13,8 @@ _DVC_TEMP_EXPS = (".dvc", "tmp", "exps")
 SPLITS = ("train", "val", "holdout", "test")
 # Each stage's full detail, `reports/<name>.json`; the stages of HEADLINES also write their headline figures,
 # `metrics/<name>.json`, the few values `dvc metrics show` / `dvc exp show` put in one row.
-REPORTS = ("data_profile", "split_manifest", "tune", "train", "monitor", "compare", "curriculum")
-HEADLINES = ("tune", "train", "monitor", "compare", "curriculum")
+REPORTS = ("data_profile", "split_manifest", "tune", "train", "finetune", "monitor", "compare", "curriculum")
+HEADLINES = ("tune", "train", "finetune", "monitor", "compare", "curriculum")
 
 
 def find_workspace(start: Path | None = None) -> Path:
@@ -69,14 +69,14 @@ class Paths:
 
     @property
     def feedback(self) -> Path:
-        """People's corrections: `train` (trained on with train.feedback) and `holdout` (the monitor's slice)."""
+        """People's corrections: `train` (fine-tuned on with finetune.feedback) and `holdout` (the monitor's slice)."""
         return self.root / "data" / "feedback"
 
-    def lineage_data(self, feedback: bool) -> tuple[Path, ...]:
+    def lineage_data(self, corrections: bool = False) -> tuple[Path, ...]:
         """The data outputs a model's `data_hash` covers: the splits, and (those there are of) the corrections if
         it trained on them."""
-        corrections = (self.feedback / "train", self.feedback / "holdout") if feedback else ()
-        return (self.splits, *(p for p in corrections if p.exists()))
+        folders = (self.feedback / "train", self.feedback / "holdout") if corrections else ()
+        return (self.splits, *(p for p in folders if p.exists()))
 
     def split(self, name: str) -> Path:
         if name not in SPLITS:
@@ -100,8 +100,18 @@ class Paths:
 
     @property
     def run_reference(self) -> Path:
-        """The training run id and logged model URI, written by `train`, read by `monitor`."""
+        """The training run id and logged model URI, written by `train`, read by `finetune` and `compare`."""
         return self.models / "run.json"
+
+    @property
+    def candidate_file(self) -> Path:
+        """The candidate's state dict, written by `finetune`: train's model, or it fine-tuned on corrections."""
+        return self.models / "candidate.pt"
+
+    @property
+    def candidate_reference(self) -> Path:
+        """The candidate's run id and logged model URI, written by `finetune`, read by `monitor`."""
+        return self.models / "candidate.json"
 
     @property
     def metrics(self) -> Path:

@@ -16,7 +16,7 @@ def tiny_repo(tmp_path: Path) -> Path:
 
 
 # What the session's tiny pipeline runs once: every stage but the gate, whose registry and thresholds the tests set.
-BEFORE_THE_GATE = ("train", "compare", "curriculum")
+BEFORE_THE_GATE = ("finetune", "compare", "curriculum")
 
 
 @pytest.fixture(scope="session")

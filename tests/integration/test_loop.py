@@ -23,6 +23,8 @@ def test_the_loop_turns_corrections_into_a_new_champion_the_running_server_picks
     set_params(repo / "params.yaml", {"monitor": {"threshold": 1.0, "angle_threshold": 1.0, "tolerance": 1.0}})
     run(["dvc", "repro", "monitor"], repo)
     assert [len(feedback.load(repo / "data/feedback" / p)) for p in feedback.FOLDERS] == [0, 0]
+    trained_run = json.loads((repo / "models/run.json").read_text())["run_id"]
+    model_bytes = (repo / "models/model.pt").read_bytes()
     out = tmp_path / "loop.json"
     cmd = [sys.executable, "-m", "benchmarks.loop", "--repo", str(repo), "--max-corrections", "40"]
     proc = subprocess.run([*cmd, "--json", str(out)], cwd=REPO, capture_output=True, text=True, timeout=900)
@@ -36,10 +38,15 @@ def test_the_loop_turns_corrections_into_a_new_champion_the_running_server_picks
     assert report["gate"] == "passed" and int(report["versions"]["after"]) == int(report["versions"]["before"]) + 1
     assert set(report["after"]["trained"]) == {str(a) for a in (-30, -20, -10, 0, 10, 20, 30)}
     assert "| 60 deg (unseen) |" in proc.stdout
-    # The corrections are train-split digits only, and the new model trained on the train share of them.
-    assert yaml.safe_load((repo / "params.yaml").read_text())["train"]["feedback"] is True
-    trained = json.loads((repo / "reports/train.json").read_text())
-    assert trained["feedback_images"] == exported["train"]
+    # The new champion is train's model fine-tuned on the train share of the corrections; train itself did not run.
+    assert yaml.safe_load((repo / "params.yaml").read_text())["finetune"]["feedback"] is True
+    tuned = json.loads((repo / "reports/finetune.json").read_text())
+    assert tuned["finetuned"] is True and tuned["feedback_images"] == exported["train"]
+    assert set(tuned["test_change"]["per_angle"]) == set(report["after"]["trained"])
+    base, candidate = (json.loads((repo / "models" / f).read_text()) for f in ("run.json", "candidate.json"))
+    assert candidate["base_run_id"] == base["run_id"] == trained_run and candidate["run_id"] != base["run_id"]
+    assert (repo / "models/model.pt").read_bytes() == model_bytes
+    assert (repo / "models/candidate.pt").read_bytes() != model_bytes
     monitor = json.loads((repo / "reports/monitor.json").read_text())
     headline = json.loads((repo / "metrics/monitor.json").read_text())
     if exported["holdout"]:
@@ -59,3 +66,21 @@ def test_the_loop_turns_corrections_into_a_new_champion_the_running_server_picks
         [str(Path(sys.executable).parent / "dvc"), "status", "feedback"], cwd=repo, capture_output=True, text=True
     )
     assert "up to date" in status.stdout or status.stdout.strip() == "", status.stdout
+
+
+def test_with_check_a_loop_whose_candidate_fails_the_gate_exits_1_naming_the_reasons(trained_repo, tmp_path):
+    repo = trained_repo
+    set_params(repo / "params.yaml", {"monitor": {"threshold": 1.0, "angle_threshold": 1.0, "tolerance": 1.0}})
+    run(["dvc", "repro", "monitor"], repo)  # v1 is the champion
+    # No model reaches an error of 0 on the holdout: the fine-tuned candidate fails, the champion stays v1.
+    set_params(repo / "params.yaml", {"monitor": {"threshold": 0.0}})
+    out = tmp_path / "loop.json"
+    cmd = [sys.executable, "-m", "benchmarks.loop", "--repo", str(repo), "--max-corrections", "10", "--check"]
+    proc = subprocess.run([*cmd, "--json", str(out)], cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    report = json.loads(out.read_text())
+    assert report["gate"] == "failed" and report["versions"] == {"before": "1", "after": "-"}
+    assert "threshold" in report["gate_reasons"]
+    assert f"check failed: the gate kept champion v1: {report['gate_reasons']}" in proc.stderr
+    assert f"gate reasons: {report['gate_reasons']}" in proc.stdout
+    assert json.loads((repo / "reports/finetune.json").read_text())["finetuned"] is True

@@ -17,8 +17,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from rotmnist.data.dataset import MNIST_TEST, MNIST_TRAIN, load_dataset
-from rotmnist.learning.compare import load_pipeline_model
-from rotmnist.learning.model import predict_labels
+from rotmnist.learning.model import load_pipeline_model, predict_labels
 from rotmnist.paths import SPLITS
 from rotmnist.spec import CONFIGURATIONS, DATA_ANGLES
 from tests.support.helpers import tiny_mnist

@@ -86,7 +86,8 @@ def imported_files(stage: str) -> set[str]:
 
 
 @pytest.mark.parametrize(
-    "stage", ["download", "augment", "split", "feedback", "tune", "train", "monitor", "compare", "curriculum"]
+    "stage",
+    ["download", "augment", "split", "feedback", "tune", "train", "finetune", "monitor", "compare", "curriculum"],
 )
 def test_dvc_yaml_lists_exactly_the_modules_each_stage_imports(stage):
     deps = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"][stage]["deps"]

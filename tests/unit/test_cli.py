@@ -24,7 +24,7 @@ from rotmnist.paths import Paths
 from tests.support.helpers import tiny_mnist
 
 REPO = Path(__file__).resolve().parents[2]
-STAGES = ("download", "augment", "split", "feedback", "tune", "train", "monitor", "compare", "curriculum")
+STAGES = ("download", "augment", "split", "feedback", "tune", "train", "finetune", "monitor", "compare", "curriculum")
 
 
 @pytest.fixture

@@ -46,6 +46,10 @@ def test_empty_mapping_gives_defaults():
         ({"serve": {"poll_seconds": -1}}, "serve.poll_seconds", "greater than or equal to 0"),
         ({"serve": {"max_body_bytes": 10}}, "serve.max_body_bytes", "greater than or equal to 1024"),
         ({"serve": {"batch_size": 8}}, "serve.batch_size", "unknown key"),
+        ({"train": {"feedback": True}}, "train", "feedback moved to the section finetune"),
+        ({"train": {"feedback_weight": 4.0, "feedback_cap": 9}}, "train", "feedback_cap, feedback_weight moved"),
+        ({"finetune": {"lr": 0}}, "finetune.lr", "greater than 0"),
+        ({"finetune": {"epochs": 0}}, "finetune.epochs", "greater than or equal to 1"),
     ],
 )
 def test_errors_name_the_key(data, key, fragment):

@@ -23,7 +23,7 @@ from rotmnist.config.evaluation import (
     SlaConfig,
 )
 from rotmnist.config.serving import MIN_RECENT_INPUTS, DriftConfig, FeedbackConfig, PredictConfig, ServeConfig
-from rotmnist.config.training import CnnSpace, MlpSpace, SearchSpace, TrainConfig, TuneConfig
+from rotmnist.config.training import CnnSpace, FinetuneConfig, MlpSpace, SearchSpace, TrainConfig, TuneConfig
 from rotmnist.errors import ConfigError
 from rotmnist.paths import Paths
 
@@ -39,6 +39,7 @@ __all__ = [
     "DownloadConfig",
     "DriftConfig",
     "FeedbackConfig",
+    "FinetuneConfig",
     "LatencyConfig",
     "MlflowConfig",
     "MlpSpace",
@@ -68,6 +69,7 @@ class Config(Section):
     split: SplitConfig = SplitConfig()
     tune: TuneConfig = TuneConfig()
     train: TrainConfig = TrainConfig()
+    finetune: FinetuneConfig = FinetuneConfig()
     monitor: MonitorConfig = MonitorConfig()
     predict: PredictConfig = PredictConfig()
     serve: ServeConfig = ServeConfig()

@@ -123,6 +123,27 @@ class TrainConfig(Section):
     rotations_per_epoch: int = Field(1, ge=0)  # rows of each source image per epoch, drawn afresh; 0 = all
     ema: float = Field(0.999, ge=0.0, lt=1.0)  # decay of the weight average the model is; 0 = the last weights
     val_every: int = Field(5, ge=1)  # epochs between scorings of the val split (and after the last)
-    feedback: bool = False  # also train on people's corrections (data/feedback/train); the sweep's subset too
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, data: Any) -> Any:
+        moved = sorted(k for k in MOVED_TO_FINETUNE if isinstance(data, dict) and k in data)
+        if moved:
+            keys = ", ".join(moved)
+            raise ValueError(f"{keys} moved to the section finetune (the stage that trains on people's corrections)")
+        return data
+
+
+# The keys of `train` that the stage `finetune` took over (a params.yaml that still sets one gets a clear error).
+MOVED_TO_FINETUNE = ("feedback", "feedback_cap", "feedback_weight")
+
+
+class FinetuneConfig(Section):
+    """Stage `finetune`: the trained model, warm-started, fine-tuned on people's corrections with replay."""
+
+    feedback: bool = False  # fine-tune on data/feedback/train; false: the candidate is train's model as it is
     feedback_cap: int = Field(0, ge=0)  # the newest corrections trained on; 0 = all
-    feedback_weight: float = Field(1.0, gt=0.0, le=100.0)  # a correction's weight in the loss (a digit of train: 1)
+    feedback_weight: float = Field(1.0, gt=0.0, le=100.0)  # a correction's weight in the loss (a train digit: 1)
+    epochs: int = Field(2, ge=1)  # passes over the replayed train split and the corrections
+    lr: float = Field(3e-4, gt=0.0, le=1.0)  # AdamW, cosine decay from this to 0 (the tuned run peaked near 5e-3)
+    seed: int = Field(0, ge=0)

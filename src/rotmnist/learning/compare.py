@@ -10,21 +10,19 @@ from __future__ import annotations
 import io as bytes_io
 import logging
 from collections.abc import Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from rotmnist.data.dataset import Dataset
 from rotmnist.data.sources import budget_rows
-from rotmnist.errors import PipelineError, first_line
-from rotmnist.io import read_json
+from rotmnist.errors import PipelineError
 from rotmnist.learning.latency import measure_latency
 from rotmnist.learning.metrics import slice_metrics, worst_angle
-from rotmnist.learning.model import RawImageClassifier, classifier_from_spec, predict_labels
+from rotmnist.learning.model import RawImageClassifier, predict_labels, serving_copy
 from rotmnist.learning.recipe import Hyper
 from rotmnist.learning.training import fit
-from rotmnist.spec import normalize_spec, split_configuration
+from rotmnist.spec import split_configuration
 
 if TYPE_CHECKING:
     from rotmnist.config import CompareConfig, LatencyConfig, SlaConfig
@@ -55,29 +53,6 @@ def train_configuration(
     seconds = float(sum(m["epoch_seconds"] for m in fitted.history))
     record = {"train_images": len(rows), "train_seconds": seconds, "trained_by": "compare"}
     return serving_copy(fitted.model), record
-
-
-def serving_copy(model: RawImageClassifier) -> RawImageClassifier:
-    """`model` as it is served: on the CPU, contiguous memory layout, eval mode."""
-    return model.to(memory_format=torch.contiguous_format).cpu().eval()
-
-
-def load_pipeline_model(model_file: Path, run_reference: Path) -> tuple[RawImageClassifier, dict[str, Any]]:
-    """The model `train` wrote (`models/model.pt`, built from the spec in `models/run.json`) and that reference."""
-    reference = read_json(run_reference, made_by="train")
-    if not isinstance(reference, dict) or not isinstance(reference.get("spec"), dict):
-        raise PipelineError(f"{run_reference} lacks the model spec; run `rotmnist train` again")
-    try:
-        model = classifier_from_spec(normalize_spec(reference["spec"]))
-        model.load_state_dict(torch.load(model_file, map_location="cpu", weights_only=True))
-    except FileNotFoundError:
-        raise PipelineError(f"{model_file} does not exist; run `rotmnist train` first") from None
-    except (ValueError, RuntimeError, OSError) as err:
-        first = first_line(err)
-        raise PipelineError(
-            f"{model_file} does not load as the model in {run_reference} ({first}); run `rotmnist train` again"
-        ) from None
-    return serving_copy(model), reference
 
 
 def accuracy_report(model: RawImageClassifier, test: Dataset) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Model families (CNN, MLP, logistic regression) from one factory, and the raw-image classifier users load.
+"""Model families (CNN, MLP, logistic regression) from one factory, the raw-image classifier users load, and train's model.
 
 Every family is "optional conv feature extractor + dense head"; the families differ only in their spec
 (a plain dict, validated by `spec.normalize_spec`).
@@ -7,12 +7,15 @@ Every family is "optional conv feature extractor + dense head"; the families dif
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from rotmnist.errors import PipelineError, first_line
+from rotmnist.io import read_json
 from rotmnist.spec import EVAL_BATCH, IMAGE_SHAPE, N_CLASSES, normalize_spec
 
 IMAGE_SIDE = IMAGE_SHAPE[0]
@@ -126,3 +129,26 @@ def predict_labels(module: RawImageClassifier, x: np.ndarray, batch_size: int = 
     """Predicted digits (N,) int64 of raw images (uint8 or float, 0-255), batched, in eval mode."""
     parts = [z.argmax(1).cpu().numpy() for z in _batches(module, x, batch_size)]
     return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+
+def serving_copy(model: RawImageClassifier) -> RawImageClassifier:
+    """`model` as it is served: on the CPU, contiguous memory layout, eval mode."""
+    return model.to(memory_format=torch.contiguous_format).cpu().eval()
+
+
+def load_pipeline_model(model_file: Path, run_reference: Path) -> tuple[RawImageClassifier, dict[str, Any]]:
+    """The model `train` wrote (`models/model.pt`, built from the spec in `models/run.json`) and that reference."""
+    reference = read_json(run_reference, made_by="train")
+    if not isinstance(reference, dict) or not isinstance(reference.get("spec"), dict):
+        raise PipelineError(f"{run_reference} lacks the model spec; run `rotmnist train` again")
+    try:
+        model = classifier_from_spec(normalize_spec(reference["spec"]))
+        model.load_state_dict(torch.load(model_file, map_location="cpu", weights_only=True))
+    except FileNotFoundError:
+        raise PipelineError(f"{model_file} does not exist; run `rotmnist train` first") from None
+    except (ValueError, RuntimeError, OSError) as err:
+        first = first_line(err)
+        raise PipelineError(
+            f"{model_file} does not load as the model in {run_reference} ({first}); run `rotmnist train` again"
+        ) from None
+    return serving_copy(model), reference

@@ -60,10 +60,10 @@ class Hyper:
 
 # The `train` keys every trial and the final model share (dvc.yaml lists them as the tune stage's params).
 RECIPE_KEYS = ("shift", "label_smoothing", "schedule", "precision")
-# The pipeline's own model (sweep trials, the final model, learn_model) also draws its epochs, averages its
-# weights and weighs corrections the `train` way; `compare` and `curriculum` plan their own passes over their
-# data and keep RECIPE_KEYS.
-PIPELINE_RECIPE_KEYS = (*RECIPE_KEYS, "rotations_per_epoch", "ema", "feedback_weight")
+# The pipeline's own model (sweep trials, the final model, its fine-tune, learn_model) also draws its epochs and
+# averages its weights the `train` way; `compare` and `curriculum` plan their own passes over their data and keep
+# RECIPE_KEYS. How much a correction weighs is the fine-tune's own setting (`finetune.feedback_weight`).
+PIPELINE_RECIPE_KEYS = (*RECIPE_KEYS, "rotations_per_epoch", "ema")
 HYPER_KEYS = ("lr", "weight_decay", "batch_size")  # what the sweep tunes
 
 

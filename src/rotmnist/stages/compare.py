@@ -18,8 +18,9 @@ from rotmnist.config import Config
 from rotmnist.data.dataset import Dataset, load_dataset
 from rotmnist.errors import PipelineError
 from rotmnist.learning import plots
-from rotmnist.learning.compare import load_pipeline_model, mark_pareto, score, train_configuration
+from rotmnist.learning.compare import mark_pareto, score, train_configuration
 from rotmnist.learning.device import apply_threads, resolve_device
+from rotmnist.learning.model import load_pipeline_model
 from rotmnist.learning.recipe import Hyper, hyper_dict, recipe
 from rotmnist.paths import Paths
 from rotmnist.reports import rounded, write_report

@@ -7,7 +7,7 @@ The same log gives the same bytes, so exporting twice changes nothing that DVC s
 
 The log is outside DVC, so DVC cannot tell when it has new corrections: export with `rotmnist feedback`,
 then `dvc repro` (it sees the changed output, runs this stage again, which writes the same bytes, and
-retrains where `train.feedback` is true). The outputs are `persist`ed: DVC keeps them while this runs.
+fine-tunes where `finetune.feedback` is true). The outputs are `persist`ed: DVC keeps them while this runs.
 """
 
 from __future__ import annotations

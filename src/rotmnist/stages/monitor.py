@@ -1,9 +1,10 @@
 """Stage `monitor`: the concept drift check (holdout check), registration, and gated promotion to `champion`.
 
-The candidate from `train` is registered as a new version of `monitor.model_name` (alias `candidate`),
-scored on the holdout split (overall, per angle, per class) and, with the current champion
-re-scored on the same images, moved to alias `champion` only if the gate passes. A failed gate is a
-normal outcome: the stage succeeds, reports why, and the champion stays where it was.
+The candidate from `finetune` (train's model, or that model fine-tuned on people's corrections) is
+registered as a new version of `monitor.model_name` (alias `candidate`), scored on the holdout split
+(overall, per angle, per class) and, with the current champion re-scored on the same images, moved to
+alias `champion` only if the gate passes. A failed gate is a normal outcome: the stage succeeds,
+reports why, and the champion stays where it was.
 
 The report, `reports/monitor.json`, holds no null: a key that would have no value is left out.
 `registry.champion_before`, `registry.compared_with`, `registry.champion_after` and `champion_holdout`
@@ -27,7 +28,6 @@ from rotmnist.config import Config, MonitorConfig
 from rotmnist.data import feedback as corrections
 from rotmnist.data.dataset import Dataset, load_dataset
 from rotmnist.errors import PipelineError
-from rotmnist.io import read_json
 from rotmnist.learning import plots
 from rotmnist.learning.gate import GATE_FAILED, GATE_TAG, Gate, class_distribution, decide
 from rotmnist.learning.metrics import auc, one_vs_rest_roc, roc_grid, sample_curve, slice_metrics, worst_angle
@@ -35,6 +35,7 @@ from rotmnist.paths import Paths
 from rotmnist.reports import write_report
 from rotmnist.spec import N_CLASSES
 from rotmnist.tracking import registry, store
+from rotmnist.tracking.train import read_run_reference
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -44,15 +45,6 @@ log = logging.getLogger(__name__)
 
 TAG_VALUE_MAX = 5000  # MLflow's limit on a model version tag value
 ROC_POINTS = 300  # false positive rates each class's ROC curve is sampled at for `dvc plots`
-
-
-def read_run_reference(path: Path) -> dict[str, Any]:
-    """`models/run.json` written by `train`: at least the training run id and the logged model's URI."""
-    data = read_json(path, made_by="train")
-    missing = [k for k in ("run_id", "model_uri") if not isinstance(data, dict) or not data.get(k)]
-    if missing:
-        raise PipelineError(f"{path} lacks {', '.join(missing)}; run `rotmnist train` again")
-    return data
 
 
 def flat_metrics(report: dict[str, Any], prefix: str = "holdout") -> dict[str, float]:
@@ -264,7 +256,7 @@ def main(config: Config, paths: Paths) -> None:
 
     start = time.perf_counter()
     cfg, name = config.monitor, config.monitor.model_name
-    run = read_run_reference(paths.run_reference)
+    run = read_run_reference(paths.candidate_reference, made_by="finetune")
     holdout = load_dataset(paths.split("holdout"))
     if len(holdout) == 0:
         raise PipelineError(f"the holdout split {paths.split('holdout')} is empty; check split.holdout_fraction")
@@ -307,7 +299,7 @@ def main(config: Config, paths: Paths) -> None:
     plot_dir = paths.plots / "monitor"
     write_plots(plot_dir, holdout, probs, report, 1 - cfg.angle_threshold, curves)
     registry.record_on_training_run(client, run["run_id"], report, flat_metrics(report), plot_dir)
-    lineage = store.data_digest(paths, *paths.lineage_data(config.train.feedback))
+    lineage = store.data_digest(paths, *paths.lineage_data(bool(run.get("finetuned"))))
     tags = version_tags(report, store.git_commit(paths), lineage)
     registry.record_decision(client, name, v, tags, promoted=gate.promoted)
     _announce(report, gate)

@@ -1,7 +1,7 @@
 """Stage `train`: the tuned model trained on the whole train split, evaluated, logged to MLflow; `models/`.
 
-Reads the sweep's choice (`models/best_params.json`), trains it with the shared recipe for
-`train.epochs` (with `train.feedback`, on people's corrections too: data/feedback/train), scores it
+Reads the sweep's choice (`models/best_params.json`), trains it from scratch with the shared recipe
+for `train.epochs` on the train split (people's corrections are the stage `finetune`'s), scores it
 on `val` and on `test` (per angle and per class), logs the run and the model (`torch.export`, no
 pickle) to MLflow, and writes the DVC outputs `monitor` reads, the report (`reports/train.json`) and its
 headline figures (`metrics/train.json`).
@@ -19,7 +19,6 @@ import torch
 
 from rotmnist import io
 from rotmnist.config import Config
-from rotmnist.data import feedback
 from rotmnist.data.dataset import Dataset, load_dataset
 from rotmnist.errors import PipelineError
 from rotmnist.learning.device import apply_threads, resolve_device
@@ -32,7 +31,7 @@ from rotmnist.paths import Paths
 from rotmnist.reports import rounded, write_report
 from rotmnist.spec import describe
 from rotmnist.tracking import store
-from rotmnist.tracking.train import current_uri, log_epoch, log_split_inputs, log_training_results, start_run
+from rotmnist.tracking.train import log_epoch, log_split_inputs, log_training_results, start_run, write_run_reference
 
 log = logging.getLogger(__name__)
 
@@ -131,20 +130,14 @@ def main(config: Config, paths: Paths) -> None:
     train, val, test = splits["train"], splits["val"], splits["test"]
     if len(train) == 0 or len(test) == 0:
         raise PipelineError("the train and test splits must not be empty; check the split stage")
-    n_feedback = 0
-    if config.train.feedback:  # people's corrections join the train split (never val, holdout or test)
-        corrections = feedback.training_rows(paths.feedback / "train", config.train.feedback_cap)
-        log.info("training on %d of people's corrections too", len(corrections))
-        train, n_feedback = Dataset.concat([train, corrections]), len(corrections)
     hp = recipe(config, hyper, config.train.epochs, PIPELINE_RECIPE_KEYS)
     device = resolve_device(config.train.device)
     experiment_id = store.configure_mlflow(config, paths)
-    tags = store.standard_tags(paths, *paths.lineage_data(config.train.feedback))
+    tags = store.standard_tags(paths, *paths.lineage_data())
     tags |= {"stage": "train", "family": spec["family"]}
     tags |= {"tuned_by": str(best.get("parent_run_id", "")), "tuned_trial": str(best.get("trial", ""))}
     name = f"train-{describe(spec)}-e{hp.epochs}"
     params = {**spec, **hyper_dict(hp, device), "train_images": len(train), "device": device.type}
-    params["feedback_images"] = n_feedback
     with start_run(name, tags, params) as run_id:
         log_split_inputs(splits, paths, tags["data_hash"])
         fitted = fit(
@@ -168,10 +161,8 @@ def main(config: Config, paths: Paths) -> None:
         )
     with io.atomic_path(paths.model_file) as tmp:
         torch.save(model.state_dict(), tmp)
-    reference = {"run_id": run_id, "model_uri": model_uri, "experiment_id": experiment_id, "spec": spec}
-    io.write_json(paths.run_reference, reference | {"tracking_uri": current_uri()})
+    write_run_reference(paths.run_reference, run_id, model_uri, experiment_id=experiment_id, spec=spec)
     detail = summary(report, val_scores, fitted.history, hp.epochs, len(train)) | lat
-    detail["feedback_images"] = n_feedback
     detail = write_report(paths.report("train"), paths.headline("train"), rounded(detail), headline, start)
     log.info(
         "test accuracy %.4f (upright %.4f, worst rotation %.4f) in %.0f s; model %s",

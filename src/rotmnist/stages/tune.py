@@ -1,7 +1,5 @@
 """Stage `tune`: the Optuna sweep on a subset of `train`, scored on `val`; writes `models/best_params.json`.
 
-With `train.feedback`, the subset holds the same share of people's corrections (data/feedback/train).
-
 Every trial is a nested MLflow run under one sweep run (see `rotmnist.tracking.tune`); the study resumes
 where a killed run left it, and parallel workers can share it (journal file or PostgreSQL).
 """
@@ -14,9 +12,8 @@ from typing import Any
 
 from rotmnist import io
 from rotmnist.config import Config
-from rotmnist.data import feedback
-from rotmnist.data.dataset import Dataset, load_dataset
-from rotmnist.data.sources import make_folds, subsample_sources, sweep_subsets
+from rotmnist.data.dataset import load_dataset
+from rotmnist.data.sources import make_folds, sweep_subsets
 from rotmnist.learning.device import apply_threads
 from rotmnist.paths import Paths
 from rotmnist.reports import write_report
@@ -42,14 +39,9 @@ def main(config: Config, paths: Paths) -> None:
     train = load_dataset(paths.split("train"))
     val = load_dataset(paths.split("val")) if config.tune.cv_folds == 1 else None
     train, val = sweep_subsets(train, val, config.tune)
-    if config.train.feedback:  # the same share of the corrections as of the train split's digits
-        corrections = feedback.training_rows(paths.feedback / "train", config.train.feedback_cap)
-        corrections = subsample_sources(corrections, config.tune.train_fraction, config.tune.seed)
-        log.info("the sweep trains on %d of people's corrections too", len(corrections))
-        train = Dataset.concat([train, corrections])
     folds = make_folds(train, val, config.tune.cv_folds, config.tune.seed)
     store.configure_mlflow(config, paths)
-    tags = store.standard_tags(paths, *paths.lineage_data(config.train.feedback)) | {"stage": "tune"}
+    tags = store.standard_tags(paths, *paths.lineage_data()) | {"stage": "tune"}
     log.info("sweep on %d train / %s val images", len(train), len(val) if val is not None else "CV")
     result = run_sweep(folds, config, paths, data_hash=tags["data_hash"], tags=tags, source=paths.splits)
     io.write_json(paths.best_params, best_params_document(result))

@@ -1,7 +1,7 @@
 """The MLflow run of a final training: params, split inputs, per-epoch metrics, results and the exported model.
 
-Used by the stage `train`; kept apart from `tracking` (which the sweep uses too), so a change to how
-the final model is logged does not invalidate the sweep in `dvc.yaml`.
+Used by the stages `train` and `finetune` (whose runs log a model the same way); kept apart from `tracking` (which
+the sweep uses too), so a change to how the final model is logged does not invalidate the sweep in `dvc.yaml`.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from rotmnist.errors import PipelineError
+from rotmnist.io import read_json, write_json
 from rotmnist.spec import IMAGE_SHAPE, N_CLASSES
 from rotmnist.tracking.store import array_digest, log_dataset
 
@@ -47,6 +49,21 @@ def current_uri() -> str:
     import mlflow
 
     return mlflow.get_tracking_uri()
+
+
+def write_run_reference(path: Path, run_id: str, model_uri: str, **extra: Any) -> None:
+    """A model reference (`models/run.json`, `models/candidate.json`): the run, the logged model, the tracking URI."""
+    reference = {"run_id": run_id, "model_uri": model_uri, **extra, "tracking_uri": current_uri()}
+    write_json(path, reference)
+
+
+def read_run_reference(path: Path, made_by: str) -> dict[str, Any]:
+    """A model reference written by stage `made_by`: at least the run id and the logged model's URI."""
+    data = read_json(path, made_by=made_by)
+    missing = [k for k in ("run_id", "model_uri") if not isinstance(data, dict) or not data.get(k)]
+    if missing:
+        raise PipelineError(f"{path} lacks {', '.join(missing)}; run `rotmnist {made_by}` again")
+    return data
 
 
 def log_split_inputs(splits: dict[str, Dataset], paths: Paths, data_hash: str) -> None:

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
-from rotmnist import io
 from rotmnist.config import SlaConfig
 from rotmnist.data.dataset import Dataset
 from rotmnist.errors import PipelineError
 from rotmnist.learning import compare
-from rotmnist.learning.model import classifier_from_spec, predict_proba
+from rotmnist.learning.model import classifier_from_spec
 
 
 def _dataset(angles: list[int]) -> Dataset:
@@ -73,27 +71,3 @@ def test_model_size_counts_parameters_and_the_saved_bytes():
     size = compare.model_size(classifier_from_spec({"family": "logreg"}))
     assert size["parameters"] == 28 * 28 * 10 + 10
     assert size["model_bytes"] > 4 * size["parameters"]
-
-
-def test_the_pipeline_model_loads_from_its_state_dict_and_spec(tmp_path):
-    spec = {"family": "mlp", "layers": 1, "width": 16}
-    torch.manual_seed(0)
-    model = classifier_from_spec(spec, 30.0, 70.0).eval()
-    torch.save(model.state_dict(), tmp_path / "model.pt")
-    io.write_json(tmp_path / "run.json", {"run_id": "r", "spec": spec})
-    loaded, reference = compare.load_pipeline_model(tmp_path / "model.pt", tmp_path / "run.json")
-    x = np.random.default_rng(0).integers(0, 256, (4, 28, 28)).astype(np.uint8)
-    assert np.allclose(predict_proba(loaded, x), predict_proba(model, x))
-    assert reference["spec"] == spec
-
-
-def test_a_missing_or_mismatched_pipeline_model_says_to_run_train(tmp_path):
-    io.write_json(tmp_path / "run.json", {"run_id": "r", "spec": {"family": "mlp", "layers": 1, "width": 16}})
-    with pytest.raises(PipelineError, match="run `rotmnist train` first"):
-        compare.load_pipeline_model(tmp_path / "model.pt", tmp_path / "run.json")
-    torch.save(classifier_from_spec({"family": "logreg"}).state_dict(), tmp_path / "model.pt")
-    with pytest.raises(PipelineError, match="does not load as the model"):
-        compare.load_pipeline_model(tmp_path / "model.pt", tmp_path / "run.json")
-    io.write_json(tmp_path / "run.json", {"run_id": "r"})
-    with pytest.raises(PipelineError, match="lacks the model spec"):
-        compare.load_pipeline_model(tmp_path / "model.pt", tmp_path / "run.json")

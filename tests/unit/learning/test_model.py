@@ -6,7 +6,16 @@ import numpy as np
 import pytest
 import torch
 
-from rotmnist.learning.model import RawImageClassifier, build_model, classifier_from_spec, predict_labels, predict_proba
+from rotmnist import io
+from rotmnist.errors import PipelineError
+from rotmnist.learning.model import (
+    RawImageClassifier,
+    build_model,
+    classifier_from_spec,
+    load_pipeline_model,
+    predict_labels,
+    predict_proba,
+)
 from rotmnist.spec import describe
 
 SPECS = [
@@ -114,3 +123,27 @@ def test_inference_rejects_wrong_shapes(bad):
 def test_inference_rejects_a_bad_batch_size():
     with pytest.raises(ValueError, match="batch_size must be >= 1"):
         predict_labels(classifier_from_spec({"family": "logreg"}), images(2), batch_size=0)
+
+
+def test_the_pipeline_model_loads_from_its_state_dict_and_spec(tmp_path):
+    spec = {"family": "mlp", "layers": 1, "width": 16}
+    torch.manual_seed(0)
+    original = classifier_from_spec(spec, 30.0, 70.0).eval()
+    torch.save(original.state_dict(), tmp_path / "model.pt")
+    io.write_json(tmp_path / "run.json", {"run_id": "r", "spec": spec})
+    loaded, reference = load_pipeline_model(tmp_path / "model.pt", tmp_path / "run.json")
+    x = np.random.default_rng(0).integers(0, 256, (4, 28, 28)).astype(np.uint8)
+    assert np.allclose(predict_proba(loaded, x), predict_proba(original, x))
+    assert reference["spec"] == spec
+
+
+def test_a_missing_or_mismatched_pipeline_model_says_to_run_train(tmp_path):
+    io.write_json(tmp_path / "run.json", {"run_id": "r", "spec": {"family": "mlp", "layers": 1, "width": 16}})
+    with pytest.raises(PipelineError, match="run `rotmnist train` first"):
+        load_pipeline_model(tmp_path / "model.pt", tmp_path / "run.json")
+    torch.save(classifier_from_spec({"family": "logreg"}).state_dict(), tmp_path / "model.pt")
+    with pytest.raises(PipelineError, match="does not load as the model"):
+        load_pipeline_model(tmp_path / "model.pt", tmp_path / "run.json")
+    io.write_json(tmp_path / "run.json", {"run_id": "r"})
+    with pytest.raises(PipelineError, match="lacks the model spec"):
+        load_pipeline_model(tmp_path / "model.pt", tmp_path / "run.json")

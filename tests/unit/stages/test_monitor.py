@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 
@@ -78,20 +76,6 @@ def test_write_plots_writes_csv_for_dvc_and_png(tmp_path):
     roc = (tmp_path / "p" / "roc.csv").read_text().splitlines()
     assert roc[0] == "fpr," + ",".join(f"class_{c}" for c in range(10)) and roc[1].startswith("0.0,")
     assert not list((tmp_path / "p").glob(".*tmp*"))  # atomic writes leave no temp files
-
-
-def test_read_run_reference(tmp_path):
-    path = tmp_path / "run.json"
-    with pytest.raises(PipelineError, match="run `rotmnist train` first"):
-        monitor.read_run_reference(path)
-    path.write_text("{not json")
-    with pytest.raises(PipelineError, match="not valid JSON"):
-        monitor.read_run_reference(path)
-    path.write_text(json.dumps({"run_id": "abc"}))
-    with pytest.raises(PipelineError, match="lacks model_uri"):
-        monitor.read_run_reference(path)
-    path.write_text(json.dumps({"run_id": "abc", "model_uri": "models:/m-1"}))
-    assert monitor.read_run_reference(path)["model_uri"] == "models:/m-1"
 
 
 def test_flat_metrics_and_version_tags_carry_the_decision():

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import mlflow
 import numpy as np
 import pytest
 import torch
 
+from rotmnist.errors import PipelineError
 from rotmnist.learning.model import classifier_from_spec, predict_labels
 from rotmnist.tracking import store
 from rotmnist.tracking import train as training_run
@@ -46,3 +49,20 @@ def test_log_classifier_refuses_an_input_example_that_would_fix_the_batch_size(w
     module = classifier_from_spec({"family": "logreg"})
     with mlflow.start_run(), pytest.raises(ValueError, match="N not in 0, 1, 10, 28"):
         training_run.log_classifier(module, input_example=np.zeros((n, 28, 28), np.float32))
+
+
+def test_a_model_reference_round_trips_and_a_broken_one_names_the_stage_to_run(tmp_path):
+    path = tmp_path / "candidate.json"
+    with pytest.raises(PipelineError, match="run `rotmnist finetune` first"):
+        training_run.read_run_reference(path, made_by="finetune")
+    path.write_text("{not json")
+    with pytest.raises(PipelineError, match="not valid JSON"):
+        training_run.read_run_reference(path, made_by="finetune")
+    path.write_text(json.dumps({"run_id": "abc"}))
+    with pytest.raises(PipelineError, match="lacks model_uri; run `rotmnist train` again"):
+        training_run.read_run_reference(path, made_by="train")
+    training_run.write_run_reference(path, "abc", "models:/m-1", finetuned=True)
+    reference = training_run.read_run_reference(path, made_by="finetune")
+    assert reference == {"run_id": "abc", "model_uri": "models:/m-1", "finetuned": True} | {
+        "tracking_uri": training_run.current_uri()
+    }

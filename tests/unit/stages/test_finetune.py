@@ -1,0 +1,75 @@
+"""The finetune stage: its recipe, its report, and the candidate it writes when there is nothing to fine-tune."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from rotmnist import io
+from rotmnist.config import config_from_dict
+from rotmnist.data import feedback
+from rotmnist.errors import PipelineError
+from rotmnist.paths import Paths
+from rotmnist.reports import metrics_problems
+from rotmnist.stages import finetune
+
+
+def test_the_fine_tune_keeps_the_sweeps_choice_and_trains_on_its_own_schedule():
+    config = config_from_dict(
+        {
+            "train": {"shift": 1, "label_smoothing": 0.1, "precision": "fp32", "rotations_per_epoch": 2, "ema": 0.99},
+            "finetune": {"lr": 1e-4, "epochs": 3, "feedback_weight": 2.0},
+        }
+    )
+    hp = finetune.finetune_hyper(config, {"lr": 5e-3, "weight_decay": 1e-3, "batch_size": 128, "dropout": 0.2})
+    assert (hp.lr, hp.epochs, hp.feedback_weight, hp.schedule) == (1e-4, 3, 2.0, "cosine")
+    assert (hp.weight_decay, hp.batch_size) == (1e-3, 128)  # the tuned run's, not re-tuned
+    assert (hp.shift, hp.label_smoothing, hp.precision, hp.rotations_per_epoch, hp.ema) == (1, 0.1, "fp32", 2, 0.99)
+
+
+def test_the_change_is_in_points_per_angle_and_the_largest_drop_is_never_negative():
+    base = {"accuracy": 0.99, "per_angle": {"-30": 0.99, "0": 0.995, "30": 0.98}}
+    tuned = {"accuracy": 0.99, "per_angle": {"-30": 0.985, "0": 0.996, "30": 0.98}}
+    change = finetune.test_change(base, tuned)
+    assert change["per_angle"] == pytest.approx({"-30": -0.5, "0": 0.1, "30": 0.0})
+    assert (change["largest_drop"], change["largest_drop_angle"]) == (pytest.approx(0.5), -30)
+    better = finetune.test_change(base, {"accuracy": 1.0, "per_angle": dict.fromkeys(base["per_angle"], 1.0)})
+    assert better["largest_drop"] == 0.0
+
+
+@pytest.fixture
+def trained(tmp_path):
+    """A workspace where `train` has written its model and reference (no MLflow needed to pass them through)."""
+    paths = Paths(root=tmp_path, store_root=tmp_path)
+    paths.models.mkdir()
+    paths.model_file.write_bytes(b"the weights train wrote")
+    reference = {"run_id": "r1", "model_uri": "models:/m-1", "experiment_id": "1", "spec": {"family": "logreg"}}
+    io.write_json(paths.run_reference, reference | {"tracking_uri": "sqlite:///x.db"})
+    return paths
+
+
+@pytest.mark.parametrize("switch", [False, True])
+def test_without_corrections_the_candidate_is_trains_model_byte_for_byte(trained, switch, caplog):
+    paths = trained
+    if switch:  # switched on, but the export holds no corrections yet
+        feedback.save(feedback.empty(), paths.feedback / "train")
+    caplog.set_level(logging.INFO, logger=finetune.log.name)
+    finetune.main(config_from_dict({"finetune": {"feedback": switch}}), paths)
+    assert paths.candidate_file.read_bytes() == paths.model_file.read_bytes()
+    reference = json.loads(paths.run_reference.read_text())
+    candidate = json.loads(paths.candidate_reference.read_text())
+    assert candidate == reference | {"finetuned": False, "base_run_id": "r1"}
+    why = "holds no corrections" if switch else "finetune.feedback is false"
+    assert f"{why}: the candidate is train's model (run r1)" in caplog.text
+    report = json.loads(paths.report("finetune").read_text())
+    headline = json.loads(paths.headline("finetune").read_text())
+    assert report["finetuned"] is False and report["feedback_images"] == 0
+    assert set(headline) == {"finetuned", "feedback_images", "seconds"} and metrics_problems(headline) == []
+
+
+def test_a_missing_train_reference_says_to_run_train(tmp_path):
+    paths = Paths(root=tmp_path, store_root=tmp_path)
+    with pytest.raises(PipelineError, match="run `rotmnist train`"):
+        finetune.main(config_from_dict({}), paths)
