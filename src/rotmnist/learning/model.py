@@ -1,4 +1,4 @@
-"""Model families (CNN, MLP, logistic regression) from one factory, the raw-image classifier users load, and train's model.
+"""Model families (CNN, MLP, logistic regression) from one factory, the raw-image classifier, and train's model.
 
 Every family is "optional conv feature extractor + dense head"; the families differ only in their spec
 (a plain dict, validated by `spec.normalize_spec`).

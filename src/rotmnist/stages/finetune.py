@@ -6,10 +6,12 @@ same weights, so `monitor` registers exactly what `train` logged.
 
 With `finetune.feedback: true` and corrections, the stage warm-starts from train's model (its weights and
 pixel normalisation) and trains it for `finetune.epochs` at a small learning rate on the train split
-replayed (`train.rotations_per_epoch` rotations of every source digit per epoch, as `train` drew them)
+replayed (`finetune.replay_rotations` of the seven rotations of every source digit per epoch, drawn afresh)
 together with the newest `finetune.feedback_cap` corrections, each weighing `finetune.feedback_weight` in
-the loss. Replay keeps what the model knew; the corrections teach it what people saw. It is minutes, not
-the from-scratch training's half hour, and the sweep's choice is kept rather than re-tuned.
+the loss. Replay keeps what the model knew; the corrections teach it what people saw. The candidate's weights
+are then a blend, `finetune.blend` of the fine-tuned model's and the rest of train's (weight-space ensembling):
+most of what the corrections taught for a fraction of what the fine-tune cost the trained angles. It is
+minutes, not the from-scratch training's half hour, and the sweep's choice is kept rather than re-tuned.
 
 It scores the fine-tuned model and train's model on the test split at every angle (the report's
 `test_change` is the difference in points), logs an MLflow run with the model, and writes the candidate.
@@ -17,6 +19,7 @@ It scores the fine-tuned model and train's model on the test split at every angl
 
 from __future__ import annotations
 
+import copy
 import logging
 import shutil
 import time
@@ -50,13 +53,13 @@ from rotmnist.tracking.train import (
 
 log = logging.getLogger(__name__)
 
-# The recipe keys of `train` the fine-tune keeps (its learning rate, schedule and epochs are its own).
-KEPT_RECIPE_KEYS = tuple(k for k in PIPELINE_RECIPE_KEYS if k != "schedule")
+# The recipe keys of `train` the fine-tune keeps (its learning rate, schedule, epochs and replay are its own).
+KEPT_RECIPE_KEYS = tuple(k for k in PIPELINE_RECIPE_KEYS if k not in ("schedule", "rotations_per_epoch"))
 
 
 def finetune_hyper(config: Config, tuned: dict[str, Any]) -> Hyper:
-    """The fine-tune's settings: `finetune`'s lr (cosine decay to 0), epochs and correction weight; the tuned
-    weight decay and batch size; and train's recipe (shift, label smoothing, precision, rotations, EMA)."""
+    """The fine-tune's settings: `finetune`'s lr (cosine decay to 0), epochs, replay and correction weight; the
+    tuned weight decay and batch size; and train's recipe (shift, label smoothing, precision, EMA)."""
     ft = config.finetune
     return Hyper(
         lr=ft.lr,
@@ -64,9 +67,24 @@ def finetune_hyper(config: Config, tuned: dict[str, Any]) -> Hyper:
         batch_size=tuned["batch_size"],
         epochs=ft.epochs,
         schedule="cosine",
+        rotations_per_epoch=ft.replay_rotations,
         feedback_weight=ft.feedback_weight,
         **config.train.model_dump(include=set(KEPT_RECIPE_KEYS)),
     )
+
+
+def blended(base: RawImageClassifier, tuned: RawImageClassifier, share: float) -> RawImageClassifier:
+    """A copy of `tuned` whose every float tensor (weights, batch-norm statistics, pixel normalisation) is
+    `share` of its own and the rest `base`'s; share 1 is `tuned` as it is."""
+    if share == 1.0:
+        return tuned
+    start = base.state_dict()
+    state = {
+        k: torch.lerp(start[k].to(v), v, share) if v.is_floating_point() else v for k, v in tuned.state_dict().items()
+    }
+    model = copy.deepcopy(tuned)
+    model.load_state_dict(state)
+    return model
 
 
 def per_angle(model: RawImageClassifier, test: Dataset) -> dict[str, Any]:
@@ -128,7 +146,7 @@ def fine_tune(config: Config, paths: Paths, base_reference: dict[str, Any], corr
     tags |= {"stage": "finetune", "family": spec["family"], "base_run_id": base_reference["run_id"]}
     name = f"finetune-{describe(spec)}-n{len(corrections)}-e{hp.epochs}"
     params = {**spec, **hyper_dict(hp, device), "device": device.type, "base_run_id": base_reference["run_id"]}
-    params |= {"train_images": len(train), "feedback_images": len(corrections)}
+    params |= {"train_images": len(train), "feedback_images": len(corrections), "blend": config.finetune.blend}
     log.info("fine-tuning train's model on %d corrections with %d train digits replayed", len(corrections), len(train))
     mix = Dataset.concat([train, corrections])  # replay: the corrections beside every digit train learned from
     with start_run(name, tags, params) as run_id:
@@ -136,7 +154,7 @@ def fine_tune(config: Config, paths: Paths, base_reference: dict[str, Any], corr
         fitted = fit(
             spec, mix, None, hp, device=device, seed=config.finetune.seed, on_epoch=log_epoch, desc=name, init=base
         )
-        model = serving_copy(fitted.model)
+        model = blended(base, serving_copy(fitted.model), config.finetune.blend)
         before, after = per_angle(base, test), per_angle(model, test)
         change = test_change(before, after)
         metrics = {"test_accuracy": after["accuracy"], "test_largest_drop_points": change["largest_drop"]}
@@ -155,6 +173,7 @@ def fine_tune(config: Config, paths: Paths, base_reference: dict[str, Any], corr
         "base_run_id": base_reference["run_id"],
         "run_id": run_id,
         "epochs": hp.epochs,
+        "blend": config.finetune.blend,
         "images_trained": images,
         "images_per_second": round(images / seconds, 1),
         "test": after,

@@ -6,11 +6,13 @@ import json
 import logging
 
 import pytest
+import torch
 
 from rotmnist import io
 from rotmnist.config import config_from_dict
 from rotmnist.data import feedback
 from rotmnist.errors import PipelineError
+from rotmnist.learning.model import classifier_from_spec
 from rotmnist.paths import Paths
 from rotmnist.reports import metrics_problems
 from rotmnist.stages import finetune
@@ -20,13 +22,13 @@ def test_the_fine_tune_keeps_the_sweeps_choice_and_trains_on_its_own_schedule():
     config = config_from_dict(
         {
             "train": {"shift": 1, "label_smoothing": 0.1, "precision": "fp32", "rotations_per_epoch": 2, "ema": 0.99},
-            "finetune": {"lr": 1e-4, "epochs": 3, "feedback_weight": 2.0},
+            "finetune": {"lr": 1e-4, "epochs": 3, "feedback_weight": 2.0, "replay_rotations": 0},
         }
     )
     hp = finetune.finetune_hyper(config, {"lr": 5e-3, "weight_decay": 1e-3, "batch_size": 128, "dropout": 0.2})
-    assert (hp.lr, hp.epochs, hp.feedback_weight, hp.schedule) == (1e-4, 3, 2.0, "cosine")
+    assert (hp.lr, hp.epochs, hp.feedback_weight, hp.schedule, hp.rotations_per_epoch) == (1e-4, 3, 2.0, "cosine", 0)
     assert (hp.weight_decay, hp.batch_size) == (1e-3, 128)  # the tuned run's, not re-tuned
-    assert (hp.shift, hp.label_smoothing, hp.precision, hp.rotations_per_epoch, hp.ema) == (1, 0.1, "fp32", 2, 0.99)
+    assert (hp.shift, hp.label_smoothing, hp.precision, hp.ema) == (1, 0.1, "fp32", 0.99)  # train's recipe
 
 
 def test_the_change_is_in_points_per_angle_and_the_largest_drop_is_never_negative():
@@ -73,3 +75,18 @@ def test_a_missing_train_reference_says_to_run_train(tmp_path):
     paths = Paths(root=tmp_path, store_root=tmp_path)
     with pytest.raises(PipelineError, match="run `rotmnist train`"):
         finetune.main(config_from_dict({}), paths)
+
+
+def test_the_blend_moves_every_float_tensor_toward_trains_model_and_leaves_the_fine_tuned_one_alone():
+    torch.manual_seed(0)
+    spec = {"family": "cnn", "blocks": 1, "channels": 4, "kernel": 3, "dense": 8, "batch_norm": True}
+    base, tuned = classifier_from_spec(spec, 30.0, 70.0).eval(), classifier_from_spec(spec, 40.0, 80.0).eval()
+    assert finetune.blended(base, tuned, 1.0) is tuned
+    before = {k: v.clone() for k, v in tuned.state_dict().items()}
+    mixed = finetune.blended(base, tuned, 0.8).state_dict()
+    for key, value in before.items():
+        if value.is_floating_point():
+            assert torch.allclose(mixed[key], 0.8 * value + 0.2 * base.state_dict()[key], atol=1e-6), key
+        else:  # batch-norm's step counter stays the fine-tuned model's
+            assert torch.equal(mixed[key], value), key
+    assert all(torch.equal(v, before[k]) for k, v in tuned.state_dict().items())
