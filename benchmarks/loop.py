@@ -231,7 +231,8 @@ def print_report(r: dict) -> None:
     if r["gate"] != "passed":
         print(f"gate reasons: {r['gate_reasons']}")
     print(f"champion: v{r['versions']['before']} -> v{r['versions']['after']}\n")
-    print("| test digits | before | after | change (points) |\n|---|---:|---:|---:|")
+    served = "after (the new champion)" if r["versions"]["after"] != "-" else "after (the same champion)"
+    print(f"| test digits, through the server | before | {served} | change (points) |\n|---|---:|---:|---:|")
     rows = [(f"{r['angle']:g} deg (unseen)", r["before"]["unseen"], r["after"]["unseen"])]
     rows += [(f"{a} deg", r["before"]["trained"][a], r["after"]["trained"][a]) for a in r["before"]["trained"]]
     for name, b, a in rows:

@@ -84,3 +84,13 @@ def test_with_check_a_loop_whose_candidate_fails_the_gate_exits_1_naming_the_rea
     assert f"check failed: the gate kept champion v1: {report['gate_reasons']}" in proc.stderr
     assert f"gate reasons: {report['gate_reasons']}" in proc.stdout
     assert json.loads((repo / "reports/finetune.json").read_text())["finetuned"] is True
+
+
+def test_the_finetune_levers_benchmark_prints_a_row_per_blend_with_the_goals_verdict(trained_repo):
+    cmd = [sys.executable, "-m", "benchmarks.finetune", "--repo", str(trained_repo), "--max-corrections", "20"]
+    proc = subprocess.run([*cmd, "--only", "default"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = [line.split(" | ") for line in proc.stdout.splitlines() if line.startswith("| default |")]
+    assert [row[1] for row in rows] == ["0.6", "0.7", "1"]  # the blends, each scored
+    assert all(row[-1].rstrip(" |") in ("yes", "no") for row in rows)
+    assert "corrections" in proc.stdout.splitlines()[0]
