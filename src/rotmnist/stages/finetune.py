@@ -5,7 +5,7 @@ is train's model as it is: `models/candidate.json` names train's run and `models
 same weights, so `monitor` registers exactly what `train` logged.
 
 With `finetune.feedback: true` and corrections, the stage warm-starts from train's model (its weights and
-pixel normalisation) and trains it for `finetune.epochs` at a small learning rate on the train split
+pixel normalisation) and trains it for `finetune.epochs` (`finetune.lr`, cosine decay) on the train split
 replayed (`finetune.replay_rotations` of the seven rotations of every source digit per epoch, drawn afresh)
 together with the newest `finetune.feedback_cap` corrections, each weighing `finetune.feedback_weight` in
 the loss. Replay keeps what the model knew; the corrections teach it what people saw. The candidate's weights
@@ -13,7 +13,7 @@ are then a blend, `finetune.blend` of the fine-tuned model's and the rest of tra
 most of what the corrections taught for a fraction of what the fine-tune cost the trained angles. It is
 minutes, not the from-scratch training's half hour, and the sweep's choice is kept rather than re-tuned.
 
-It scores the fine-tuned model and train's model on the test split at every angle (the report's
+It scores the candidate and train's model on the test split at every angle (the report's
 `test_change` is the difference in points), logs an MLflow run with the model, and writes the candidate.
 """
 

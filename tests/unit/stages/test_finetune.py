@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 
+import numpy as np
 import pytest
 import torch
 
@@ -90,3 +91,15 @@ def test_the_blend_moves_every_float_tensor_toward_trains_model_and_leaves_the_f
         else:  # batch-norm's step counter stays the fine-tuned model's
             assert torch.equal(mixed[key], value), key
     assert all(torch.equal(v, before[k]) for k, v in tuned.state_dict().items())
+
+
+def test_a_sweep_choice_that_is_not_trains_model_is_refused_before_training(trained):
+    paths = trained
+    torch.save(classifier_from_spec({"family": "logreg"}).state_dict(), paths.model_file)
+    hyper = {"lr": 0.003, "weight_decay": 1e-4, "batch_size": 64}
+    io.write_json(paths.best_params, {"spec": {"family": "mlp", "layers": 1, "width": 16}, "hyper": hyper})
+    one = feedback.corrections(np.zeros((1, 28, 28), np.uint8), np.array([7]), ["a" * 32], np.zeros(1), np.ones(1))
+    feedback.save(one, paths.feedback / "train")
+    with pytest.raises(PipelineError, match=r"best_params.json \(mlp-.*\) is not train's model \(logreg\)"):
+        finetune.main(config_from_dict({"finetune": {"feedback": True}}), paths)
+    assert not paths.candidate_file.exists() and not paths.candidate_reference.exists()
