@@ -279,10 +279,10 @@ def test_a_second_repro_changes_nothing(repo):
 @pytest.mark.parametrize(
     ("module", "stages"),
     [
-        ("tracking/train.py", {"train"}),  # the final training's logging: never the sweep
+        ("tracking/train.py", {"train", "finetune", "monitor"}),  # a model's logging and reference: never the sweep
         ("data/rotation.py", {"augment"}),
         ("learning/gate.py", {"monitor", "curriculum"}),  # the drift rule, in the stage and the simulation
-        ("learning/training.py", {"tune", "train", "compare", "curriculum"}),
+        ("learning/training.py", {"tune", "train", "finetune", "compare", "curriculum"}),
     ],
 )
 def test_editing_a_module_reruns_exactly_the_stages_that_import_it(repo, module, stages):

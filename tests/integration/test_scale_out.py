@@ -205,8 +205,8 @@ def server(request, tmp_path) -> str:
 def test_tune_train_and_monitor_track_through_a_tracking_server(tmp_path, splits, monkeypatch, server):
     """Runs, nested trials, the registered version with its tags and the champion alias arrive through HTTP."""
     from rotmnist.config import config_from_dict
+    from rotmnist.stages import finetune, train, tune
     from rotmnist.stages import monitor as monitor_stage
-    from rotmnist.stages import train, tune
     from rotmnist.tracking import registry
 
     ws = workspace(tmp_path / "ws", splits, "served")
@@ -220,6 +220,7 @@ def test_tune_train_and_monitor_track_through_a_tracking_server(tmp_path, splits
     config = config_from_dict(params)
     tune.main(config, ws)
     train.main(config, ws)
+    finetune.main(config, ws)
     monitor_stage.main(config, ws)
 
     client = MlflowClient(server)

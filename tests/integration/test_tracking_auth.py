@@ -122,7 +122,7 @@ def test_tune_train_and_monitor_track_through_the_server_with_a_users_login(tmp_
     params["monitor"] = {"model_name": "guarded", "threshold": 1.0, "angle_threshold": 1.0}
     params["latency"] = {"warmup": 2, "single_calls": 20, "batch_size": 32, "batch_calls": 2}
     (ws.root / "params.yaml").write_text(yaml.safe_dump(params))
-    for stage in ("tune", "train", "monitor"):
+    for stage in ("tune", "train", "finetune", "monitor"):
         done = rotmnist(stage, ws, stage_env(server, analyst))
         assert done.returncode == 0, f"rotmnist {stage}:\n{done.stderr[-3000:]}"
 

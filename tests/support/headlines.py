@@ -27,6 +27,10 @@ HEADLINES = {
         "test_worst_angle_accuracy": lambda r: worst_angle(r["test"]["per_angle"])[1],
         "images_per_second": lambda r: r["images_per_second"],
     },
+    "finetune": {
+        "finetuned": lambda r: r["finetuned"],
+        "test_largest_drop_points": lambda r: r.get("test_change", {}).get("largest_drop"),
+    },
     "monitor": {
         "holdout_accuracy": lambda r: r["holdout"]["accuracy"],
         "holdout_worst_angle": lambda r: worst_angle(r["holdout"]["per_angle"])[0],

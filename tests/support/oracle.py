@@ -66,12 +66,14 @@ def make_config(**monitor_keys) -> Config:
 
 
 def train_run(paths: Paths, module: nn.Module, config: Config | None = None) -> dict:
-    """What `train` leaves behind for `monitor`: a run with the logged model, and models/run.json."""
+    """What `train` and `finetune` (passing train's model through) leave behind for `monitor`: a run with the
+    logged model, models/run.json and models/candidate.json."""
     store.configure_mlflow(config or make_config(), paths)
     with mlflow.start_run(run_name="train") as run:
         uri = training_run.log_classifier(module.eval(), name="model")
     ref = {"run_id": run.info.run_id, "model_uri": uri}
-    io.write_json(paths.models / "run.json", ref)
+    io.write_json(paths.run_reference, ref)
+    io.write_json(paths.candidate_reference, ref | {"finetuned": False, "base_run_id": ref["run_id"]})
     return ref
 
 

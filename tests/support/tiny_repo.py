@@ -96,7 +96,7 @@ def assert_each_headline_is_its_report(repo: Path) -> None:
         expected = expected_headline(stage, json.loads((repo / "reports" / f"{stage}.json").read_text()))
         assert headline == expected, stage
         assert {k: type(v) for k, v in headline.items()} == {k: type(v) for k, v in expected.items()}, stage
-        assert headline["seconds"] > 0, stage
+        assert headline["seconds"] > 0 or (stage == "finetune" and not headline["finetuned"]), stage  # a copy: ~0 s
 
 
 def assert_dvc_shows_every_metric(repo: Path) -> None:

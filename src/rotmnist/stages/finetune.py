@@ -101,12 +101,9 @@ def test_change(base: dict[str, Any], tuned: dict[str, Any]) -> dict[str, Any]:
 
 
 def headline(report: dict[str, Any]) -> dict[str, Any]:
-    """metrics/finetune.json: whether it fine-tuned, on how many corrections; the test accuracy and largest drop."""
-    tuned = report.get("test", {})
+    """metrics/finetune.json: whether it fine-tuned and, if so, the largest drop of a trained angle on test."""
     return {
         "finetuned": report["finetuned"],
-        "feedback_images": report["feedback_images"],
-        "test_accuracy": tuned.get("accuracy"),
         "test_largest_drop_points": report.get("test_change", {}).get("largest_drop"),
         "seconds": report["seconds"],
     }
