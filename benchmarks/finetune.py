@@ -25,12 +25,13 @@ import numpy as np
 
 from benchmarks.loop import rotated
 from rotmnist.config import load_config
-from rotmnist.data.dataset import FEEDBACK, Dataset, load_dataset
+from rotmnist.data import feedback
+from rotmnist.data.dataset import Dataset, load_dataset
 from rotmnist.learning.device import apply_threads, resolve_device
 from rotmnist.learning.model import load_pipeline_model, predict_labels, serving_copy
 from rotmnist.learning.recipe import read_best_params
 from rotmnist.learning.training import fit
-from rotmnist.stages.finetune import blended, finetune_hyper
+from rotmnist.stages.finetune import blended, finetune_hyper, per_angle, test_change
 
 GOAL_ACCURACY, GOAL_DROP = 97.0, 0.1  # at the unseen angle (%); the most a trained angle may lose (points)
 
@@ -68,27 +69,26 @@ def corrections(model, train: Dataset, angle: float, most: int, seed: int = 0) -
             break
     x, y = np.concatenate(xs)[:most], np.concatenate(ys)[:most]
     n = len(y)
-    rows = Dataset(x, y, -np.arange(1, n + 1, dtype=np.int32), np.zeros(n, np.int8), np.full(n, FEEDBACK, np.int8))
+    order = np.arange(n, dtype=np.float64)  # scored and corrected in stream order: the rows keep it
+    rows = feedback.corrections(x, y, [f"{i:032x}" for i in range(n)], order, order).data
     held = np.random.default_rng(seed + 1).random(n) < 0.2
     return rows.take(~held), rows.take(held)
 
 
 def scores(model, test: Dataset, holdout: Dataset, unseen: tuple[np.ndarray, np.ndarray], held: Dataset) -> dict:
-    """Accuracy (%) per trained angle on test and holdout, at the unseen angle, and on the held-out corrections."""
-    out = {}
-    for name, ds in (("test", test), ("holdout", holdout)):
-        right = predict_labels(model, ds.x) == ds.y
-        out[name] = {int(a): 100 * float(right[ds.angle == a].mean()) for a in np.unique(ds.angle)}
+    """Accuracy per trained angle on test and holdout (the finetune stage's), at the unseen angle and on the
+    held-out corrections (%)."""
+    out = {"test": per_angle(model, test), "holdout": per_angle(model, holdout)}
     out["unseen"] = 100 * float((predict_labels(model, unseen[0]) == unseen[1]).mean())
     out["held"] = 100 * float((predict_labels(model, held.x) == held.y).mean())
     return out
 
 
-def worst(after: dict[int, float], before: dict[int, float]) -> tuple[float, int]:
-    """The largest drop in points (negative) and its angle."""
-    change = {a: after[a] - before[a] for a in before}
-    angle = min(change, key=change.get)
-    return change[angle], angle
+def worst(before: dict, after: dict) -> tuple[float, int]:
+    """The largest change down in points (negative; the smallest angle on a tie) and its angle."""
+    change = test_change(before, after)["per_angle"]
+    angle = min(change, key=lambda a: (change[a], int(a)))
+    return change[angle], int(angle)
 
 
 def main() -> None:
@@ -117,18 +117,18 @@ def main() -> None:
         f"\n| variant | blend | seconds | {args.angle:g} deg | held-out corrections | worst test change | "
         "worst holdout change | meets |\n|---|---:|---:|---:|---:|---:|---:|---|"
     )
+    device, mix = resolve_device(config.train.device), Dataset.concat([train, learn])
     for name in args.only:
         settings, blends = VARIANTS[name]
         ft = config.finetune.model_copy(update={k: v for k, v in settings.items() if k != REPLAY_ONLY})
         hp = finetune_hyper(config.model_copy(update={"finetune": ft}), tuned)
-        mix = train if settings.get(REPLAY_ONLY) else Dataset.concat([train, learn])
         start = time.perf_counter()
-        device = resolve_device(config.train.device)
-        fitted = serving_copy(fit(spec, mix, None, hp, device=device, seed=ft.seed, init=base).model)
+        rows = train if settings.get(REPLAY_ONLY) else mix
+        fitted = serving_copy(fit(spec, rows, None, hp, device=device, seed=ft.seed, init=base).model)
         seconds = time.perf_counter() - start
         for share in blends:
             after = scores(blended(base, fitted, share), test, holdout, unseen, held)
-            (dt, at), (dh, ah) = worst(after["test"], before["test"]), worst(after["holdout"], before["holdout"])
+            (dt, at), (dh, ah) = worst(before["test"], after["test"]), worst(before["holdout"], after["holdout"])
             meets = after["unseen"] >= GOAL_ACCURACY and min(dt, dh) >= -GOAL_DROP - 1e-9
             print(
                 f"| {name} | {share:g} | {seconds:.0f} | {after['unseen']:.2f} % | {after['held']:.2f} % | "

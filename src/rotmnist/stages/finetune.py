@@ -13,8 +13,9 @@ are then a blend, `finetune.blend` of the fine-tuned model's and the rest of tra
 most of what the corrections taught for a fraction of what the fine-tune cost the trained angles. It is
 minutes, not the from-scratch training's half hour, and the sweep's choice is kept rather than re-tuned.
 
-It scores the candidate and train's model on the test split at every angle (the report's
-`test_change` is the difference in points), logs an MLflow run with the model, and writes the candidate.
+It scores the candidate on the test split at every angle against train's own scores of its model
+(reports/train.json: the same weights, the same digits; the report's `test_change` is the difference in points),
+logs an MLflow run with the model, and writes the candidate.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from rotmnist.config import Config
 from rotmnist.data import feedback
 from rotmnist.data.dataset import Dataset, load_dataset
 from rotmnist.errors import PipelineError
+from rotmnist.io import read_json
 from rotmnist.learning.device import apply_threads, resolve_device
 from rotmnist.learning.metrics import slice_metrics
 from rotmnist.learning.model import RawImageClassifier, load_pipeline_model, predict_labels, serving_copy
@@ -89,7 +91,11 @@ def blended(base: RawImageClassifier, tuned: RawImageClassifier, share: float) -
 
 def per_angle(model: RawImageClassifier, test: Dataset) -> dict[str, Any]:
     """Test accuracy overall and at each angle."""
-    report = slice_metrics(test.y, predict_labels(model, test.x), test.angle)
+    return accuracies(slice_metrics(test.y, predict_labels(model, test.x), test.angle))
+
+
+def accuracies(report: dict[str, Any]) -> dict[str, Any]:
+    """Accuracy overall and at each angle of slice metrics (`slice_metrics`, or a stage report's copy of them)."""
     return {"accuracy": report["accuracy"], "per_angle": {a: m["accuracy"] for a, m in report["per_angle"].items()}}
 
 
@@ -134,6 +140,7 @@ def fine_tune(config: Config, paths: Paths, base_reference: dict[str, Any], corr
     """Fine-tune train's model on the corrections with the train split replayed, in an MLflow run; the report."""
     apply_threads(config.train.num_threads)
     base, spec, tuned, best = load_inputs(paths, base_reference)
+    before = accuracies(read_json(paths.report("train"), made_by="train")["test"])  # train's model on test
     train, test = load_dataset(paths.split("train")), load_dataset(paths.split("test"))
     if len(train) == 0 or len(test) == 0:
         raise PipelineError("the train and test splits must not be empty; check the split stage")
@@ -152,7 +159,7 @@ def fine_tune(config: Config, paths: Paths, base_reference: dict[str, Any], corr
             spec, mix, None, hp, device=device, seed=config.finetune.seed, on_epoch=log_epoch, desc=name, init=base
         )
         model = blended(base, serving_copy(fitted.model), config.finetune.blend)
-        before, after = per_angle(base, test), per_angle(model, test)
+        after = per_angle(model, test)
         change = test_change(before, after)
         metrics = {"test_accuracy": after["accuracy"], "test_largest_drop_points": change["largest_drop"]}
         metrics |= {f"test_accuracy_angle_{a}": acc for a, acc in after["per_angle"].items()}
