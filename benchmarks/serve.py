@@ -1,14 +1,18 @@
-"""Benchmark of `rotmnist serve` against `mlflow models serve` on the same champion, over loopback.
+"""Benchmark of `rotmnist serve` against the HTTP stack's ceiling and `mlflow models serve`, over loopback.
 
 Usage: python -m benchmarks.serve [--duration 10] [--model-name rotmnist-cnn] [--log-requests both]
-Uses the repository's MLflow store (MLFLOW_TRACKING_URI wins) and its champion; both servers get the same
+Uses the repository's MLflow store (MLFLOW_TRACKING_URI wins) and its champion; every server gets the same
 requests on MLflow's protocol (`POST /invocations`, `{"inputs": ...}`). The load comes from `wrk` (or `hey`),
 native programs that leave the two cores to the server; without either the benchmark says so and stops.
-`rotmnist serve` runs with the request log on, off, or both in turn (`--log-requests`), on a copy of
-params.yaml in a temp folder; with the log on it writes a SQLite file there, not the repository's.
-Prints a markdown table: time to the first healthy answer, single-image p50/p99 and requests/s at
-concurrency 1 and 10, and one 256-image batch (best of 5); then the rows each logging server wrote and
-dropped.
+
+The rows, in one run under the same load: two bare FastAPI + uvicorn apps (`benchmarks/serve_ceiling.py`:
+one reads the body only, one decodes its JSON into float32: the ceiling a JSON scoring server can reach),
+`rotmnist serve` with the request log on, off, or both in turn (`--log-requests`; on a copy of params.yaml in
+a temp folder, its log a SQLite file there, not the repository's), and `mlflow models serve`. Prints a
+markdown table: time to the first healthy answer, single-image p50/p99 and requests/s at concurrency 1 and
+10, the share of the decode ceiling and the multiple of `mlflow models serve` at concurrency 10, and one
+256-image batch (best of 5); then the champion alone in this process (one image on one thread, p50, and
+batches of 256), the serving goals against these figures, and the rows each logging server wrote and dropped.
 """
 
 from __future__ import annotations
@@ -143,8 +147,22 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
+CEILING = {
+    "read": "bare FastAPI + uvicorn, reading the body only",
+    "decode": "bare FastAPI + uvicorn, decoding to float32",
+}
+DECODE_ROW = CEILING["decode"]
+MLFLOW_ROW = "`mlflow models serve`"
+
+
 def servers(tmp: Path, name: str, log_requests: str) -> dict:
     """Per row's label: a function of the port giving the server's command and its health URL."""
+
+    def bare(app: str):
+        return lambda port: (
+            [sys.executable, "-m", "benchmarks.serve_ceiling", app, "--port", str(port)],
+            f"http://127.0.0.1:{port}/health",
+        )
 
     def rotmnist(params: Path):
         return lambda port: (
@@ -152,30 +170,32 @@ def servers(tmp: Path, name: str, log_requests: str) -> dict:
             f"http://127.0.0.1:{port}/health",
         )
 
+    out = {label: bare(app) for app, label in CEILING.items()}
     log_modes = {"on": [True], "off": [False], "both": [True, False]}[log_requests]
-    out = {
+    out |= {
         f"`rotmnist serve`, request log {'on' if on else 'off'}": rotmnist(serve_params(tmp, on)) for on in log_modes
     }
     mlflow = [str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{name}@champion", "--env-manager", "local"]
-    out["`mlflow models serve`"] = lambda port: (
-        [*mlflow, "--host", "127.0.0.1", "-p", str(port)],
-        f"http://127.0.0.1:{port}/ping",
-    )
+    out[MLFLOW_ROW] = lambda port: ([*mlflow, "--host", "127.0.0.1", "-p", str(port)], f"http://127.0.0.1:{port}/ping")
     return out
 
 
 def measure(tool: str, label: str, make, env: dict, one: Path, batch: bytes, duration: int) -> tuple[tuple, dict]:
-    """Start one server, load it at concurrency 1 and 10 and time a batch: its row, and its request log's counts."""
+    """Start one server, load it at concurrency 1 and 10 and time a batch (not the bare apps, which score
+    nothing): its row, and its request log's counts."""
     port = free_port()
     cmd, health = make(port)
     proc, startup = start(cmd, health, env)
     url = f"http://127.0.0.1:{port}/invocations"
-    logged = {}
+    scores = label not in CEILING.values()
+    logged, b = {}, None
     try:
-        batch_ms(url, batch, repeats=1)  # warm-up
+        if scores:
+            batch_ms(url, batch, repeats=1)  # warm-up
         c1 = load(tool, url, one, 1, duration)
         c10 = load(tool, url, one, 10, duration)
-        b = batch_ms(url, batch)
+        if scores:
+            b = batch_ms(url, batch)
         if label.endswith("request log on"):
             logged = log_rows(f"http://127.0.0.1:{port}")
     finally:
@@ -184,21 +204,68 @@ def measure(tool: str, label: str, make, env: dict, one: Path, batch: bytes, dur
     return (label, startup, c1, c10, b), logged
 
 
-def print_table(tool: str, duration: int, rows: list[tuple], logged: dict) -> None:
-    base = rows[-1][3]["rps"]  # mlflow models serve
+def model_alone(name: str, x: np.ndarray) -> dict[str, float]:
+    """The champion's own cost in this process, as the server calls it on its scoring thread (one torch
+    thread): p50 of one image (ms, of 500) and images/s in batches of 256 (best of 5)."""
+    import torch
+
+    from rotmnist.serving.model_source import fast_scorer
+    from rotmnist.tracking import registry
+
+    torch.set_num_threads(1)
+    proba = fast_scorer(registry.load_model(f"models:/{name}@champion"))
+    one, batch = x[:1].astype(np.float32), x[:256].astype(np.float32)
+    times = []
+    for _ in range(520):
+        t0 = time.perf_counter()
+        proba(one)
+        times.append(time.perf_counter() - t0)
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        proba(batch)
+        best = min(best, time.perf_counter() - t0)
+    return {"p50": float(np.median(times[20:])) * 1e3, "batch_rps": len(batch) / best}
+
+
+def print_table(tool: str, duration: int, rows: list[tuple], logged: dict, model: dict) -> None:
+    by = {row[0]: row for row in rows}
+    ceiling, base = by[DECODE_ROW][3]["rps"], by[MLFLOW_ROW][3]["rps"]
     print(f"\nLoad: {tool}, {duration} s per row, one thread; {os.cpu_count()} CPU cores shared with the server.\n")
     print(
         "| server | start to healthy (s) | c=1 p50 / p99 (ms) | c=1 req/s | c=10 p50 / p99 (ms) | c=10 req/s "
-        "| vs mlflow (c=10) | 256-image batch (ms) |"
+        "| of the decode ceiling (c=10) | vs mlflow (c=10) | 256-image batch (ms) |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for label, startup, c1, c10, b in rows:
+        batch = "" if b is None else f"{b:.0f}"
         print(
             f"| {label} | {startup:.1f} | {c1['p50']:.2f} / {c1['p99']:.2f} | {c1['rps']:,.0f} "
-            f"| {c10['p50']:.2f} / {c10['p99']:.2f} | {c10['rps']:,.0f} | {c10['rps'] / base:.1f}x | {b:.0f} |"
+            f"| {c10['p50']:.2f} / {c10['p99']:.2f} | {c10['rps']:,.0f} | {c10['rps'] / ceiling:.0%} "
+            f"| {c10['rps'] / base:.1f}x | {batch} |"
         )
+    print(
+        f"\nThe champion alone (one torch thread): {model['p50']:.2f} ms p50 for one image, "
+        f"{model['batch_rps']:,.0f} images/s in batches of 256."
+    )
+    print_goals(by, model)
     for label, counts in logged.items():
         print(f"\n{label}: {counts['written']:,.0f} rows written, {counts['dropped']:,.0f} dropped.")
+
+
+def print_goals(by: dict[str, tuple], model: dict) -> None:
+    """The serving goals, per `rotmnist serve` row: c=10 at >= 60 % of the decode ceiling and >= 4x mlflow,
+    c=1 p50 within the model's p50 + the decode app's p50 + 0.5 ms; and the request log's cost."""
+    ceiling, base = by[DECODE_ROW][3]["rps"], by[MLFLOW_ROW][3]["rps"]
+    p50_goal = model["p50"] + by[DECODE_ROW][2]["p50"] + 0.5
+    print(f"\nGoals: c=10 >= 60 % of {ceiling:,.0f} req/s and >= 4x {base:,.0f}; c=1 p50 <= {p50_goal:.2f} ms.")
+    for label, (_, _, c1, c10, _) in by.items():
+        if label.startswith("`rotmnist serve`"):
+            met = [c10["rps"] >= 0.6 * ceiling, c10["rps"] >= 4 * base, c1["p50"] <= p50_goal]
+            print(f"- {label}: {', '.join('met' if m else 'missed' for m in met)}")
+    on, off = by.get("`rotmnist serve`, request log on"), by.get("`rotmnist serve`, request log off")
+    if on and off:
+        print(f"- the request log's cost at c=10: {1 - on[3]['rps'] / off[3]['rps']:.0%} of throughput (goal <= 10 %)")
 
 
 def main() -> None:
@@ -213,6 +280,7 @@ def main() -> None:
     name = args.model_name or config.monitor.model_name
     env = os.environ | {"PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     env.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{REPO / 'mlflow.db'}")
+    os.environ.setdefault("MLFLOW_TRACKING_URI", env["MLFLOW_TRACKING_URI"])
     tmp = Path(tempfile.mkdtemp(prefix="serve-bench-"))
     one = tmp / "one.json"
     one.write_text(json.dumps({"inputs": digits(1).tolist()}))
@@ -224,7 +292,7 @@ def main() -> None:
         if counts:
             logged[label] = counts
         print(f"{label}: done", file=sys.stderr)
-    print_table(tool, args.duration, rows, logged)
+    print_table(tool, args.duration, rows, logged, model_alone(name, digits(256)))
     shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -60,6 +60,7 @@ from rotmnist.serving.requests import (
     BodyLimit,
     HTTPProblem,
     invocation_images,
+    json_answer,
     media_type,
     off_loop,
     parse_json,
@@ -81,7 +82,6 @@ OPENAPI_URL = "/openapi.json"
 DOCS_URL = "/docs"
 ASSETS_URL = "/docs/static"  # Swagger UI's JavaScript, CSS and icon
 SOURCE_HEADER = "x-rotmnist-source"  # `page` when the drawing page sent the image
-INLINE_OBSERVE = 64  # images whose metrics are computed on the event loop; more go to a worker thread
 NOT_LOGGED = "this server records no predictions (serve.log_requests is false), so none can be corrected"
 
 # (path, method, endpoint, options of FastAPI.add_api_route), declared by `route` beside each handler
@@ -122,7 +122,9 @@ def create_app(
     telemetry.bind_model(lambda: keeper.served.info.model_dump())
     if log is not None:
         telemetry.bind_log(log.counts)
-    app.state.batcher = Batcher(keeper, settings.batch_images, settings.batch_wait_ms / 1000, settings.threads)
+    app.state.batcher = Batcher(
+        keeper, settings.batch_images, settings.batch_wait_ms / 1000, settings.threads, observe=telemetry.observe_batch
+    )
     app.state.page_html = PAGE.read_text()
     app.add_exception_handler(HTTPProblem, _problem)
     app.add_exception_handler(ClientDisconnect, _gone)
@@ -199,7 +201,7 @@ async def _gone(request: Request, err: ClientDisconnect) -> Response:  # nobody 
 
 
 async def _scored(request: Request, x: np.ndarray) -> tuple[np.ndarray, Served]:
-    """Probabilities of `x` from the app's batcher, counted in the metrics; 503 if the model fails or the
+    """Probabilities of `x` from the app's batcher (which feeds the metrics); 503 if the model fails or the
     server is shutting down."""
     try:
         probs, served = await request.app.state.batcher.score(x)
@@ -208,11 +210,6 @@ async def _scored(request: Request, x: np.ndarray) -> tuple[np.ndarray, Served]:
     except Exception as err:
         log.exception("scoring failed")
         raise HTTPProblem(503, f"the model failed to score the images ({type(err).__name__})") from None
-    telemetry: Telemetry = request.app.state.telemetry
-    if len(x) <= INLINE_OBSERVE:
-        telemetry.observe_scores(x, probs)
-    else:  # about 11 ms for 1,024 images: not on the event loop
-        await asyncio.to_thread(telemetry.observe_scores, x, probs)
     return probs, served
 
 
@@ -239,7 +236,7 @@ async def score(request: Request) -> Response:
     ids = _record(request, x, probs, served, "/score", "json" if names is None else "upload")
     if ids is not None:
         answer["predictions"] = [{"id": i} | p for i, p in zip(ids, answer["predictions"], strict=True)]
-    return JSONResponse(answer)
+    return json_answer(answer)
 
 
 @route(
@@ -255,11 +252,11 @@ async def invocations(request: Request) -> Response:
         raise HTTPProblem(415, 'send application/json: {"inputs": [...]} (MLflow\'s tensor input)')
     x = await off_loop(invocation_images, await request.body(), request.app.state.settings.max_images)
     probs, served = await _scored(request, x)
-    answer: dict[str, Any] = {"predictions": probs.astype(float).tolist()}
+    answer: dict[str, Any] = {"predictions": probs.astype(np.float64)}  # the float32 values, printed as doubles
     ids = _record(request, x, probs, served, "/invocations", "json")
     if ids is not None:
         answer["ids"] = ids  # beside MLflow's `predictions`, which its clients read
-    return JSONResponse(answer)
+    return json_answer(answer)
 
 
 def _record(
@@ -345,6 +342,7 @@ async def reload(request: Request) -> Response:
 @route("GET", "/metrics", include_in_schema=False)  # Prometheus's text format, not part of the JSON API
 async def metrics(request: Request) -> Response:
     request.app.state.access.check(request, scoring=True)  # traffic figures: as open as scoring
+    await request.app.state.batcher.settled()  # every answered batch counted
     body, content_type = request.app.state.telemetry.render()
     return Response(body, media_type=content_type)
 

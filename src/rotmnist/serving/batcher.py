@@ -3,6 +3,9 @@
 The worker runs the model on everything that queued while its previous forward pass ran
 (`serve.batch_images` at most), so ten clients cost about one forward pass each round instead of ten.
 A batch runs on the model current when it starts: a hot reload never changes a batch in flight.
+What the server watches of its traffic (`observe`, the metrics' input tilt and predictions) is computed
+once per batch on the same thread, after the batch's answers went out: off the event loop and off the
+requests' latency. `settled()` waits for the observations of every batch answered so far (a scrape does).
 When the server stops, every request not yet answered fails at once with `Stopped` (a 503), rather than
 waiting for a model that will not answer it. Serving frameworks batch the same way (Ray Serve's
 `@serve.batch`, BentoML's adaptive batching) but bring their own server and process model, where the
@@ -14,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -24,6 +28,9 @@ if TYPE_CHECKING:
     from rotmnist.serving.model_source import Keeper, Served
 
 log = logging.getLogger(__name__)
+
+# observe(x, probs, sizes): a batch's images, their probabilities and each request's number of images
+Observer = Callable[[np.ndarray, np.ndarray, list[int]], None]
 
 
 class Stopped(RuntimeError):
@@ -42,8 +49,11 @@ class _Job:
 class Batcher:
     """Scores requests on one worker thread, running together everything that queued meanwhile."""
 
-    def __init__(self, keeper: Keeper, max_images: int, wait_s: float = 0.0, threads: int = 1):
+    def __init__(
+        self, keeper: Keeper, max_images: int, wait_s: float = 0.0, threads: int = 1, observe: Observer | None = None
+    ):
         self.keeper, self.max_images, self.wait_s, self.threads = keeper, max_images, wait_s, threads
+        self.observe = observe
         self._jobs: deque[_Job] = deque()
         self._wake = asyncio.Event()
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="score", initializer=self._init_thread)
@@ -70,6 +80,13 @@ class Batcher:
         self._jobs.clear()
         _fail(queued, Stopped())
         await asyncio.to_thread(self._pool.shutdown, wait=True)
+
+    async def settled(self) -> None:
+        """Wait until the observations of every batch answered so far are made (the scoring thread runs them
+        in order); at once when the batcher has stopped."""
+        if self._stopped:
+            return
+        await asyncio.get_running_loop().run_in_executor(self._pool, _nothing)
 
     @property
     def queued(self) -> int:
@@ -120,6 +137,18 @@ class Batcher:
             if not j.future.done():
                 j.future.set_result((probs[start : start + len(j.x)], served))
             start += len(j.x)
+        if self.observe is not None:  # after the answers, on the scoring thread, before its next batch
+            self._pool.submit(self._observe, x, probs, [len(j.x) for j in batch])
+
+    def _observe(self, x: np.ndarray, probs: np.ndarray, sizes: list[int]) -> None:
+        try:
+            self.observe(x, probs, sizes)
+        except Exception:  # watching the traffic must never stop the scoring
+            log.exception("observing a scored batch failed")
+
+
+def _nothing() -> None:
+    pass
 
 
 def _fail(jobs: list[_Job], err: BaseException) -> None:

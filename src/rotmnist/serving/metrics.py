@@ -3,8 +3,9 @@
 `Telemetry` holds every metric in a registry of its own (one per app, so tests build several apps):
 
 - requests by route and status, and their latency, counted by the ASGI middleware `RequestMetrics`;
-- per scored request (`observe_scores`): its images, the predicted digits, the top probability and the
-  estimated tilt of each input (`rotmnist.data.features`), accumulated with numpy over the batch;
+- per scored batch (`observe_batch`, the micro-batcher's observer): each request's number of images, the
+  predicted digits, the top probability and the estimated tilt of each input (`rotmnist.data.features`),
+  accumulated with numpy over the whole batch;
 - read at each scrape from callables the app binds: the served model (`bind_model`, so a hot swap shows
   at once) and the request log's rows written and dropped and the corrections received (`bind_log`).
 
@@ -127,11 +128,16 @@ class Telemetry:
         self.request_seconds.labels(route).observe(seconds)
 
     def observe_scores(self, x: np.ndarray, probs: np.ndarray) -> None:
-        """Record one scoring request: its size, each image's predicted digit and top probability, and the
-        tilt of each image with ink. `x` is (N, 28, 28), pixels 0-255; `probs` is (N, 10). Vectorised:
-        safe and cheap to call in a worker thread."""
+        """Record one scoring request: `observe_batch` of a batch of one request."""
+        self.observe_batch(x, probs, [len(x)])
+
+    def observe_batch(self, x: np.ndarray, probs: np.ndarray, sizes: list[int]) -> None:
+        """Record a scored batch of requests: each request's size (`sizes`, summing to N), each image's
+        predicted digit and top probability, and the tilt of each image with ink. `x` is (N, 28, 28), pixels
+        0-255; `probs` is (N, 10). Vectorised over the batch: safe and cheap to call in a worker thread."""
         probs = np.asarray(probs)
-        self.batch_images.observe(len(x))
+        for size in sizes:
+            self.batch_images.observe(size)
         if len(x) == 0:
             return
         for digit, count in enumerate(np.bincount(probs.argmax(axis=1), minlength=probs.shape[1]).tolist()):

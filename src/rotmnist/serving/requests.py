@@ -17,6 +17,8 @@ from itertools import chain
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import orjson
+from starlette.responses import Response
 
 from rotmnist.data.images import ImageTooLarge, decode_files, pixel_problem
 from rotmnist.errors import PipelineError
@@ -103,11 +105,26 @@ def media_type(request: Request) -> str:
 
 
 def parse_json(body: bytes) -> Any:
-    """The JSON of a request body; 400 if it is not JSON."""
+    """The JSON of a request body; 400 if it is not JSON.
+
+    orjson reads UTF-8 JSON several times faster than the standard library; what it refuses (NaN or
+    Infinity, UTF-16 or UTF-32 text, nesting past 1,024) goes to `json.loads`, so only a body neither
+    reads is refused. One difference remains: orjson reads an integer beyond 64 bits as a float (no pixel,
+    label or count is that large, so it is refused as out of range rather than as not a number).
+    """
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        pass
     try:
         return json.loads(body)
     except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         raise HTTPProblem(400, "the body is not valid JSON") from None
+
+
+def json_answer(content: Any) -> Response:
+    """A 200 JSON answer written by orjson (numpy arrays as lists of numbers, without `tolist`)."""
+    return Response(orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
 
 
 def image_batch(data: Any, what: str, max_images: int, maybe_bools: bool = True) -> np.ndarray:

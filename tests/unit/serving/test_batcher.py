@@ -153,3 +153,53 @@ def test_stopping_answers_the_running_and_the_queued_requests_503_at_once():
     assert answers == [refused, refused] and late == refused
     assert still_running  # stop() waits for the forward pass in its thread, but not to answer
     assert model.batches == [1]  # the queued request never reached the model
+
+
+def test_each_batch_is_observed_once_on_the_scoring_thread_after_its_answers_and_settled_waits_for_it():
+    """The metrics' work is per batch, not per request, and never on the event loop or before an answer."""
+    model, seen = GatedModel(), []
+
+    def observe(x: np.ndarray, probs: np.ndarray, sizes: list[int]) -> None:
+        seen.append((len(x), probs[:, 0].tolist(), sizes, threading.current_thread().name))
+
+    async def observed() -> tuple[list, list]:
+        keeper = SimpleNamespace(served=served(model))
+        batcher = Batcher(keeper, max_images=8, threads=0, observe=observe)
+        batcher.start()
+        try:
+            first = asyncio.ensure_future(batcher.score(images(100, 1)))
+            await asyncio.to_thread(model.started.wait, 10)
+            rest = [asyncio.ensure_future(batcher.score(images(i, n))) for i, n in enumerate([2, 1])]
+            await queued(batcher, 2)
+            model.release.set()
+            await asyncio.gather(first, *rest)
+            await batcher.settled()
+        finally:
+            await batcher.stop()
+        await asyncio.wait_for(batcher.settled(), 1)  # a stopped batcher has nothing to wait for
+        return list(seen), model.batches
+
+    seen, batches = asyncio.run(observed())
+    assert batches == [1, 3]
+    assert [(n, p, s) for n, p, s, _ in seen] == [(1, [100.0], [1]), (3, [0.0, 0.0, 1.0], [2, 1])]
+    assert all(thread.startswith("score") for *_, thread in seen)
+
+
+def test_an_observer_that_fails_is_logged_and_scoring_goes_on(caplog):
+    def observe(x, probs, sizes):
+        raise ValueError("no tilt today")
+
+    async def twice() -> list:
+        keeper = SimpleNamespace(served=served(lambda x: np.ones((len(x), 10), np.float32)))
+        batcher = Batcher(keeper, max_images=8, threads=0, observe=observe)
+        batcher.start()
+        try:
+            out = [(await batcher.score(images(1, 1)))[0] for _ in range(2)]
+            await batcher.settled()
+            return out
+        finally:
+            await batcher.stop()
+
+    out = asyncio.run(twice())
+    assert [o.shape for o in out] == [(1, 10), (1, 10)]
+    assert caplog.text.count("observing a scored batch failed") == 2 and "no tilt today" in caplog.text

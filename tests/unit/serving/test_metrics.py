@@ -146,6 +146,20 @@ def test_scores_count_digits_top_probabilities_and_images_per_request():
     assert buckets["0.999"] == buckets["1.0"] == buckets["+Inf"] == 5
 
 
+def test_a_batch_of_requests_is_counted_as_its_requests_were_one_by_one():
+    x = tiny_mnist(n_train=5, n_test=0)[0]
+    probs = one_hot([7, 7, 2, 7, 0], [0.999, 0.55, 0.97, 0.92, 0.15])
+    one_by_one, batched = Telemetry(), Telemetry()
+    one_by_one.observe_scores(x[:3], probs[:3])
+    one_by_one.observe_scores(x[3:], probs[3:])
+    batched.observe_batch(x, probs, [3, 2])
+    expected, got = scraped(one_by_one), scraped(batched)
+    assert got.keys() == expected.keys()
+    for name, series in expected.items():
+        if not name.endswith("_created"):  # when each series was made
+            assert got[name] == pytest.approx(series), name
+
+
 def test_the_tilt_histogram_places_rotated_digits_and_skips_blank_images():
     telemetry = Telemetry()
     ones = np.zeros((6, 28, 28), np.uint8)

@@ -21,6 +21,7 @@ from rotmnist.serving.requests import (
     HTTPProblem,
     image_batch,
     invocation_images,
+    json_answer,
     off_loop,
     parse_json,
     score_answer,
@@ -90,6 +91,34 @@ def test_the_json_of_the_body_is_parsed_and_invalid_json_is_a_400():
     assert parse_json(b'{"images": [1]}') == {"images": [1]}
     for body in (b"{not json", b"\xff\xfe", b"[" * 100_000):  # bad syntax, not UTF-8, nested too deep
         assert refused(parse_json, body) == (400, "the body is not valid JSON")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"a": [1, 2.5, -3]}',
+        b'{"a": [NaN, Infinity, -Infinity]}',  # the json module's extensions: orjson refuses them
+        '{"a": [1, 2.5, -3]}'.encode("utf-16"),
+        '{"a": [1, 2.5, -3]}'.encode("utf-32"),
+    ],
+)
+def test_a_body_means_what_the_json_module_reads_in_it(body):
+    assert repr(parse_json(body)) == repr(json.loads(body))
+
+
+def test_an_integer_beyond_64_bits_is_a_pixel_out_of_range():
+    body = json.dumps({"images": [BLANK]}).replace("0", "18446744073709551616", 1).encode()
+    assert refused(score_images, body, 4) == (
+        422,
+        "images: pixels must be in 0..255, got values in [0.0, 1.8446744073709552e+19]",
+    )
+
+
+def test_answers_are_the_json_of_their_content_with_numpy_arrays_as_lists():
+    probs = np.array([[0.25, 1e-5], [1.0, 0.1]], np.float32)
+    answer = json_answer({"predictions": probs.astype(np.float64), "ids": ["a", None]})
+    assert answer.media_type == "application/json"
+    assert json.loads(answer.body) == {"predictions": probs.astype(float).tolist(), "ids": ["a", None]}
 
 
 def test_score_and_invocations_bodies_name_the_key_they_expect():
