@@ -60,6 +60,33 @@ def test_rows_round_trip_images_as_uint8_and_probabilities_exactly(running, db):
     assert sqlite3.connect(db).execute("PRAGMA journal_mode").fetchone() == ("wal",)
 
 
+def test_rows_that_arrive_while_the_writer_gathers_share_one_transaction(db, monkeypatch):
+    log = RequestLog.open(f"sqlite:///{db}")
+    log.gather_seconds = 0.5
+    inserts = []
+    insert = log.store.insert
+    monkeypatch.setattr(log.store, "insert", lambda items: (inserts.append(len(items)), insert(items)))
+    log.start()
+    try:
+        record(log)
+        time.sleep(0.1)  # the writer woke for the first request and gathers for 0.5 s
+        for _ in range(4):
+            record(log, 2)
+        assert log.flush()
+    finally:
+        log.stop()
+    assert inserts == [5] and log.counts()["written"] == 9
+
+
+def test_ids_are_unique_32_hex_characters_across_refills_of_the_random_pool(db, monkeypatch):
+    monkeypatch.setattr("rotmnist.storage.request_log.ID_POOL", 5)
+    log = RequestLog.open(f"sqlite:///{db}")
+    ids = [i for n in (1, 3, 2, 7, 1, 4) for i in record(log, n)]
+    assert len(set(ids)) == len(ids) == 18
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+    log.stop()
+
+
 def test_recent_gives_the_newest_rows_oldest_first(running):
     ids = [i for _ in range(4) for i in record(running, 2)]
     assert running.flush()
