@@ -31,6 +31,8 @@ PRUNE_SECONDS = 60.0  # how often the writer deletes rows beyond the retention
 # rather than one per request (a transaction costs the server's CPU about as much as 40 rows), at the price of
 # a correction of a prediction that is not written yet waiting this long.
 GATHER_SECONDS = 0.02
+# How long a correction of an id the store does not know waits for another replica's writer to write it.
+ELSEWHERE_SECONDS = 1.0
 ID_BYTES = 16  # an id's random bytes: 32 hex characters, as the table's id column holds
 ID_POOL = 4096  # ids drawn from the system's randomness at once
 FEEDBACK_WAIT_SECONDS = 5.0  # how long a correction waits for its row to leave the queue
@@ -51,6 +53,7 @@ class RequestLog:
     ):
         self.store, self.keep_rows, self.keep_days = store, keep_rows, keep_days
         self.queue_rows, self.prune_seconds, self.gather_seconds = queue_rows, prune_seconds, gather_seconds
+        self.elsewhere_seconds = ELSEWHERE_SECONDS
         self.written = self.dropped = self.corrections = self.disagreements = 0
         self._cond = threading.Condition()
         self._items: list[Scored] = []
@@ -122,12 +125,19 @@ class RequestLog:
     def feedback(self, id: str, label: int, wait: float = FEEDBACK_WAIT_SECONDS) -> Correction:
         """Store `label` as the digit the prediction `id` really was, once; a row still queued is written first.
 
-        LogUnavailable when the store cannot be reached, or the row is still queued after `wait` seconds.
+        An id the store does not know yet is asked again for `ELSEWHERE_SECONDS`: replicas sharing one
+        PostgreSQL log each gather their rows before writing, so a prediction scored by another replica
+        a moment ago may still be on its way. LogUnavailable when the store cannot be reached, or the row
+        is still queued here after `wait` seconds.
         """
         with self._cond:
             if not self._cond.wait_for(lambda: id not in self._pending, wait):
                 raise LogUnavailable("the prediction is not written yet")
         done = self.store.correct(id, label)
+        deadline = time.monotonic() + self.elsewhere_seconds
+        while done.outcome is Outcome.UNKNOWN and time.monotonic() < deadline:
+            time.sleep(0.05)
+            done = self.store.correct(id, label)
         if done.outcome is Outcome.STORED:
             with self._cond:
                 self.corrections += 1

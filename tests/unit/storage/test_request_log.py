@@ -78,6 +78,25 @@ def test_rows_that_arrive_while_the_writer_gathers_share_one_transaction(db, mon
     assert inserts == [5] and log.counts()["written"] == 9
 
 
+def test_a_correction_through_another_replica_waits_for_the_row_it_is_still_gathering(db):
+    scoring, correcting = RequestLog.open(f"sqlite:///{db}"), RequestLog.open(f"sqlite:///{db}")
+    scoring.gather_seconds = 0.3
+    correcting.elsewhere_seconds = 2.0
+    scoring.start()
+    try:
+        [id] = record(scoring)
+        start = time.monotonic()
+        assert correcting.feedback(id, 4).outcome is Outcome.STORED  # written by the other replica meanwhile
+        assert time.monotonic() - start >= 0.2
+        correcting.elsewhere_seconds = 0.2
+        start = time.monotonic()
+        assert correcting.feedback("f" * 32, 4).outcome is Outcome.UNKNOWN  # never recorded: after the wait
+        assert 0.2 <= time.monotonic() - start < 2.0
+    finally:
+        scoring.stop()
+        correcting.stop()
+
+
 def test_ids_are_unique_32_hex_characters_across_refills_of_the_random_pool(db, monkeypatch):
     monkeypatch.setattr("rotmnist.storage.request_log.ID_POOL", 5)
     log = RequestLog.open(f"sqlite:///{db}")
