@@ -32,7 +32,7 @@ PRUNE_SECONDS = 60.0  # how often the writer deletes rows beyond the retention
 # a correction of a prediction that is not written yet waiting this long.
 GATHER_SECONDS = 0.02
 # How long a correction of an id the store does not know waits for another replica's writer to write it.
-ELSEWHERE_SECONDS = 1.0
+ELSEWHERE_SECONDS = 0.5
 ID_BYTES = 16  # an id's random bytes: 32 hex characters, as the table's id column holds
 ID_POOL = 4096  # ids drawn from the system's randomness at once
 FEEDBACK_WAIT_SECONDS = 5.0  # how long a correction waits for its row to leave the queue
