@@ -28,8 +28,8 @@ log = logging.getLogger(__name__)
 
 PRUNE_SECONDS = 60.0  # how often the writer deletes rows beyond the retention
 # How long the writer lets rows gather before it writes them: one transaction for the rows of many requests
-# rather than one per request (a transaction costs the server's CPU about as much as 40 rows), at the price of
-# a correction of a prediction that is not written yet waiting this long.
+# rather than one per request (a single-image request's own transaction cost it 0.29 ms of the server's time,
+# gathered 0.07 ms or less), at the price of a correction of a row not written yet waiting this long.
 GATHER_SECONDS = 0.02
 # How long a correction of an id the store does not know waits for another replica's writer to write it.
 ELSEWHERE_SECONDS = 0.5
