@@ -79,7 +79,7 @@ def synthetic(n: int, seed: int = 0) -> Dataset:
 
 
 def in_memory_epoch(spec: dict, ds: Dataset, batch_size: int, device: torch.device, shift: int = 0) -> float:
-    """Images/s of one epoch of `rotmnist.stages.train.fit` (uint8 tensor, randperm, batches by indexing)."""
+    """Images/s of one epoch of `rotmnist.learning.training.fit` (uint8 tensor, randperm, batches by indexing)."""
     hp = Hyper(batch_size=batch_size, epochs=1, shift=shift)
     return fit(spec, ds, None, hp, device=device, desc="in-memory").history[0]["images_per_second"]
 
@@ -194,7 +194,7 @@ def main() -> None:
 
     loops = {
         "DataLoader, per-sample": dataloader_epoch,
-        "in-memory (rotmnist.stages.train.fit)": in_memory_epoch,
+        "in-memory (rotmnist.learning.training.fit)": in_memory_epoch,
         "in-memory + shift + train.precision (the pipeline)": pipeline_epoch,
     }
     in_memory_epoch(spec, ds.take(np.arange(min(len(ds), 2048))), batch_size, device)  # warm-up, not timed
