@@ -42,7 +42,7 @@ def metrics_app() -> FastAPI:
         x[:, 5:23, 12:15] = 255
         probs = np.full((2, 10), 0.01)
         probs[:, 1] = 0.91
-        telemetry.observe_scores(x, probs)
+        telemetry.observe_batch(x, probs)
         return JSONResponse({"predictions": [1, 1]})
 
     @app.get("/metrics")

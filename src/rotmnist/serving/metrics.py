@@ -127,16 +127,13 @@ class Telemetry:
         self.requests.labels(route, str(status)).inc()
         self.request_seconds.labels(route).observe(seconds)
 
-    def observe_scores(self, x: np.ndarray, probs: np.ndarray) -> None:
-        """Record one scoring request: `observe_batch` of a batch of one request."""
-        self.observe_batch(x, probs, [len(x)])
-
-    def observe_batch(self, x: np.ndarray, probs: np.ndarray, sizes: list[int]) -> None:
-        """Record a scored batch of requests: each request's size (`sizes`, summing to N), each image's
+    def observe_batch(self, x: np.ndarray, probs: np.ndarray, sizes: list[int] | None = None) -> None:
+        """Record a scored batch of requests: each request's size (`sizes`, summing to N; default: one request
+        of all N), each image's
         predicted digit and top probability, and the tilt of each image with ink. `x` is (N, 28, 28), pixels
         0-255; `probs` is (N, 10). Vectorised over the batch: safe and cheap to call in a worker thread."""
         probs = np.asarray(probs)
-        for size in sizes:
+        for size in [len(x)] if sizes is None else sizes:
             self.batch_images.observe(size)
         if len(x) == 0:
             return

@@ -50,10 +50,11 @@ class RequestLog:
         queue_rows: int,
         prune_seconds: float = PRUNE_SECONDS,
         gather_seconds: float = GATHER_SECONDS,
+        elsewhere_seconds: float = ELSEWHERE_SECONDS,
     ):
         self.store, self.keep_rows, self.keep_days = store, keep_rows, keep_days
-        self.queue_rows, self.prune_seconds, self.gather_seconds = queue_rows, prune_seconds, gather_seconds
-        self.elsewhere_seconds = ELSEWHERE_SECONDS
+        self.queue_rows, self.prune_seconds = queue_rows, prune_seconds
+        self.gather_seconds, self.elsewhere_seconds = gather_seconds, elsewhere_seconds
         self.written = self.dropped = self.corrections = self.disagreements = 0
         self._cond = threading.Condition()
         self._items: list[Scored] = []

@@ -134,8 +134,8 @@ def one_hot(digits: list[int], top: list[float]) -> np.ndarray:
 def test_scores_count_digits_top_probabilities_and_images_per_request():
     telemetry = Telemetry()
     x = tiny_mnist(n_train=5, n_test=0)[0]
-    telemetry.observe_scores(x[:3], one_hot([7, 7, 2], [0.999, 0.55, 0.97]))
-    telemetry.observe_scores(x[3:], one_hot([7, 0], [0.92, 0.15]))
+    telemetry.observe_batch(x[:3], one_hot([7, 7, 2], [0.999, 0.55, 0.97]))
+    telemetry.observe_batch(x[3:], one_hot([7, 0], [0.92, 0.15]))
     metrics = scraped(telemetry)
     assert by(metrics["rotmnist_predictions_total"], "digit") == {"7": 3, "2": 1, "0": 1}
     assert metrics["rotmnist_batch_images_count"][frozenset()] == 2
@@ -150,8 +150,8 @@ def test_a_batch_of_requests_is_counted_as_its_requests_were_one_by_one():
     x = tiny_mnist(n_train=5, n_test=0)[0]
     probs = one_hot([7, 7, 2, 7, 0], [0.999, 0.55, 0.97, 0.92, 0.15])
     one_by_one, batched = Telemetry(), Telemetry()
-    one_by_one.observe_scores(x[:3], probs[:3])
-    one_by_one.observe_scores(x[3:], probs[3:])
+    one_by_one.observe_batch(x[:3], probs[:3])
+    one_by_one.observe_batch(x[3:], probs[3:])
     batched.observe_batch(x, probs, [3, 2])
     expected, got = scraped(one_by_one), scraped(batched)
     assert got.keys() == expected.keys()
@@ -166,7 +166,7 @@ def test_the_tilt_histogram_places_rotated_digits_and_skips_blank_images():
     for i in range(6):
         ones[i, 5:23, 10 + i : 13 + i] = 255  # upright strokes
     x = np.concatenate([ones, rotate_batch(ones, 30), np.zeros((4, 28, 28), np.uint8)])
-    telemetry.observe_scores(x, one_hot([1] * len(x), [0.9] * len(x)))
+    telemetry.observe_batch(x, one_hot([1] * len(x), [0.9] * len(x)))
     buckets = by(scraped(telemetry)["rotmnist_input_tilt_degrees_bucket"], "le")
     assert buckets["+Inf"] == 12  # the blank images have no tilt to report
     assert (buckets["-5.0"], buckets["5.0"], buckets["25.0"], buckets["35.0"]) == (0, 6, 6, 12)
