@@ -35,6 +35,7 @@ def mlflow_server(
     cmd += ["--backend-store-uri", backend_uri, "--artifacts-destination", artifacts.resolve().as_uri()]
     env = os.environ.copy()
     env.pop("MLFLOW_TRACKING_URI", None)
+    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # as `make server`: no job runner processes
     if admin_password is not None:
         cmd += ["--app-name", "basic-auth"]
         env |= {
