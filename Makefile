@@ -3,6 +3,10 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
+# The project's own byte-code, written before the pipeline and the tests: pip compiles the dependencies, but where
+# PYTHONDONTWRITEBYTECODE is set (many CI images and containers set it) every stage, server and test subprocess would
+# compile src/ again (about 0.5 s each).
+BYTECODE := $(BIN)/python -m compileall -q -j 0 src tests benchmarks
 # dvc.yaml's stages call `rotmnist`: put the venv's console scripts first on PATH for every recipe.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
@@ -50,7 +54,7 @@ SERVER_ENV := $(if $(filter 1,$(AUTH)),MLFLOW_AUTH_CONFIG_PATH=$(MLFLOW_AUTH_CON
 QUICK_DIR := .quick
 WORKSPACE := $(if $(filter 1,$(QUICK)),$(CURDIR)/$(QUICK_DIR),$(CURDIR))
 
-.PHONY: setup bytecode quick repro test test-fast ui serve server postgres postgres-stop hooks lint bench docs docs-serve
+.PHONY: setup quick repro test test-fast ui serve server postgres postgres-stop hooks lint bench docs docs-serve
 
 setup: $(STAMP)
 
@@ -60,13 +64,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
-# The project's own byte-code, written once: pip compiles the dependencies, but where PYTHONDONTWRITEBYTECODE is set
-# (many CI images and containers set it) every stage, server and test subprocess would compile src/ again (~0.5 s each).
-bytecode: setup
-	@$(BIN)/python -m compileall -q -j 0 src tests benchmarks
-
 ## Run the whole pipeline (download -> ... -> monitor) and push the data to the local DVC remote.
-repro: bytecode
+repro: setup
+	@$(BYTECODE)
 	$(BIN)/dvc repro
 	$(BIN)/dvc push
 	@echo "dvc, rotmnist and mlflow live in $(VENV)/bin: run 'source $(VENV)/bin/activate' in a new shell before the documented commands."
@@ -82,7 +82,8 @@ quick: setup
 	@echo "  make repro           # the full pipeline (about 40 minutes on 2 cores): the repository's own champion"
 
 ## Run the test suite with a coverage summary, on every core (pytest-xdist: the tests of a module on one worker).
-test: bytecode
+test: setup
+	@$(BYTECODE)
 	$(BIN)/python -m pytest -n auto --dist loadfile
 
 ## The fast tests only (what the pre-commit hook runs).
