@@ -72,7 +72,13 @@ def test_the_schema_describes_every_route_with_its_bodies_and_refusals(url):
     assert status == 200
     assert {path: list(ops) for path, ops in doc["paths"].items()} == {p: [m] for p, m in OPERATIONS.items()}
     score = doc["paths"]["/score"]["post"]
-    assert set(score["requestBody"]["content"]) == {"application/json", "multipart/form-data", "image/*"}
+    assert set(score["requestBody"]["content"]) == {
+        "application/json",
+        "application/octet-stream",
+        "application/x-npy",
+        "multipart/form-data",
+        "image/*",
+    }
     assert set(score["responses"]) == {"200", "400", "413", "415", "422", "503"}
     invocations = doc["paths"]["/invocations"]["post"]
     assert set(invocations["requestBody"]["content"]) == {"application/json"}

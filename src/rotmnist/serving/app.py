@@ -57,13 +57,17 @@ from rotmnist.serving.openapi import (
     schemas,
 )
 from rotmnist.serving.requests import (
+    NPY_TYPE,
+    RAW_TYPE,
     BodyLimit,
     HTTPProblem,
     invocation_images,
     json_answer,
     media_type,
+    npy_images,
     off_loop,
     parse_json,
+    raw_images,
     score_answer,
     score_images,
     uploaded_images,
@@ -76,6 +80,8 @@ if TYPE_CHECKING:
     from rotmnist.storage.request_log import RequestLog
 
 log = logging.getLogger(__name__)
+
+BINARY_BODIES = {RAW_TYPE: raw_images, NPY_TYPE: npy_images}  # `/score`'s binary content types and their readers
 
 PAGE = Path(__file__).with_name("static") / "index.html"
 OPENAPI_URL = "/openapi.json"
@@ -227,13 +233,18 @@ async def score(request: Request) -> Response:
     names = None
     if kind == "application/json":
         x = await off_loop(score_images, await request.body(), settings.max_images)
+    elif kind in BINARY_BODIES:
+        x = await off_loop(BINARY_BODIES[kind], await request.body(), settings.max_images)
     elif kind == "multipart/form-data" or kind.startswith("image/"):
         names, x = await uploaded_images(request, settings)
     else:
-        raise HTTPProblem(415, "send application/json, multipart/form-data (image files) or an image/* body")
+        raise HTTPProblem(
+            415, f"send application/json, {RAW_TYPE}, {NPY_TYPE}, multipart/form-data (image files) or an image/* body"
+        )
     probs, served = await _scored(request, x)
     answer = score_answer(probs, served, names)
-    ids = _record(request, x, probs, served, "/score", "json" if names is None else "upload")
+    source = "upload" if names is not None else "binary" if kind in BINARY_BODIES else "json"
+    ids = _record(request, x, probs, served, "/score", source)
     if ids is not None:
         answer["predictions"] = [{"id": i} | p for i, p in zip(ids, answer["predictions"], strict=True)]
     return json_answer(answer)

@@ -55,10 +55,25 @@ _MODEL_FAILED = _problem("the model failed to score the images, or the server is
 
 SCORE_BODY: dict[str, Any] = {
     "required": True,
-    "description": "A JSON batch of 28x28 images (pixels 0-255), image files in a multipart form (any field, "
-    "several files), or one raw image body. Files are prepared the way MNIST was made.",
+    "description": "A JSON batch of 28x28 images (pixels 0-255), the same as binary (raw uint8 pixels or a .npy "
+    "array, for bulk clients), image files in a multipart form (any field, several files), or one raw image body. "
+    "Files are prepared the way MNIST was made; arrays are only checked.",
     "content": {
         "application/json": {"schema": _ref("ScoreRequest")},
+        "application/octet-stream": {
+            "schema": {
+                "type": "string",
+                "format": "binary",
+                "description": "N 28x28 images as uint8 pixels, row by row, back to back: N x 784 bytes",
+            }
+        },
+        "application/x-npy": {
+            "schema": {
+                "type": "string",
+                "format": "binary",
+                "description": "a NumPy .npy array (N, 28, 28) or (28, 28) of integer or float pixels 0-255",
+            }
+        },
         "multipart/form-data": {"schema": _ref("ImageUpload")},
         "image/*": {
             "schema": {
@@ -72,12 +87,18 @@ SCORE_BODY: dict[str, Any] = {
 
 SCORE_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "per image: the digit, its probability and the ten probabilities", "content": _json("Scores")},
-    400: _problem("the body is not valid JSON, the form cannot be parsed, or a file is not an image"),
+    400: _problem(
+        "the body is not valid JSON or .npy, a raw body is not N x 784 bytes, the form cannot be parsed, or a file "
+        "is not an image"
+    ),
     413: _problem(_TOO_LARGE + ", or an uploaded image is over serve.max_image_pixels"),
-    415: _problem("the content type is not application/json, multipart/form-data or image/*"),
+    415: _problem(
+        "the content type is not application/json, application/octet-stream, application/x-npy, "
+        "multipart/form-data or image/*"
+    ),
     422: _problem(
-        "the JSON is not a batch of 28x28 images of pixels 0-255 (the schema's Images: pixels scaled to 0..1 "
-        "are refused), or the form holds no file"
+        "the JSON or .npy array is not a batch of 28x28 images of pixels 0-255 (the schema's Images: pixels scaled "
+        "to 0..1 are refused), or the form holds no file"
     ),
     503: _MODEL_FAILED,
 }

@@ -10,6 +10,7 @@ the handlers read raw bodies themselves, so FastAPI cannot infer them.
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
 from collections.abc import Callable
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 INLINE_BYTES = 64 * 1024  # JSON bodies up to this size are parsed on the event loop; larger ones in a thread
+RAW_TYPE, NPY_TYPE = "application/octet-stream", "application/x-npy"  # `/score`'s binary bodies for bulk clients
+_IMAGE_BYTES = IMAGE_SHAPE[0] * IMAGE_SHAPE[1]
 
 
 class HTTPProblem(Exception):
@@ -170,6 +173,41 @@ def invocation_images(body: bytes, max_images: int) -> np.ndarray:
         raise HTTPProblem(422, 'expected {"inputs": [...]} or {"instances": [...]} of 28x28 images')
     key = "inputs" if "inputs" in data else "instances"
     return image_batch(data[key], key, max_images, _may_hold_bools(body))
+
+
+def raw_images(body: bytes, max_images: int) -> np.ndarray:
+    """The images of an `application/octet-stream` body: N 28x28 images of uint8 pixels, row by row, back to back."""
+    if not body or len(body) % _IMAGE_BYTES:  # 400, as bytes that are not an image file: no schema can say it
+        raise HTTPProblem(
+            400, f"an {RAW_TYPE} body is N x {_IMAGE_BYTES} bytes (28x28 uint8 pixels per image), got {len(body)}"
+        )
+    return _checked(np.frombuffer(body, np.uint8).reshape(-1, *IMAGE_SHAPE), "the body", max_images)
+
+
+def npy_images(body: bytes, max_images: int) -> np.ndarray:
+    """The images of an `application/x-npy` body: a NumPy .npy array (N, 28, 28), or one (28, 28) image, of integer
+    or float pixels 0-255 (no pickled objects)."""
+    try:
+        x = np.load(io.BytesIO(body), allow_pickle=False)
+    except (ValueError, EOFError, OSError):  # not .npy, truncated, or an object array
+        raise HTTPProblem(400, f"the body is not a NumPy .npy file of numbers ({NPY_TYPE})") from None
+    if not isinstance(x, np.ndarray) or x.dtype.kind not in "uif":
+        raise HTTPProblem(422, "the .npy array must hold numbers only (pixel values 0-255)")
+    if x.shape == IMAGE_SHAPE:
+        x = x[None]
+    if x.ndim != 3 or x.shape[1:] != IMAGE_SHAPE or not len(x):
+        raise HTTPProblem(422, f"the .npy array must have shape (N, 28, 28) or (28, 28), got {x.shape}")
+    return _checked(x, "the .npy array", max_images)
+
+
+def _checked(x: np.ndarray, what: str, max_images: int) -> np.ndarray:
+    """`x` (N, 28, 28) as float32 if it is at most `max_images` images of pixels 0-255; 413 or 422 if not."""
+    if len(x) > max_images:
+        raise HTTPProblem(413, f"{what} holds {len(x)} images, over serve.max_images ({max_images})")
+    problem = pixel_problem(x)
+    if problem:
+        raise HTTPProblem(422, f"{what}: {problem}")
+    return np.ascontiguousarray(x, dtype=np.float32)
 
 
 def _may_hold_bools(body: bytes) -> bool:

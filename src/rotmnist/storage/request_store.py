@@ -1,7 +1,7 @@
 """The SQL store of the request log: its table, inserts, corrections, retention and reads.
 
 One row per image: an id (returned to the client), the time (UTC, seconds since the epoch), the model's
-name and version, the route, the source (`json`, `upload` or `page`), the image (28x28 uint8 after
+name and version, the route, the source (`json`, `binary`, `upload` or `page`), the image (28x28 uint8 after
 preparation, 784 bytes), the predicted digit and the ten probabilities (40 bytes of little-endian
 float32). A correction fills the row's `label` and `corrected_at`, once. The store is a SQLite file in
 WAL mode (`Paths.request_log`) or, for several replicas, a PostgreSQL database (`serve.request_log`),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import threading
 from types import SimpleNamespace
@@ -22,8 +23,10 @@ from rotmnist.serving.requests import (
     image_batch,
     invocation_images,
     json_answer,
+    npy_images,
     off_loop,
     parse_json,
+    raw_images,
     score_answer,
     score_images,
 )
@@ -206,6 +209,56 @@ def test_a_body_within_the_limit_reaches_the_app_whole():
     assert asyncio.run(asgi(app, [b"x" * 512] * 2, {})) == (200, {"bytes": 1024}, 0)
 
 
+def npy(array: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    np.save(out, array)
+    return out.getvalue()
+
+
+def test_a_raw_body_is_uint8_images_back_to_back():
+    images = np.random.default_rng(0).integers(0, 256, (3, 28, 28), dtype=np.uint8)
+    x = raw_images(images.tobytes(), LIMIT)
+    assert x.dtype == np.float32 and x.flags.c_contiguous and np.array_equal(x, images)
+    assert refused(raw_images, images.tobytes()[:-1], LIMIT) == (
+        400,
+        "an application/octet-stream body is N x 784 bytes (28x28 uint8 pixels per image), got 2351",
+    )
+    assert refused(raw_images, b"", LIMIT)[0] == 400
+    assert refused(raw_images, images.tobytes(), 2) == (413, "the body holds 3 images, over serve.max_images (2)")
+    scaled = np.zeros((1, 28, 28), np.uint8)
+    scaled[0, 5, 5] = 1
+    assert refused(raw_images, scaled.tobytes(), LIMIT) == (
+        422,
+        "the body: pixels look scaled to [0, 1]; pass values in 0..255 (multiply by 255)",
+    )
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int64, np.float32, ">f8"])
+def test_an_npy_body_is_a_batch_or_one_image_of_any_numeric_type(dtype):
+    images = np.random.default_rng(1).integers(0, 256, (2, 28, 28)).astype(dtype)
+    x = npy_images(npy(images), LIMIT)
+    assert x.dtype == np.float32 and x.flags.c_contiguous and np.array_equal(x, images.astype(np.float32))
+    assert np.array_equal(npy_images(npy(images[0]), LIMIT), x[:1])
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [
+        (b"\x93NUMPY not really", 400, "the body is not a NumPy .npy file of numbers (application/x-npy)"),
+        (npy(np.array([{"pickled": 1}], dtype=object)), 400, "the body is not a NumPy .npy file of numbers"),
+        (npy(np.zeros((2, 28, 28), bool)), 422, "the .npy array must hold numbers only (pixel values 0-255)"),
+        (npy(np.zeros((2, 28, 27))), 422, "the .npy array must have shape (N, 28, 28) or (28, 28), got (2, 28, 27)"),
+        (npy(np.zeros((0, 28, 28))), 422, "the .npy array must have shape (N, 28, 28) or (28, 28), got (0, 28, 28)"),
+        (npy(np.full((1, 28, 28), 256.0)), 422, "the .npy array: pixels must be in 0..255"),
+        (npy(np.full((1, 28, 28), np.nan)), 422, "the .npy array: pixels hold NaN or infinite values"),
+        (npy(np.zeros((1025, 28, 28), np.uint8)), 413, "the .npy array holds 1025 images, over serve.max_images"),
+    ],
+)
+def test_a_bad_npy_body_is_refused_naming_the_problem(body, status, message):
+    got_status, got_message = refused(npy_images, body, LIMIT)
+    assert got_status == status and got_message.startswith(message)
+
+
 # ---- the routes, in process -------------------------------------------------------------------------
 
 
@@ -221,15 +274,22 @@ def test_the_routes_score_json_and_refuse_what_they_cannot_read():
             ([b"digits"], {"content-type": "text/plain"}),
             ([b"not a png"], {"content-type": "image/png"}),
             ([b"{"], json_type),
+            ([np.full((2, 28, 28), 3, np.uint8).tobytes()], {"content-type": "application/octet-stream"}),
+            ([npy(np.full((28, 28), 9.0))], {"content-type": "application/x-npy"}),
         )
     )
-    (status, score, _), (_, invoked, _), unsupported, undecodable, bad_json = answers
+    (status, score, _), (_, invoked, _), unsupported, undecodable, bad_json, raw, array = answers
+    assert raw[0] == 200 and [p["digit"] for p in raw[1]["predictions"]] == [3, 3]
+    assert array[0] == 200 and [p["digit"] for p in array[1]["predictions"]] == [9]
     assert status == 200 and score["model"] == {"name": "digits", "version": "7"}
     assert [p["digit"] for p in score["predictions"]] == [3, 0]
     assert np.argmax(invoked["predictions"][0]) == 9 and len(invoked["predictions"][0]) == 10
     assert unsupported[:2] == (
         415,
-        {"error": "send application/json, multipart/form-data (image files) or an image/* body"},
+        {
+            "error": "send application/json, application/octet-stream, application/x-npy, "
+            "multipart/form-data (image files) or an image/* body"
+        },
     )
     assert undecodable[:2] == (400, {"error": "file 1 is not an image that can be decoded (PNG, JPEG, ...)"})
     assert bad_json[:2] == (400, {"error": "the body is not valid JSON"})
