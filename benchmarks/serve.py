@@ -8,7 +8,9 @@ native programs that leave the two cores to the server; without either the bench
 The rows, in one run under the same load: two bare FastAPI + uvicorn apps (`benchmarks/serve_ceiling.py`:
 one reads the body only, one decodes its JSON into float32: the ceiling a JSON scoring server can reach),
 `rotmnist serve` with the request log on, off, or both in turn (`--log-requests`; on a copy of params.yaml in
-a temp folder, its log a SQLite file there, not the repository's), and `mlflow models serve`. Prints a
+a temp folder, its log a SQLite file there, not the repository's), the same logging server fed the same digit as
+raw uint8 bytes on `POST /score` (`application/octet-stream`, what a bulk client can send instead of JSON), and
+`mlflow models serve`. Prints a
 markdown table: time to the first healthy answer, single-image p50/p99 and requests/s at concurrency 1 and
 10, the share of the decode ceiling and the multiple of `mlflow models serve` at concurrency 10, and one
 256-image batch (best of 5); then the champion alone in this process (one image on one thread, p50, and
@@ -72,11 +74,13 @@ def start(cmd: list[str], health: str, env: dict) -> tuple[subprocess.Popen, flo
 
 
 def load(tool: str, url: str, body: Path, concurrency: int, seconds: int) -> dict[str, float]:
-    """p50 and p99 latency (ms) and requests/s of POSTing `body` for `seconds` at `concurrency`."""
+    """p50 and p99 latency (ms) and requests/s of POSTing `body` (its type from its suffix) for `seconds` at
+    `concurrency`."""
+    content_type = CONTENT_TYPES[body.suffix]
     if tool == "wrk":
         script = body.with_suffix(".lua")
         script.write_text(
-            'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+            f'wrk.method = "POST"\nwrk.headers["Content-Type"] = "{content_type}"\n'
             f'local f = io.open("{body}", "rb"); wrk.body = f:read("*a"); f:close()\n'
         )
         cmd = ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "--latency", "-s", str(script), url]
@@ -91,7 +95,7 @@ def load(tool: str, url: str, body: Path, concurrency: int, seconds: int) -> dic
         if errors:
             sys.exit(f"{url}: {errors.group(1)} requests failed")
         return {"p50": pct("50"), "p99": pct("99"), "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1])}
-    cmd = ["hey", "-z", f"{seconds}s", "-c", str(concurrency), "-m", "POST", "-T", "application/json"]
+    cmd = ["hey", "-z", f"{seconds}s", "-c", str(concurrency), "-m", "POST", "-T", content_type]
     out = subprocess.run([*cmd, "-D", str(body), url], capture_output=True, text=True, check=True).stdout
     return {
         "p50": float(re.search(r"50%+ in ([\d.]+) secs", out)[1]) * 1e3,
@@ -122,11 +126,11 @@ def log_rows(base: str) -> dict[str, float]:
     }
 
 
-def batch_ms(url: str, body: bytes, repeats: int = 5) -> float:
-    best = float("inf")
+def batch_ms(url: str, body: Path, repeats: int = 5) -> float:
+    best, data = float("inf"), body.read_bytes()
     for _ in range(repeats):
         t0 = time.perf_counter()
-        req = urllib.request.Request(url, body, {"Content-Type": "application/json"})
+        req = urllib.request.Request(url, data, {"Content-Type": CONTENT_TYPES[body.suffix]})
         with urllib.request.urlopen(req, timeout=120) as r:
             preds = json.load(r)["predictions"]
         best = min(best, time.perf_counter() - t0)
@@ -153,6 +157,8 @@ CEILING = {
 }
 DECODE_ROW = CEILING["decode"]
 MLFLOW_ROW = "`mlflow models serve`"
+RAW_ROW = "`rotmnist serve`, request log on, raw uint8 body to /score"
+CONTENT_TYPES = {".json": "application/json", ".raw": "application/octet-stream"}
 
 
 def servers(tmp: Path, name: str, log_requests: str) -> dict:
@@ -175,18 +181,22 @@ def servers(tmp: Path, name: str, log_requests: str) -> dict:
     out |= {
         f"`rotmnist serve`, request log {'on' if on else 'off'}": rotmnist(serve_params(tmp, on)) for on in log_modes
     }
+    if log_requests != "off":
+        out[RAW_ROW] = rotmnist(serve_params(tmp, True))
     mlflow = [str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{name}@champion", "--env-manager", "local"]
     out[MLFLOW_ROW] = lambda port: ([*mlflow, "--host", "127.0.0.1", "-p", str(port)], f"http://127.0.0.1:{port}/ping")
     return out
 
 
-def measure(tool: str, label: str, make, env: dict, one: Path, batch: bytes, duration: int) -> tuple[tuple, dict]:
+def measure(tool: str, label: str, make, env: dict, bodies: dict[str, Path], duration: int) -> tuple[tuple, dict]:
     """Start one server, load it at concurrency 1 and 10 and time a batch (not the bare apps, which score
-    nothing): its row, and its request log's counts."""
+    nothing): its row, and its request log's counts. `bodies`: one image and 256 as JSON and as raw bytes."""
     port = free_port()
     cmd, health = make(port)
     proc, startup = start(cmd, health, env)
-    url = f"http://127.0.0.1:{port}/invocations"
+    raw = label == RAW_ROW
+    url = f"http://127.0.0.1:{port}/{'score' if raw else 'invocations'}"
+    one, batch = (bodies["one.raw"], bodies["batch.raw"]) if raw else (bodies["one.json"], bodies["batch.json"])
     scores = label not in CEILING.values()
     logged, b = {}, None
     try:
@@ -196,7 +206,7 @@ def measure(tool: str, label: str, make, env: dict, one: Path, batch: bytes, dur
         c10 = load(tool, url, one, 10, duration)
         if scores:
             b = batch_ms(url, batch)
-        if label.endswith("request log on"):
+        if "request log on" in label:
             logged = log_rows(f"http://127.0.0.1:{port}")
     finally:
         proc.terminate()
@@ -282,12 +292,13 @@ def main() -> None:
     env.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{REPO / 'mlflow.db'}")
     os.environ.setdefault("MLFLOW_TRACKING_URI", env["MLFLOW_TRACKING_URI"])
     tmp = Path(tempfile.mkdtemp(prefix="serve-bench-"))
-    one = tmp / "one.json"
-    one.write_text(json.dumps({"inputs": digits(1).tolist()}))
-    batch = json.dumps({"inputs": digits(256).tolist()}).encode()
+    bodies = {f"{n}.{kind}": tmp / f"{n}.{kind}" for n in ("one", "batch") for kind in ("json", "raw")}
+    for n, count in (("one", 1), ("batch", 256)):
+        bodies[f"{n}.json"].write_text(json.dumps({"inputs": digits(count).tolist()}))
+        bodies[f"{n}.raw"].write_bytes(digits(count).astype(np.uint8).tobytes())
     rows, logged = [], {}
     for label, make in servers(tmp, name, args.log_requests).items():
-        row, counts = measure(tool, label, make, env, one, batch, args.duration)
+        row, counts = measure(tool, label, make, env, bodies, args.duration)
         rows.append(row)
         if counts:
             logged[label] = counts
