@@ -193,3 +193,21 @@ def test_a_damaged_artifact_is_a_registry_error_and_a_bug_in_loading_propagates(
     monkeypatch.setattr(mlflow.pyfunc, "load_model", buggy)
     with pytest.raises(TypeError, match="a bug in our own loading code"):
         registry.load_model(uri)
+
+
+def test_a_pinned_package_at_another_version_is_a_warning_naming_both(tmp_path, caplog):
+    import numpy
+
+    (tmp_path / "requirements.txt").write_text(
+        f"mlflow\nnumpy=={numpy.__version__}\n-r other.txt\n# pins\nnumpy<1.0\nno-such-package-here==1.0\n"
+    )
+    with caplog.at_level(logging.WARNING, "rotmnist.tracking.registry"):
+        registry.warn_on_other_versions(tmp_path, "models:/m/1")
+    assert [r.getMessage() for r in caplog.records] == [
+        f"model models:/m/1 was logged with numpy<1.0; this environment has {numpy.__version__}",
+        "model models:/m/1 was logged with no-such-package-here==1.0; this environment has none",
+    ]
+    caplog.clear()
+    (tmp_path / "requirements.txt").unlink()
+    registry.warn_on_other_versions(tmp_path, "models:/m/1")  # a model without pins: nothing to check
+    assert caplog.records == []
