@@ -8,7 +8,7 @@ creation of `.venv`, then the whole suite with its coverage summary. Parses pyte
 (`=== 856 passed, 2 skipped in 1461.23s (0:24:21) ===`) and its `SKIPPED` lines, and writes the
 figures as JSON: passed, skipped, failed (failures and errors), pytest's `seconds`, `make_seconds`
 for the whole command, the skip reasons, and the CPU. docs/getting-started.md quotes them, and
-tests/unit/test_figures.py checks the quote against the file. About half an hour on 2 cores.
+tests/unit/test_figures.py checks the quote against the file. About 10 minutes on 2 cores.
 """
 
 from __future__ import annotations
