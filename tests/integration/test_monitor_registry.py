@@ -45,12 +45,13 @@ pytestmark = pytest.mark.slow  # a real MLflow store and torch.export: seconds p
 
 @pytest.fixture
 def ws(tmp_path, monkeypatch, empty_store) -> Paths:
-    """A workspace with the oracle holdout and its own MLflow store."""
+    """A workspace with the oracle holdout (also its test split, turned across the circle) and its own MLflow store."""
     monkeypatch.delenv("ROTMNIST_STORE_ROOT", raising=False)
     shutil.copy(empty_store, tmp_path / "mlflow.db")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     paths = Paths(root=tmp_path, store_root=tmp_path)
-    save_dataset(oracle_holdout(), paths.split("holdout"))
+    for split in ("holdout", "test"):
+        save_dataset(oracle_holdout(), paths.split(split))
     return paths
 
 
@@ -97,7 +98,11 @@ def test_a_good_model_is_registered_and_promoted(ws):
     logged = {f.path for f in client.list_artifacts(run_id, "monitor")}
     assert {"monitor/monitor.json", "monitor/angle_accuracy.png", "monitor/confusion.png"} <= logged
     assert {"monitor/misclassified.png", "monitor/angle_accuracy.csv", "monitor/confusion.csv"} <= logged
-    assert {"monitor/roc.png", "monitor/roc.csv"} <= logged
+    assert {"monitor/roc.png", "monitor/roc.csv", "monitor/circle.png", "monitor/circle.csv"} <= logged
+    circle = report["circle"]
+    assert list(circle) == ["test", "holdout"] and list(circle["test"]) == [str(a) for a in range(-90, 91, 15)]
+    assert circle["holdout"]["0"] == report["holdout"]["per_angle"]["0"]["accuracy"]  # upright: unturned digits
+    assert run.data.metrics["circle_test_accuracy_angle_-90"] == circle["test"]["-90"]
     assert run.data.metrics["holdout_auc_class_3"] == report["roc_auc"]["per_class"]["3"]
     plots = sorted(p.name for p in (ws.plots / "monitor").iterdir())
     assert plots == MONITOR_PLOTS

@@ -165,8 +165,14 @@ def test_monitor_registers_the_weak_candidate_and_does_not_promote_it(repo):
     report, reference = read(repo, "reports/monitor.json"), read(repo, "models/run.json")
     cfg = params(repo)["monitor"]
     holdout = load_dataset(repo / "data" / "splits" / "holdout")
-    assert set(report) == {"gate", "registry", "training_run_id", "holdout", "roc_auc", "class_distribution", "seconds"}
+    keys = {"gate", "registry", "training_run_id", "holdout", "circle", "roc_auc", "class_distribution", "seconds"}
+    assert set(report) == keys
     assert report["training_run_id"] == reference["run_id"]
+    test = load_dataset(repo / "data" / "splits" / "test")
+    for split, data in (("test", test), ("holdout", holdout)):  # each angle: a share of the upright digits
+        upright = int((data.angle == 0).sum())
+        assert list(map(int, report["circle"][split])) == cfg["circle"]
+        assert all(round(acc * upright, 6).is_integer() for acc in report["circle"][split].values())
     assert report["holdout"]["n"] == len(holdout) == sum(s["n"] for s in report["holdout"]["per_angle"].values())
     assert sorted(int(a) for a in report["holdout"]["per_angle"]) == ANGLES
     assert in_unit_range(report["holdout"]["accuracy"], report["roc_auc"]["macro"])

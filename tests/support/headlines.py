@@ -35,6 +35,8 @@ HEADLINES = {
         "holdout_accuracy": lambda r: r["holdout"]["accuracy"],
         "holdout_worst_angle": lambda r: worst_angle(r["holdout"]["per_angle"])[0],
         "holdout_worst_angle_accuracy": lambda r: worst_angle(r["holdout"]["per_angle"])[1],
+        "test_far_worst_angle": lambda r: far_worst(r)[0],
+        "test_far_worst_accuracy": lambda r: far_worst(r)[1],
         "feedback_accuracy": lambda r: r.get("feedback", {}).get("accuracy"),
         "gate_passed": lambda r: r["gate"]["passed"],
         "version": lambda r: r["registry"]["version"],
@@ -52,6 +54,12 @@ HEADLINES = {
         "final_min_accuracy": lambda r: r["final"]["min_accuracy"],
     },
 }
+
+
+def far_worst(report: dict[str, Any]) -> tuple[int | None, float | None]:
+    """The lowest test accuracy of the circle beyond +-30 degrees (the smaller angle on a tie); Nones without one."""
+    far = sorted((acc, int(a)) for a, acc in report.get("circle", {}).get("test", {}).items() if abs(int(a)) > 30)
+    return (far[0][1], far[0][0]) if far else (None, None)
 
 
 def expected_headline(stage: str, report: dict[str, Any]) -> dict[str, Any]:

@@ -26,6 +26,8 @@ WHEEL_MEMBER = "mnist/data/mnist.pkl.gz"
 MONITOR_PLOTS = [
     "angle_accuracy.csv",
     "angle_accuracy.png",
+    "circle.csv",
+    "circle.png",
     "confusion.csv",
     "confusion.png",
     "misclassified.png",

@@ -128,20 +128,33 @@ def feedback_reasons(feedback: dict[str, Any] | None, threshold: float | None) -
     return [f"error on the feedback slice {feedback['error_rate']:.2%} > monitor.feedback_threshold {threshold:.2%}"]
 
 
+def far_reasons(far: dict[str, float] | None, threshold: float | None) -> list[str]:
+    """Why the holdout beyond the trained angles counts as concept drift: at some angle there (`far`: accuracy
+    per angle), an error above `monitor.far_threshold` (None: off)."""
+    if threshold is None or not far:
+        return []
+    return [
+        f"holdout error at {a} deg (beyond the trained angles) {1 - acc:.2%} > monitor.far_threshold {threshold:.2%}"
+        for a, acc in far.items()
+        if is_concept_drift(1 - acc, threshold)
+    ]
+
+
 def decide(
     candidate: dict[str, Any],
     champion: dict[str, Any] | None,
     cfg: MonitorConfig,
     champion_label: str = "the champion",
     feedback: dict[str, Any] | None = None,
+    far: dict[str, float] | None = None,
 ) -> Gate:
     """Pass only with no concept drift and, if there is a champion, no slice worse than it beyond the tolerance.
 
-    `feedback`: the candidate's metrics on the held-out corrections, gated by `monitor.feedback_threshold`.
+    `feedback`: the candidate's metrics on the held-out corrections, gated by `monitor.feedback_threshold`;
+    `far`: its holdout accuracy per angle beyond the trained ones, gated by `monitor.far_threshold`.
     """
-    drift = concept_drift_reasons(candidate, cfg.threshold, cfg.angle_threshold) + feedback_reasons(
-        feedback, cfg.feedback_threshold
-    )
+    drift = concept_drift_reasons(candidate, cfg.threshold, cfg.angle_threshold)
+    drift += feedback_reasons(feedback, cfg.feedback_threshold) + far_reasons(far, cfg.far_threshold)
     worse = regression_reasons(candidate, champion, cfg.tolerance, champion_label) if champion else []
     return Gate(concept_drift=bool(drift), promoted=not drift and not worse, reasons=tuple(drift + worse))
 

@@ -20,7 +20,7 @@ from matplotlib.ticker import PercentFormatter
 from rotmnist.data.dataset import Dataset
 from rotmnist.io import atomic_path
 from rotmnist.learning.metrics import ROC_LOG_FLOOR, auc, confusion_matrix, sample_curve
-from rotmnist.spec import IMAGE_SHAPE, N_CLASSES
+from rotmnist.spec import ALLOWED_ANGLES, IMAGE_SHAPE, N_CLASSES
 
 MAX_MISCLASSIFIED = 48  # digits shown in the grid of holdout mistakes
 
@@ -126,6 +126,22 @@ def plot_misclassified(ds: Dataset, probs: np.ndarray, path: str | Path) -> Path
     fig.suptitle(f"Misclassified holdout digits: {n_wrong} of {len(yhat)} (true→predicted angle)", fontsize=9)
     if not n_wrong:
         axes.flat[0].text(0, 0.5, "none", fontsize=12)
+    return save_png(fig, path)
+
+
+def plot_circle(rows: list[dict], path: str | Path, gate_line: float) -> Path:
+    """Test and holdout accuracy per angle across the circle (`circle.csv`'s rows), the trained angles shaded."""
+    fig = Figure(figsize=(8, 4.5))
+    ax = fig.add_subplot()
+    angles = [r["angle"] for r in rows]
+    for key, marker in (("test_accuracy", "o"), ("holdout_accuracy", "s")):
+        ax.plot(angles, [100 * r[key] for r in rows], marker=marker, ms=4, label=key.split("_")[0])
+    ax.axvspan(min(ALLOWED_ANGLES), max(ALLOWED_ANGLES), color="grey", alpha=0.12, label="trained angles")
+    ax.axhline(100 * gate_line, color="grey", ls=":", lw=1, label="the gate's per-angle line")
+    ax.set(xlabel="angle (degrees, counter-clockwise)", ylabel="accuracy (%)", xticks=angles)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower center", fontsize=8)
+    ax.set_title("Upright test and holdout digits turned across the circle")
     return save_png(fig, path)
 
 

@@ -11,7 +11,12 @@ The report, `reports/monitor.json`, holds no null: a key that would have no valu
 appear only when there is such a champion; `feedback` (accuracy on the held-out corrections,
 data/feedback/holdout, beside the holdout's angles) only when there are corrections. Its headline figures,
 `metrics/monitor.json`, follow the same rule: `champion_version` only with a champion after the gate,
-`feedback_accuracy` only with held-out corrections.
+`feedback_accuracy` only with held-out corrections, the worst angle beyond the trained ones only when
+`monitor.circle` reaches past them.
+
+`circle`: the candidate's accuracy on the upright test and holdout digits turned by each angle of
+`monitor.circle` (by default -90..+90 in 15-degree steps), far beyond the trained angles too; the gate
+reports it and, with `monitor.far_threshold` set, fails on the holdout's error there.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from rotmnist.data import feedback as corrections
 from rotmnist.data.dataset import Dataset, load_dataset
 from rotmnist.errors import PipelineError
 from rotmnist.learning import plots
+from rotmnist.learning.circle import circle_accuracy, far_angles, worst
 from rotmnist.learning.gate import GATE_FAILED, GATE_TAG, Gate, class_distribution, decide
 from rotmnist.learning.metrics import auc, one_vs_rest_roc, roc_grid, sample_curve, slice_metrics, worst_angle
 from rotmnist.paths import Paths
@@ -62,6 +68,8 @@ def flat_metrics(report: dict[str, Any], prefix: str = "holdout") -> dict[str, f
     out |= {f"{prefix}_pred_chi2_pvalue": dist["p_value"]} if "p_value" in dist else {}
     fb = report.get("feedback", {})
     out |= {f"feedback_{k}": fb[k] for k in ("accuracy", "champion_accuracy") if k in fb}
+    for split, accuracy in report.get("circle", {}).items():
+        out |= {f"circle_{split}_accuracy_angle_{a}": acc for a, acc in accuracy.items()}
     out["gate_passed"] = float(report["gate"]["passed"])
     out["gate_concept_drift"] = float(report["gate"]["drift"])
     return out
@@ -122,6 +130,7 @@ def build_report(
     distribution: dict[str, Any],
     roc: dict[str, Any] | None = None,
     feedback: dict[str, Any] | None = None,
+    circle: dict[str, dict[str, float]] | None = None,
 ) -> dict[str, Any]:
     """The content of reports/monitor.json: decision, registry state, every slice metric (no lists, no nulls)."""
     before = int(previous.version) if previous else None
@@ -148,6 +157,7 @@ def build_report(
         "holdout": metrics,
         "champion_holdout": champion_metrics,
         "feedback": feedback or None,
+        "circle": circle or None,
         "roc_auc": roc or None,
         "class_distribution": distribution,
     }
@@ -158,10 +168,14 @@ def headline(report: dict[str, Any]) -> dict[str, Any]:
     """metrics/monitor.json from reports/monitor.json: holdout accuracy (overall, worst angle), the gate, versions."""
     h, r = report["holdout"], report["registry"]
     angle, accuracy = worst_angle({a: m["accuracy"] for a, m in h["per_angle"].items()})
+    far = far_angles(report.get("circle", {}).get("test", {}))
+    far_angle, far_accuracy = worst(far) if far else (None, None)
     return {
         "holdout_accuracy": h["accuracy"],
         "holdout_worst_angle": angle,
         "holdout_worst_angle_accuracy": accuracy,
+        "test_far_worst_angle": far_angle,
+        "test_far_worst_accuracy": far_accuracy,
         "feedback_accuracy": report.get("feedback", {}).get("accuracy"),
         "gate_passed": report["gate"]["passed"],
         "version": r["version"],
@@ -222,6 +236,11 @@ def roc_rows(curves: dict[int, tuple[np.ndarray, np.ndarray]], points: int = ROC
     ]
 
 
+def circle_rows(circle: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
+    """plots/monitor/circle.csv: per angle of `monitor.circle`, the candidate's test and holdout accuracy."""
+    return [{"angle": int(a), **{f"{s}_accuracy": circle[s][a] for s in ("test", "holdout")}} for a in circle["test"]]
+
+
 def write_plots(
     folder: Path,
     holdout: Dataset,
@@ -248,6 +267,10 @@ def write_plots(
     curves = curves if curves is not None else one_vs_rest_roc(holdout.y, probs)
     io.write_csv(folder / "roc.csv", roc_rows(curves))
     plots.plot_roc(curves, folder / "roc.png")
+    if "circle" in report:
+        rows = circle_rows(report["circle"])
+        io.write_csv(folder / "circle.csv", rows)
+        plots.plot_circle(rows, folder / "circle.png", gate_line)
 
 
 def main(config: Config, paths: Paths) -> None:
@@ -257,9 +280,9 @@ def main(config: Config, paths: Paths) -> None:
     start = time.perf_counter()
     cfg, name = config.monitor, config.monitor.model_name
     run = read_run_reference(paths.candidate_reference, made_by="finetune")
-    holdout = load_dataset(paths.split("holdout"))
-    if len(holdout) == 0:
-        raise PipelineError(f"the holdout split {paths.split('holdout')} is empty; check split.holdout_fraction")
+    holdout, test = load_dataset(paths.split("holdout")), load_dataset(paths.split("test"))
+    if len(holdout) == 0 or len(test) == 0:
+        raise PipelineError("the holdout and test splits must not be empty; check split.holdout_fraction")
     store.configure_mlflow(config, paths)
     client = MlflowClient()
 
@@ -275,7 +298,12 @@ def main(config: Config, paths: Paths) -> None:
         champion, champion_metrics = evaluate_champion(client, name, holdout)
     champion_v = champion.version if champion else None
     held_out = feedback_slice(corrections.load(paths.feedback / "holdout").data, candidate, champion)
-    gate = decide(metrics, champion_metrics, cfg, champion_label=f"champion v{champion_v}", feedback=held_out)
+    log.info("turning the upright test and holdout digits by %s degrees", cfg.circle)
+    circle = {
+        s: circle_accuracy(candidate.predict_proba, d, cfg.circle) for s, d in (("test", test), ("holdout", holdout))
+    }
+    label = f"champion v{champion_v}"
+    gate = decide(metrics, champion_metrics, cfg, label, feedback=held_out, far=far_angles(circle["holdout"]))
     distribution = class_distribution(holdout.y, probs.argmax(axis=1))
     curves = one_vs_rest_roc(holdout.y, probs)
     report = build_report(
@@ -290,6 +318,7 @@ def main(config: Config, paths: Paths) -> None:
         distribution,
         roc_auc(curves),
         held_out,
+        circle,
     )
 
     # The report first, the registry's decision last (champion alias the very last write): a crash in

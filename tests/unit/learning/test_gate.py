@@ -194,3 +194,24 @@ def test_the_feedback_slice_gates_only_when_monitor_feedback_threshold_is_set():
     assert g.concept_drift and not g.promoted
     assert g.reasons == ("error on the feedback slice 10.00% > monitor.feedback_threshold 5.00%",)
     assert gate.decide(good, None, strict, feedback=None).promoted  # no corrections: nothing to gate on
+
+
+def test_the_holdout_beyond_the_trained_angles_gates_only_when_monitor_far_threshold_is_set():
+    good = metrics_with(0.995, {"0": 0.996, "-30": 0.99})
+    far = {"-60": 0.95, "60": 0.80, "90": 0.5}
+    assert gate.decide(good, None, CFG, far=far).promoted  # off by default: reported, not gated
+    strict = CFG.model_copy(update={"far_threshold": 0.1})
+    g = gate.decide(good, None, strict, far=far)
+    assert g.concept_drift and not g.promoted
+    assert g.reasons == (
+        "holdout error at 60 deg (beyond the trained angles) 20.00% > monitor.far_threshold 10.00%",
+        "holdout error at 90 deg (beyond the trained angles) 50.00% > monitor.far_threshold 10.00%",
+    )
+    assert gate.decide(good, None, strict, far={"-60": 0.95}).promoted
+    assert gate.decide(good, None, strict, far=None).promoted  # a circle within the trained angles
+
+
+@pytest.mark.parametrize("circle", [[], [0, 0], [30, 0], [-200, 0], [0, 181]])
+def test_monitor_circle_must_be_distinct_increasing_angles_within_half_a_turn(circle):
+    with pytest.raises(ValueError, match="circle"):
+        MonitorConfig(circle=circle)
