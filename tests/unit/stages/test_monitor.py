@@ -62,6 +62,7 @@ def test_write_plots_writes_csv_for_dvc_and_png(tmp_path):
     yhat = probs.argmax(1)
     cand = metrics.slice_metrics(ds.y, yhat, ds.angle)
     report = {"registry": {"version": 2, "compared_with": 1}, "holdout": cand, "champion_holdout": cand}
+    report["circle"] = {"test": {"-45": 0.9, "0": 0.99}, "holdout": {"-45": 0.8, "0": 0.98}}
     monitor.write_plots(tmp_path / "p", ds, probs, report, 1 - CFG.angle_threshold)
     files = sorted((tmp_path / "p").iterdir())
     names = [f.name for f in files]
@@ -73,6 +74,8 @@ def test_write_plots_writes_csv_for_dvc_and_png(tmp_path):
     assert lines[0] == "actual,predicted" and len(lines) == 61
     assert lines[1] == f"{ds.y[0]},{yhat[0]}"
     assert (tmp_path / "p" / "angle_accuracy.csv").read_text().splitlines()[0] == "angle,candidate,champion"
+    circle = (tmp_path / "p" / "circle.csv").read_text().splitlines()
+    assert circle == ["angle,test_accuracy,holdout_accuracy", "-45,0.9,0.8", "0,0.99,0.98"]
     roc = (tmp_path / "p" / "roc.csv").read_text().splitlines()
     assert roc[0] == "fpr," + ",".join(f"class_{c}" for c in range(10)) and roc[1].startswith("0.0,")
     assert not list((tmp_path / "p").glob(".*tmp*"))  # atomic writes leave no temp files
