@@ -157,7 +157,7 @@ def test_three_workers_started_together_on_an_empty_postgresql_share_one_study_a
 def test_a_worker_killed_on_postgresql_has_its_trial_failed_by_heartbeat_and_retried(tmp_path, splits, pg):
     name = "pgkill"
     # trials enough that the survivor still starts one when the grace period after the death is over
-    ws = workspace(tmp_path, splits, name, epochs=40, n_trials=8)
+    ws = workspace(tmp_path, splits, name, epochs=40, n_trials=12)
     workers = start_workers(ws, 2, pg["optuna"], pg["mlflow"])
     killed_at = kill_mid_trial(workers, lambda: load_study(ws, pg["optuna"]))
     errors = finish(workers[1:])
