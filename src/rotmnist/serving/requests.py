@@ -152,10 +152,7 @@ def image_batch(data: Any, what: str, max_images: int, maybe_bools: bool = True)
         raise HTTPProblem(413, f"{what} holds {len(x)} images, over serve.max_images ({max_images})")
     if maybe_bools and bool in set(map(type, chain.from_iterable(chain.from_iterable(data)))):
         raise HTTPProblem(422, f"{what} must hold numbers only (pixel values 0-255), not true or false")
-    problem = pixel_problem(x)
-    if problem:
-        raise HTTPProblem(422, f"{what}: {problem}")
-    return np.ascontiguousarray(x, dtype=np.float32)
+    return _checked(x, what, max_images)  # counted above already: refused with 413 before the scan for booleans
 
 
 def score_images(body: bytes, max_images: int) -> np.ndarray:
