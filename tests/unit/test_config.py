@@ -171,3 +171,21 @@ def test_bad_curriculum_params_are_refused_with_the_key_named(section, key, frag
     with pytest.raises(ConfigError) as err:
         config_from_dict({"curriculum": section})
     assert f"  {key}:" in str(err.value) and fragment in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "fragment"),
+    [
+        ({"orientations": [-30, 30]}, "model.orientations", "0 among them"),
+        ({"orientations": [30, 0]}, "model.orientations", "in increasing order"),
+        ({"orientations": [0, 0]}, "model.orientations", "distinct angles"),
+        ({"orientations": [0, 200]}, "model.orientations", "-180..180"),
+        ({"orientations": []}, "model.orientations", "at least 1 item"),
+        ({"pool_below": 0.0}, "model.pool_below", "greater than 0"),
+        ({"pool_below": 1.5}, "model.pool_below", "less than or equal to 1"),
+    ],
+)
+def test_bad_model_params_are_refused_with_the_key_named(section, key, fragment):
+    with pytest.raises(ConfigError) as err:
+        config_from_dict({"model": section})
+    assert f"  {key}:" in str(err.value) and fragment in str(err.value)

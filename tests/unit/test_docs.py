@@ -24,7 +24,7 @@ PAGES = [README, *sorted(DOCS.rglob("*.md"))]
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
 # The docs cite params keys as `section.key`; every section of params.yaml is checked, these at least.
 SECTIONS = ("download", "augment", "split", "tune", "train", "monitor", "predict", "serve", "compare", "curriculum")
-SECTIONS += ("mlflow",)
+SECTIONS += ("mlflow", "model")
 KEY = rf"(?:{'|'.join(sorted(set(SECTIONS) | set(PARAMS), key=len, reverse=True))})(?:\.[A-Za-z_]\w*)+"
 # A code span that starts with a key: `train.device: auto`, `tune.n_trials=16`, `serve.port` (not `mlflow.pyfunc(...)`).
 SPAN_KEY = re.compile(rf"^({KEY})(?=$|[\s:=])")
@@ -32,7 +32,7 @@ SPAN_KEY = re.compile(rf"^({KEY})(?=$|[\s:=])")
 SET_KEY = re.compile(rf"-S[ \t]+['\"]?({KEY})=")
 # `split.py`, `metrics/train.json`, `mlflow.db`: file names, not keys.
 FILE_SUFFIXES = {"py", "json", "csv", "png", "md", "yaml", "yml", "lock", "html", "npy", "npz", "pt", "pt2", "log"}
-FILE_SUFFIXES |= {"db", "txt", "toml"}
+FILE_SUFFIXES |= {"db", "txt", "toml", "pth"}
 # `make <args>` and `rotmnist <args>` in code, up to a shell separator or a comment.
 ARGS = r"((?:[ \t]+[^\s;&|()#`]+)*)"
 MAKE_CALL = re.compile(rf"(?:^|(?<=[\s;&|(]))make{ARGS}", re.MULTILINE)

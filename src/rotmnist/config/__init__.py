@@ -23,7 +23,15 @@ from rotmnist.config.evaluation import (
     SlaConfig,
 )
 from rotmnist.config.serving import MIN_RECENT_INPUTS, DriftConfig, FeedbackConfig, PredictConfig, ServeConfig
-from rotmnist.config.training import CnnSpace, FinetuneConfig, MlpSpace, SearchSpace, TrainConfig, TuneConfig
+from rotmnist.config.training import (
+    CnnSpace,
+    FinetuneConfig,
+    MlpSpace,
+    ModelConfig,
+    SearchSpace,
+    TrainConfig,
+    TuneConfig,
+)
 from rotmnist.errors import ConfigError
 from rotmnist.paths import Paths
 
@@ -43,6 +51,7 @@ __all__ = [
     "LatencyConfig",
     "MlflowConfig",
     "MlpSpace",
+    "ModelConfig",
     "MonitorConfig",
     "PredictConfig",
     "SearchSpace",
@@ -69,6 +78,7 @@ class Config(Section):
     split: SplitConfig = SplitConfig()
     tune: TuneConfig = TuneConfig()
     train: TrainConfig = TrainConfig()
+    model: ModelConfig = ModelConfig()
     finetune: FinetuneConfig = FinetuneConfig()
     monitor: MonitorConfig = MonitorConfig()
     predict: PredictConfig = PredictConfig()

@@ -134,6 +134,22 @@ class TrainConfig(Section):
         return data
 
 
+class ModelConfig(Section):
+    """How the model `train` logs scores, wherever it is used (the registry, serve, predict, monitor): its
+    orientation pooling. An unsure digit (top probability below `pool_below`) is scored turned by each of
+    `orientations` as one batch and the probabilities are averaged; [0] turns none. Defaults: docs/results.md."""
+
+    orientations: list[int] = Field([-90, -60, -30, -15, 0, 15, 30, 60, 90], min_length=1)
+    pool_below: float = Field(0.9, gt=0.0, le=1.0)  # 1 = every digit
+
+    @field_validator("orientations")
+    @classmethod
+    def _orientations(cls, v: list[int]) -> list[int]:
+        if any(not -180 <= a <= 180 for a in v) or v != sorted(set(v)) or 0 not in v:
+            raise ValueError("must be distinct angles in -180..180 degrees, in increasing order, 0 among them")
+        return v
+
+
 # The keys of `train` that the stage `finetune` took over (a params.yaml that still sets one gets a clear error).
 MOVED_TO_FINETUNE = ("feedback", "feedback_cap", "feedback_weight")
 

@@ -13,7 +13,8 @@ are then a blend, `finetune.blend` of the fine-tuned model's and the rest of tra
 most of what the corrections taught for a fraction of what the fine-tune cost the trained angles. It is
 minutes, not the from-scratch training's half hour, and the sweep's choice is kept rather than re-tuned.
 
-It scores the candidate on the test split at every angle against train's own scores of its model
+The candidate scores as train's model does (its orientation pooling, `model.*`). It scores the candidate
+on the test split at every angle against train's own scores of its model
 (reports/train.json: the same weights, the same digits; the report's `test_change` is the difference in points),
 logs an MLflow run with the model, and writes the candidate.
 """
@@ -158,7 +159,7 @@ def fine_tune(config: Config, paths: Paths, base_reference: dict[str, Any], corr
         fitted = fit(
             spec, mix, None, hp, device=device, seed=config.finetune.seed, on_epoch=log_epoch, desc=name, init=base
         )
-        model = blended(base, serving_copy(fitted.model), config.finetune.blend)
+        model = blended(base, serving_copy(fitted.model), config.finetune.blend).pool(base.pooling)
         after = per_angle(model, test)
         change = test_change(before, after)
         metrics = {"test_accuracy": after["accuracy"], "test_largest_drop_points": change["largest_drop"]}
@@ -168,6 +169,7 @@ def fine_tune(config: Config, paths: Paths, base_reference: dict[str, Any], corr
     with io.atomic_path(paths.candidate_file) as tmp:
         torch.save(model.state_dict(), tmp)
     extra = {"experiment_id": base_reference.get("experiment_id"), "spec": spec, "finetuned": True}
+    extra |= {"pooling": base.pooling.record()}  # train's model scores the same way
     write_run_reference(paths.candidate_reference, run_id, model_uri, **extra, base_run_id=base_reference["run_id"])
     images = int(sum(m["epoch_images"] for m in fitted.history))
     seconds = sum(m["epoch_seconds"] for m in fitted.history)

@@ -2,9 +2,10 @@
 
 Reads the sweep's choice (`models/best_params.json`), trains it from scratch with the shared recipe
 for `train.epochs` on the train split (people's corrections are the stage `finetune`'s), scores it
-on `val` and on `test` (per angle and per class), logs the run and the model (`torch.export`, no
-pickle) to MLflow, and writes the DVC outputs `monitor` reads, the report (`reports/train.json`) and its
-headline figures (`metrics/train.json`).
+on `val` (the network's own scores, as training saw them) and on `test` (per angle and per class, as the
+model scores with its orientation pooling, `model.*`), logs the run and the model (`torch.export`, no
+pickle; the pooling inside the exported graph) to MLflow, and writes the DVC outputs `monitor` reads, the
+report (`reports/train.json`) and its headline figures (`metrics/train.json`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from rotmnist.errors import PipelineError
 from rotmnist.learning.device import apply_threads, resolve_device
 from rotmnist.learning.latency import measure_latency
 from rotmnist.learning.metrics import slice_metrics, worst_angle
-from rotmnist.learning.model import RawImageClassifier, predict_labels
+from rotmnist.learning.model import Pooling, RawImageClassifier, predict_labels
 from rotmnist.learning.recipe import PIPELINE_RECIPE_KEYS, hyper_dict, read_best_params, recipe
 from rotmnist.learning.training import evaluate, fit
 from rotmnist.paths import Paths
@@ -137,7 +138,9 @@ def main(config: Config, paths: Paths) -> None:
     tags |= {"stage": "train", "family": spec["family"]}
     tags |= {"tuned_by": str(best.get("parent_run_id", "")), "tuned_trial": str(best.get("trial", ""))}
     name = f"train-{describe(spec)}-e{hp.epochs}"
+    pooling = Pooling(tuple(config.model.orientations), config.model.pool_below)
     params = {**spec, **hyper_dict(hp, device), "train_images": len(train), "device": device.type}
+    params |= {"pooling_orientations": list(pooling.orientations), "pooling_below": pooling.below}
     with start_run(name, tags, params) as run_id:
         log_split_inputs(splits, paths, tags["data_hash"])
         fitted = fit(
@@ -151,7 +154,7 @@ def main(config: Config, paths: Paths) -> None:
             desc=name,
             score_every=config.train.val_every,
         )
-        model = fitted.model.to(memory_format=torch.contiguous_format).cpu().eval()
+        model = fitted.model.to(memory_format=torch.contiguous_format).cpu().eval().pool(pooling)
         report = test_report(model, test)
         val_scores = evaluate(model, val.x, val.y) if len(val) else {}
         lat = measure_latency(model, test.x, config.latency)
@@ -161,7 +164,8 @@ def main(config: Config, paths: Paths) -> None:
         )
     with io.atomic_path(paths.model_file) as tmp:
         torch.save(model.state_dict(), tmp)
-    write_run_reference(paths.run_reference, run_id, model_uri, experiment_id=experiment_id, spec=spec)
+    reference = {"experiment_id": experiment_id, "spec": spec, "pooling": pooling.record()}
+    write_run_reference(paths.run_reference, run_id, model_uri, **reference)
     detail = summary(report, val_scores, fitted.history, hp.epochs, len(train)) | lat
     detail = write_report(paths.report("train"), paths.headline("train"), rounded(detail), headline, start)
     log.info(

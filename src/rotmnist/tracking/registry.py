@@ -160,6 +160,8 @@ def load_model(uri: str, version: str | None = None) -> Classifier:
     import mlflow.artifacts
     import mlflow.pyfunc
 
+    import rotmnist.learning.model  # noqa: F401  (quiets torch's note on loading a pooled graph)
+
     broken = _broken_model_errors()
     try:
         with tempfile.TemporaryDirectory(prefix="rotmnist-model-") as tmp:

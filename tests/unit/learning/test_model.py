@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
 
 from rotmnist import io
 from rotmnist.errors import PipelineError
+from rotmnist.learning.circle import turned
 from rotmnist.learning.model import (
+    Pooling,
     RawImageClassifier,
     build_model,
     classifier_from_spec,
@@ -146,4 +150,73 @@ def test_a_missing_or_mismatched_pipeline_model_says_to_run_train(tmp_path):
         load_pipeline_model(tmp_path / "model.pt", tmp_path / "run.json")
     io.write_json(tmp_path / "run.json", {"run_id": "r"})
     with pytest.raises(PipelineError, match="lacks the model spec"):
+        load_pipeline_model(tmp_path / "model.pt", tmp_path / "run.json")
+
+
+TURNS = (-90, -30, 0, 30, 90)
+
+
+def _turned_mean(clf: RawImageClassifier, x: np.ndarray, angles) -> np.ndarray:
+    """The pooled probabilities written out: the plain model on each turned copy, averaged."""
+    plain = copy.deepcopy(clf).pool(Pooling())
+    return np.mean([predict_proba(plain, turned(x, a)) for a in angles], axis=0)
+
+
+def test_pooling_scores_every_digit_turned_by_each_orientation_and_averages():
+    torch.manual_seed(0)
+    clf = classifier_from_spec({"family": "cnn", "blocks": 1, "channels": 4, "dense": 0}).eval()
+    x = images(6)
+    clf.pool(Pooling(TURNS, below=1.0))
+    probs = predict_proba(clf, x)
+    np.testing.assert_allclose(probs, _turned_mean(clf, x, TURNS), atol=1e-5)
+    np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-5)
+
+
+def test_pooling_turns_only_the_digits_the_model_is_unsure_of():
+    torch.manual_seed(0)
+    clf = classifier_from_spec({"family": "mlp", "layers": 1, "width": 16}).eval()
+    x = images(40)
+    plain = predict_proba(clf, x)
+    below = float(np.median(plain.max(1)))  # half the digits are unsure
+    probs = predict_proba(clf.pool(Pooling(TURNS, below=below)), x)
+    unsure = plain.max(1) < below
+    assert 0 < unsure.sum() < len(x)
+    assert np.array_equal(probs[~unsure], plain[~unsure])
+    np.testing.assert_allclose(probs[unsure], _turned_mean(clf, x[unsure], TURNS), atol=1e-5)
+    all_sure = x[~unsure][:3]
+    np.testing.assert_allclose(predict_proba(clf, all_sure), plain[~unsure][:3], atol=1e-6)  # none turned
+
+
+def test_pooling_leaves_the_state_dict_and_training_logits_alone(tmp_path):
+    torch.manual_seed(0)
+    clf = classifier_from_spec({"family": "logreg"})
+    before = clf.state_dict()
+    clf.pool(Pooling(TURNS, 0.5))
+    assert clf.state_dict().keys() == before.keys()
+    plain = classifier_from_spec({"family": "logreg"})
+    plain.load_state_dict(before)
+    x = torch.from_numpy(images(3)).float()
+    assert torch.equal(clf.logits(x), plain.logits(x))
+    assert not torch.equal(clf(x), plain(x))
+
+
+@pytest.mark.parametrize(
+    ("orientations", "below", "message"),
+    [((30, 60), 1.0, "must hold 0"), ((0, 30, 30), 1.0, "no angle twice"), ((0,), 0.0, r"below must be in \(0, 1\]")],
+)
+def test_a_bad_pooling_is_refused(orientations, below, message):
+    with pytest.raises(ValueError, match=message):
+        Pooling(orientations, below)
+
+
+def test_the_pipeline_model_scores_with_the_pooling_its_reference_records(tmp_path):
+    spec = {"family": "mlp", "layers": 1, "width": 16}
+    torch.manual_seed(0)
+    torch.save(classifier_from_spec(spec).state_dict(), tmp_path / "model.pt")
+    pooling = Pooling(TURNS, 0.9)
+    io.write_json(tmp_path / "run.json", {"run_id": "r", "spec": spec, "pooling": pooling.record()})
+    loaded, _ = load_pipeline_model(tmp_path / "model.pt", tmp_path / "run.json")
+    assert loaded.pooling == pooling and Pooling.of({}) == Pooling()
+    io.write_json(tmp_path / "run.json", {"run_id": "r", "spec": spec, "pooling": {"orientations": [30]}})
+    with pytest.raises(PipelineError, match="records a bad pooling .*must hold 0"):
         load_pipeline_model(tmp_path / "model.pt", tmp_path / "run.json")

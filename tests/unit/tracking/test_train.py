@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from rotmnist.errors import PipelineError
-from rotmnist.learning.model import classifier_from_spec, predict_labels
+from rotmnist.learning.model import Pooling, classifier_from_spec, predict_labels, predict_proba
 from rotmnist.tracking import store
 from rotmnist.tracking import train as training_run
 from tests.support.datasets import upright
@@ -66,3 +66,22 @@ def test_a_model_reference_round_trips_and_a_broken_one_names_the_stage_to_run(t
     assert reference == {"run_id": "abc", "model_uri": "models:/m-1", "finetuned": True} | {
         "tracking_uri": training_run.current_uri()
     }
+
+
+@pytest.mark.slow  # torch.export
+def test_a_pooled_model_is_exported_with_its_pooling_for_sure_unsure_and_mixed_batches(ws):
+    store.configure_mlflow(mlflow_config(), ws)
+    torch.manual_seed(0)
+    module = classifier_from_spec({"family": "cnn", "blocks": 1, "channels": 4, "dense": 0}).eval()
+    x = tiny_mnist(n_train=40, n_test=10)[0].astype(np.float32)
+    plain = predict_proba(module, x)
+    below = float(np.median(plain.max(1)))
+    module.pool(Pooling((-60, 0, 60), below))
+    unsure = plain.max(1) < below
+    with mlflow.start_run():
+        uri = training_run.log_classifier(module, name="model")
+    loaded = mlflow.pyfunc.load_model(uri)
+    for batch in (x[unsure][:1], x[~unsure][:1], x[unsure][:7], x[~unsure][:7], x[:28]):
+        probs = np.asarray(loaded.predict(batch))
+        np.testing.assert_allclose(probs, predict_proba(module, batch), atol=1e-5)
+    assert not np.allclose(np.asarray(loaded.predict(x[unsure][:7])), plain[unsure][:7], atol=1e-3)

@@ -1,0 +1,108 @@
+"""Orientation pooling: train's model on test digits turned across the circle, and what each pooling costs.
+
+Usage: python -m benchmarks.pooling [--repo .] [--digits 2000] [--calls 500]
+Scores the upright test digits of `<repo>/data/splits/test` (the first `--digits`), turned by every angle of
+`monitor.circle`, with `<repo>/models/model.pt` under each pooling below (`model.orientations`,
+`model.pool_below`; params.yaml's own is marked), the way `monitor` scores the registered model. Then times
+each pooling as `train` times latency (one thread, numpy in, probabilities out): one image per call (p50,
+p99) and batches of 256 (images/s), on test digits at the trained angles and on the same digits turned 60°
+and 90° (far-angle traffic, where most digits are unsure and get turned). Prints two markdown tables: accuracy
+per angle with the goals each pooling meets, and the cost against no pooling.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rotmnist.config import load_config
+from rotmnist.data.dataset import load_dataset
+from rotmnist.learning.circle import turned
+from rotmnist.learning.model import Pooling, load_pipeline_model, predict_proba
+
+NINE = (-90, -60, -30, -15, 0, 15, 30, 60, 90)
+SEVEN = (-90, -60, -30, 0, 30, 60, 90)
+VARIANTS = {  # name: pooling (the issue's two columns, the default and its neighbours)
+    "none": Pooling(),
+    "±30, every digit": Pooling((-30, 0, 30), 1.0),
+    "±60 by 30, every digit": Pooling((-60, -30, 0, 30, 60), 1.0),
+    "±90 by 30, unsure < 0.9": Pooling(SEVEN, 0.9),
+    "±90 by 30, unsure < 0.95": Pooling(SEVEN, 0.95),
+    "±90 by 30 and ±15, unsure < 0.9": Pooling(NINE, 0.9),
+    "±90 by 30 and ±15, every digit": Pooling(NINE, 1.0),
+}
+# The robustness goals on MNIST test at each angle, without corrections: (angles, least accuracy).
+GOALS = {"trained ≥ 99.5": (range(-30, 31), 0.995), "±45 ≥ 98.5": ((-45, 45), 0.985)}
+GOALS |= {"±60 ≥ 97": ((-60, 60), 0.97), "±90 ≥ 90": ((-90, 90), 0.90)}
+
+
+def accuracy(model, x: np.ndarray, y: np.ndarray, angles) -> dict[int, float]:
+    return {a: float((predict_proba(model, turned(x, a)).argmax(1) == y).mean()) for a in angles}
+
+
+def timing(model, x: np.ndarray, calls: int) -> dict[str, float]:
+    """One image per call (p50, p99 ms) and batches of 256 (images/s, median of 10), on one thread."""
+    torch.set_num_threads(1)
+    for i in range(20):
+        predict_proba(model, x[i % len(x)][None])
+    singles = []
+    for i in range(calls):
+        start = time.perf_counter()
+        predict_proba(model, x[i % len(x)][None])
+        singles.append(time.perf_counter() - start)
+    batch = np.resize(x, (256, *x.shape[1:]))
+    batches = []
+    for _ in range(10):
+        start = time.perf_counter()
+        predict_proba(model, batch)
+        batches.append(time.perf_counter() - start)
+    return {"p50": 1000 * np.percentile(singles, 50), "p99": 1000 * np.percentile(singles, 99)} | {
+        "per_s": 256 / float(np.median(batches))
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repo", type=Path, default=Path.cwd())
+    parser.add_argument("--digits", type=int, default=2000)
+    parser.add_argument("--calls", type=int, default=500)
+    args = parser.parse_args()
+    config = load_config(args.repo / "params.yaml")
+    configured = Pooling(tuple(config.model.orientations), config.model.pool_below)
+    model, _ = load_pipeline_model(args.repo / "models" / "model.pt", args.repo / "models" / "run.json")
+    test = load_dataset(args.repo / "data" / "splits" / "test")
+    upright = test.angle == 0
+    x, y = test.x[upright][: args.digits], test.y[upright][: args.digits]
+    circle = list(config.monitor.circle)
+    print(f"{len(x)} upright test digits of {args.repo} turned by each angle; accuracy in %\n")
+    print("| pooling | " + " | ".join(f"{a}°" for a in circle) + " | goals met |")
+    print("|---|" + "---:|" * len(circle) + "---|")
+    for name, pooling in VARIANTS.items():
+        acc = accuracy(model.pool(pooling), x, y, circle)
+        met = [g for g, (angles, least) in GOALS.items() if all(acc[a] >= least for a in angles if a in acc)]
+        mark = " (params.yaml)" if pooling == configured else ""
+        print(f"| {name}{mark} | " + " | ".join(f"{100 * acc[a]:.2f}" for a in circle) + f" | {', '.join(met)} |")
+    sample = np.random.default_rng(0).choice(len(test), min(args.digits, len(test)), replace=False)
+    trained = test.x[np.sort(sample)].astype(np.float32)  # the test split holds the trained angles only
+    traffic = {"trained angles": trained, "60°": turned(x, 60), "90°": turned(x, 90)}
+    print("\nCost on one thread: single image p50 / p99 (ms) and 256-image batches (images/s), x no pooling\n")
+    print("| pooling | " + " | ".join(f"{t}: p50 | p99 | batch/s" for t in traffic) + " |")
+    print("|---|" + "---:|---:|---:|" * len(traffic))
+    base = {}
+    for name, pooling in VARIANTS.items():
+        model.pool(pooling)
+        cells = []
+        for t, images in traffic.items():
+            r = timing(model, images, args.calls)
+            base.setdefault(t, r)
+            ratio = f" ({r['p50'] / base[t]['p50']:.2f}×)", f" ({r['per_s'] / base[t]['per_s']:.0%})"
+            cells += [f"{r['p50']:.2f}{ratio[0]}", f"{r['p99']:.2f}", f"{r['per_s']:,.0f}{ratio[1]}"]
+        print(f"| {name} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
