@@ -25,7 +25,7 @@ from scipy import ndimage
 from rotmnist.config import config_from_dict
 from rotmnist.data.dataset import Dataset, load_dataset, save_dataset
 from rotmnist.errors import PipelineError
-from rotmnist.learning.model import classifier_from_spec, predict_labels
+from rotmnist.learning.model import Pooling, classifier_from_spec, predict_labels
 from rotmnist.paths import Paths
 from rotmnist.spec import normalize_spec
 from rotmnist.stages import train, tune
@@ -143,8 +143,9 @@ def test_tune_logs_one_child_run_per_trial_and_train_logs_a_model_that_scores_an
 
     train.main(cfg, ws)
     ref = json.loads((ws.models / "run.json").read_text())
-    assert set(ref) == {"run_id", "model_uri", "experiment_id", "spec", "tracking_uri"}
+    assert set(ref) == {"run_id", "model_uri", "experiment_id", "spec", "pooling", "tracking_uri"}
     assert ref["spec"] == normalize_spec(best["spec"])
+    assert ref["pooling"] == {"orientations": cfg.model.orientations, "below": cfg.model.pool_below}
     run = client.get_run(ref["run_id"])
     assert run.data.tags["stage"] == "train" and run.data.tags["tuned_by"] == parent.info.run_id
     assert len(client.get_metric_history(ref["run_id"], "val_accuracy")) == 2
@@ -155,11 +156,12 @@ def test_tune_logs_one_child_run_per_trial_and_train_logs_a_model_that_scores_an
         assert (ws.plots / "train" / name).is_file()
     assert (ws.plots / "train" / "curves.csv").read_text().splitlines()[0].startswith("epoch,train_loss")
 
-    module = classifier_from_spec(ref["spec"])
+    module = classifier_from_spec(ref["spec"], pooling=Pooling.of(ref))  # the logged graph pools as train did
     module.load_state_dict(torch.load(ws.models / "model.pt", weights_only=True))
+    assert run.data.params["pooling_below"] == str(cfg.model.pool_below)
     test = load_dataset(ws.split("test"))
     loaded = mlflow.pyfunc.load_model(ref["model_uri"])
-    for n in (1, 7):
+    for n in (1, 7, 33):
         probs = np.asarray(loaded.predict(test.x[:n].astype(np.float32)))
         assert probs.shape == (n, 10)
         np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-5)
