@@ -140,7 +140,7 @@ class ModelConfig(Section):
     `orientations` as one batch and the probabilities are averaged; [0] turns none. Defaults: docs/results.md."""
 
     orientations: list[int] = Field([-90, -60, -30, -15, 0, 15, 30, 60, 90], min_length=1)
-    pool_below: float = Field(0.9, gt=0.0, le=1.0)  # 1 = every digit
+    pool_below: float = Field(0.5, gt=0.0, le=1.0)  # 1 = every digit
 
     @field_validator("orientations")
     @classmethod
