@@ -25,7 +25,7 @@ from scipy import ndimage
 from rotmnist.config import config_from_dict
 from rotmnist.data.dataset import Dataset, load_dataset, save_dataset
 from rotmnist.errors import PipelineError
-from rotmnist.learning.model import Pooling, classifier_from_spec, predict_labels
+from rotmnist.learning.model import load_pipeline_model, predict_labels
 from rotmnist.paths import Paths
 from rotmnist.spec import normalize_spec
 from rotmnist.stages import train, tune
@@ -156,8 +156,7 @@ def test_tune_logs_one_child_run_per_trial_and_train_logs_a_model_that_scores_an
         assert (ws.plots / "train" / name).is_file()
     assert (ws.plots / "train" / "curves.csv").read_text().splitlines()[0].startswith("epoch,train_loss")
 
-    module = classifier_from_spec(ref["spec"], pooling=Pooling.of(ref))  # the logged graph pools as train did
-    module.load_state_dict(torch.load(ws.models / "model.pt", weights_only=True))
+    module, _ = load_pipeline_model(ws.models / "model.pt", ws.models / "run.json")  # pooling as train logged it
     assert run.data.params["pooling_below"] == str(cfg.model.pool_below)
     test = load_dataset(ws.split("test"))
     loaded = mlflow.pyfunc.load_model(ref["model_uri"])

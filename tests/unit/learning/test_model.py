@@ -218,5 +218,5 @@ def test_the_pipeline_model_scores_with_the_pooling_its_reference_records(tmp_pa
     loaded, _ = load_pipeline_model(tmp_path / "model.pt", tmp_path / "run.json")
     assert loaded.pooling == pooling and Pooling.of({}) == Pooling()
     io.write_json(tmp_path / "run.json", {"run_id": "r", "spec": spec, "pooling": {"orientations": [30]}})
-    with pytest.raises(PipelineError, match="records a bad pooling .*must hold 0"):
+    with pytest.raises(PipelineError, match=r"records a bad pooling .*must hold 0"):
         load_pipeline_model(tmp_path / "model.pt", tmp_path / "run.json")
