@@ -7,7 +7,6 @@ torch's grid sampler; at the trained angles it is within 2 grey levels of the pi
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable
 
 import numpy as np
@@ -15,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from rotmnist.data.dataset import Dataset
+from rotmnist.learning.model import turn_grids
 from rotmnist.spec import ALLOWED_ANGLES, IMAGE_SHAPE
 
 CIRCLE = tuple(range(-90, 91, 15))  # monitor.circle's default: a quarter turn each way, in 15-degree steps
@@ -25,11 +25,8 @@ def turned(x: np.ndarray, angle: float) -> np.ndarray:
     """Images (N, 28, 28) turned `angle` degrees counter-clockwise as displayed, as float32 pixels."""
     if angle == 0:
         return np.array(x, dtype=np.float32)
-    t = math.radians(angle)
-    # affine_grid maps each output pixel to its source (x right, y down): a turn by -angle on screen.
-    theta = torch.tensor([[math.cos(t), -math.sin(t), 0.0], [math.sin(t), math.cos(t), 0.0]], dtype=torch.float32)
     images = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[:, None]
-    grid = F.affine_grid(theta.expand(len(images), 2, 3), [len(images), 1, *IMAGE_SHAPE], align_corners=False)
+    grid = turn_grids([angle]).expand(len(images), *IMAGE_SHAPE, 2)  # the grid orientation pooling turns by
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)[:, 0].numpy()
 
 
