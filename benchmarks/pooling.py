@@ -23,8 +23,9 @@ import torch
 
 from rotmnist.config import load_config
 from rotmnist.data.dataset import load_dataset
-from rotmnist.learning.circle import turned
-from rotmnist.learning.model import Pooling, load_pipeline_model, predict_proba
+from rotmnist.learning.circle import circle_accuracy, turned
+from rotmnist.learning.metrics import slice_metrics
+from rotmnist.learning.model import Pooling, load_pipeline_model, predict_labels, predict_proba
 
 NINE = (-90, -60, -30, -15, 0, 15, 30, 60, 90)
 SEVEN = (-90, -60, -30, 0, 30, 60, 90)
@@ -41,16 +42,6 @@ VARIANTS = {  # name: pooling (`nine`: −90…+90 in 30° steps and ±15°, the
 # The robustness goals on MNIST test at each angle, without corrections: (angles, least accuracy).
 GOALS = {"trained ≥ 99.5": (range(-30, 31), 0.995), "±45 ≥ 98.5": ((-45, 45), 0.985)}
 GOALS |= {"±60 ≥ 97": ((-60, 60), 0.97), "±90 ≥ 90": ((-90, 90), 0.90)}
-
-
-def accuracy(model, x: np.ndarray, y: np.ndarray, angles) -> dict[int, float]:
-    return {a: float((predict_proba(model, turned(x, a)).argmax(1) == y).mean()) for a in angles}
-
-
-def per_angle(model, data) -> dict[int, float]:
-    """Accuracy at each angle of a split's own rows (the trained angles)."""
-    right = predict_proba(model, data.x).argmax(1) == data.y
-    return {int(a): float(right[data.angle == a].mean()) for a in np.unique(data.angle)}
 
 
 def timing(model, x: np.ndarray, calls: int) -> dict[str, float]:
@@ -87,29 +78,30 @@ def main() -> None:
     configured = Pooling(tuple(config.model.orientations), config.model.pool_below)
     model, _ = load_pipeline_model(args.repo / "models" / "model.pt", args.repo / "models" / "run.json")
     test = load_dataset(args.repo / "data" / "splits" / "test")
-    upright = test.angle == 0
-    x, y = test.x[upright][: args.digits], test.y[upright][: args.digits]
+    upright = test.take(np.flatnonzero(test.angle == 0)[: args.digits])
     if not args.cost_only:
-        print_accuracy(model, configured, test, x, y, args, list(config.monitor.circle))
-    print_cost(model, test, x, args)
+        print_accuracy(model, configured, test, upright, args, list(config.monitor.circle))
+    print_cost(model, test, upright.x, args)
 
 
-def print_accuracy(model, configured: Pooling, test, x: np.ndarray, y: np.ndarray, args, circle: list[int]) -> None:
+def print_accuracy(model, configured: Pooling, test, upright, args, circle: list[int]) -> None:
     """The first table: accuracy across the circle and the largest drop at a trained angle, per pooling."""
-    upright = test.angle == 0
-    trained = {"test": test.take(np.isin(test.source_id, np.unique(test.source_id[upright][: args.digits])))}
+    trained = {"test": test.take(np.isin(test.source_id, upright.source_id))}
     trained["holdout"] = load_dataset(args.repo / "data" / "splits" / "holdout")
-    print(f"{len(x)} upright test digits of {args.repo} turned by each angle; accuracy in %. The largest drop")
+    print(f"{len(upright)} upright test digits of {args.repo} turned by each angle; accuracy in %. The largest drop")
     print(f"against no pooling at a trained angle, in points: on those digits' {len(trained['test']):,} test rows")
     print(f"and on the {len(trained['holdout']):,} holdout rows (the gate's).\n")
     print("| pooling | " + " | ".join(f"{a}°" for a in circle) + " | drop test | drop holdout | goals met |")
     print("|---|" + "---:|" * (len(circle) + 2) + "---|")
     before = {}
     for name, pooling in VARIANTS.items():
-        acc = accuracy(model.pool(pooling), x, y, circle)
+        model.pool(pooling)
+        turned_acc = circle_accuracy(lambda x: predict_proba(model, x), upright, circle)
+        acc = {int(a): v for a, v in turned_acc.items()}
         drops = []
         for split, data in trained.items():
-            now = per_angle(model, data)
+            by_angle = slice_metrics(data.y, predict_labels(model, data.x), data.angle)["per_angle"]
+            now = {a: m["accuracy"] for a, m in by_angle.items()}
             before.setdefault(split, now)
             drops.append(max(0.0, max(100 * (before[split][a] - now[a]) for a in now)))
         met = [g for g, (angles, least) in GOALS.items() if all(acc[a] >= least for a in angles if a in acc)]
