@@ -47,9 +47,3 @@ def circle_accuracy(
 def far_angles(accuracy: dict[str, float]) -> dict[str, float]:
     """The entries of a circle's accuracies at angles beyond the trained ones (more than TRAINED_REACH degrees)."""
     return {a: acc for a, acc in accuracy.items() if abs(int(a)) > TRAINED_REACH}
-
-
-def worst(accuracy: dict[str, float]) -> tuple[int, float]:
-    """The angle with the lowest accuracy (the smaller angle on a tie) and that accuracy."""
-    angle = min(accuracy, key=lambda a: (accuracy[a], int(a)))
-    return int(angle), accuracy[angle]

@@ -34,7 +34,7 @@ from rotmnist.data import feedback as corrections
 from rotmnist.data.dataset import Dataset, load_dataset
 from rotmnist.errors import PipelineError
 from rotmnist.learning import plots
-from rotmnist.learning.circle import circle_accuracy, far_angles, worst
+from rotmnist.learning.circle import circle_accuracy, far_angles
 from rotmnist.learning.gate import GATE_FAILED, GATE_TAG, Gate, class_distribution, decide
 from rotmnist.learning.metrics import auc, one_vs_rest_roc, roc_grid, sample_curve, slice_metrics, worst_angle
 from rotmnist.paths import Paths
@@ -169,7 +169,7 @@ def headline(report: dict[str, Any]) -> dict[str, Any]:
     h, r = report["holdout"], report["registry"]
     angle, accuracy = worst_angle({a: m["accuracy"] for a, m in h["per_angle"].items()})
     far = far_angles(report.get("circle", {}).get("test", {}))
-    far_angle, far_accuracy = worst(far) if far else (None, None)
+    far_angle, far_accuracy = worst_angle(far) if far else (None, None)
     return {
         "holdout_accuracy": h["accuracy"],
         "holdout_worst_angle": angle,

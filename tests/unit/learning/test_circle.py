@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from rotmnist.data.rotation import rotate_batch
-from rotmnist.learning.circle import CIRCLE, circle_accuracy, far_angles, turned, worst
+from rotmnist.learning.circle import CIRCLE, circle_accuracy, far_angles, turned
+from rotmnist.learning.metrics import worst_angle
 from rotmnist.spec import ALLOWED_ANGLES
 from tests.support.datasets import digit_dataset
 
@@ -50,5 +51,5 @@ def test_accuracy_per_angle_counts_the_upright_rows_turned():
 def test_the_far_angles_are_beyond_the_trained_ones_and_the_worst_is_the_lowest():
     accuracy = {str(a): 1 - abs(a) / 100 for a in CIRCLE}
     assert sorted(map(int, far_angles(accuracy))) == [-90, -75, -60, -45, 45, 60, 75, 90]
-    assert worst(far_angles(accuracy)) == (-90, pytest.approx(0.1))
+    assert worst_angle(far_angles(accuracy)) == (-90, pytest.approx(0.1))
     assert far_angles({"-30": 0.9, "0": 0.9, "30": 0.9}) == {}
