@@ -15,6 +15,7 @@ IMAGE_SHAPE = (28, 28)  # pixels of one image, rows x columns
 N_CLASSES = 10  # digits 0-9
 ALLOWED_ANGLES = (-30, -20, -10, 10, 20, 30)  # degrees, counter-clockwise as displayed
 DATA_ANGLES = (0, *ALLOWED_ANGLES)  # the angles a dataset row may have: upright and the rotations
+CIRCLE = tuple(range(-90, 91, 15))  # monitor.circle's default: a quarter turn each way, in 15-degree steps
 SCHEDULES = ("onecycle", "cosine", "constant")
 PRECISIONS = ("auto", "fp32", "bf16")  # of the training step; auto = bf16 where the hardware runs it natively
 DEVICES = ("auto", "cpu", "cuda")
@@ -147,4 +148,14 @@ def check_choices(v: tuple[Any, ...], allowed: tuple[Any, ...] | None = None, lo
     if bad:
         want = f"any of {list(allowed)}" if allowed else f"integers >= {low}"
         raise ValueError(f"choices {bad} are not allowed; use {want}")
+    return v
+
+
+def check_angles(v: list[int], holding: int | None = None) -> list[int]:
+    """`v` if it is distinct angles in -180..180 degrees in increasing order (`holding` among them, if given)."""
+    rule = "must be distinct angles in -180..180 degrees, in increasing order"
+    if holding is not None:
+        rule += f", {holding} among them"
+    if any(not -180 <= a <= 180 for a in v) or v != sorted(set(v)) or (holding is not None and holding not in v):
+        raise ValueError(rule)
     return v

@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import Field, ValidationInfo, field_validator
 
 from rotmnist.config.base import Configuration, Section
-from rotmnist.spec import CONFIGURATIONS, DATA_ANGLES, distinct_values, normalize_spec
+from rotmnist.spec import CIRCLE, CONFIGURATIONS, DATA_ANGLES, check_angles, distinct_values, normalize_spec
 
 
 class MonitorConfig(Section):
@@ -16,15 +16,10 @@ class MonitorConfig(Section):
     angle_threshold: float = Field(0.015, ge=0.0, le=1.0)
     tolerance: float = Field(0.002, ge=0.0, le=1.0)
     feedback_threshold: float | None = Field(None, ge=0.0, le=1.0)  # max error on the feedback slice; null = off
-    circle: list[int] = Field(list(range(-90, 91, 15)), min_length=1)  # angles test and holdout digits are turned by
+    circle: list[int] = Field(list(CIRCLE), min_length=1)  # angles test and holdout digits are turned by
     far_threshold: float | None = Field(None, ge=0.0, le=1.0)  # max holdout error beyond the trained angles; null = off
 
-    @field_validator("circle")
-    @classmethod
-    def _circle(cls, v: list[int]) -> list[int]:
-        if any(not -180 <= a <= 180 for a in v) or v != sorted(set(v)):
-            raise ValueError("must be distinct angles in -180..180 degrees, in increasing order")
-        return v
+    _circle = field_validator("circle")(staticmethod(check_angles))
 
 
 class CompareSpecs(Section):

@@ -11,6 +11,7 @@ from rotmnist.spec import (
     CNN_CHOICES,
     FAMILIES,
     MLP_CHOICES,
+    check_angles,
     check_choices,
     check_optuna_storage,
     distinct_values,
@@ -145,9 +146,7 @@ class ModelConfig(Section):
     @field_validator("orientations")
     @classmethod
     def _orientations(cls, v: list[int]) -> list[int]:
-        if any(not -180 <= a <= 180 for a in v) or v != sorted(set(v)) or 0 not in v:
-            raise ValueError("must be distinct angles in -180..180 degrees, in increasing order, 0 among them")
-        return v
+        return check_angles(v, holding=0)  # 0: the digit as drawn
 
 
 # The keys of `train` that the stage `finetune` took over (a params.yaml that still sets one gets a clear error).

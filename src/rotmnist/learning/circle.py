@@ -17,7 +17,6 @@ from rotmnist.data.dataset import Dataset
 from rotmnist.learning.model import turn_grids
 from rotmnist.spec import ALLOWED_ANGLES, IMAGE_SHAPE
 
-CIRCLE = tuple(range(-90, 91, 15))  # monitor.circle's default: a quarter turn each way, in 15-degree steps
 TRAINED_REACH = max(abs(a) for a in ALLOWED_ANGLES)  # angles beyond this many degrees were never trained on
 
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from rotmnist.data.rotation import rotate_batch
-from rotmnist.learning.circle import CIRCLE, circle_accuracy, far_angles, turned
+from rotmnist.learning.circle import circle_accuracy, far_angles, turned
 from rotmnist.learning.metrics import worst_angle
-from rotmnist.spec import ALLOWED_ANGLES
+from rotmnist.spec import ALLOWED_ANGLES, CIRCLE
 from tests.support.datasets import digit_dataset
 
 
