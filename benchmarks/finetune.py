@@ -50,7 +50,7 @@ VARIANTS: dict[str, tuple[dict, tuple[float, ...]]] = {
     "lr1e-3-w0.5": ({"lr": 1e-3, "feedback_weight": 0.5}, (0.8, 1.0)),
     "lr2e-3-w0.5": ({"lr": 2e-3, "feedback_weight": 0.5}, (0.6, 0.7, 1.0)),
     "lr2e-3-w0.25": ({"lr": 2e-3, "feedback_weight": 0.25}, (0.7, 0.8, 0.9, 1.0)),
-    "default": ({}, (0.6, 0.7, 1.0)),  # lr 3e-3, weight 0.5; params.yaml blends at 0.7
+    "default": ({}, (0.5, 0.7, 1.0)),  # lr 3e-3, weight 0.5; params.yaml blends at 0.5
 }
 
 
@@ -98,6 +98,7 @@ def main() -> None:
     parser.add_argument("--max-corrections", type=int, default=3000)
     parser.add_argument("--precision", default=None, help="train.precision for the fine-tunes (default: params)")
     parser.add_argument("--only", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--blends", nargs="*", type=float, help="the blends to score (default: each variant's)")
     args = parser.parse_args()
     repo = args.repo.resolve()
     config = load_config(repo / "params.yaml")
@@ -126,8 +127,8 @@ def main() -> None:
         rows = train if settings.get(REPLAY_ONLY) else mix
         fitted = serving_copy(fit(spec, rows, None, hp, device=device, seed=ft.seed, init=base).model)
         seconds = time.perf_counter() - start
-        for share in blends:
-            after = scores(blended(base, fitted, share), test, holdout, unseen, held)
+        for share in args.blends or blends:
+            after = scores(blended(base, fitted, share).pool(base.pooling), test, holdout, unseen, held)
             (dt, at), (dh, ah) = worst(before["test"], after["test"]), worst(before["holdout"], after["holdout"])
             meets = after["unseen"] >= GOAL_ACCURACY and min(dt, dh) >= -GOAL_DROP - 1e-9
             print(

@@ -91,6 +91,6 @@ def test_the_finetune_levers_benchmark_prints_a_row_per_blend_with_the_goals_ver
     proc = subprocess.run([*cmd, "--only", "default"], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     rows = [line.split(" | ") for line in proc.stdout.splitlines() if line.startswith("| default |")]
-    assert [row[1] for row in rows] == ["0.6", "0.7", "1"]  # the blends, each scored
+    assert [row[1] for row in rows] == ["0.5", "0.7", "1"]  # the blends, each scored
     assert all(row[-1].rstrip(" |") in ("yes", "no") for row in rows)
     assert "corrections" in proc.stdout.splitlines()[0]

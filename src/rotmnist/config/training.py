@@ -162,5 +162,5 @@ class FinetuneConfig(Section):
     epochs: int = Field(2, ge=1)  # passes over the replayed train split and the corrections
     replay_rotations: int = Field(1, ge=0)  # of each train source digit per epoch, drawn afresh; 0 = all 7
     lr: float = Field(3e-3, gt=0.0, le=1.0)  # AdamW, cosine decay from this to 0 (the tuned run peaked near 5e-3)
-    blend: float = Field(0.7, gt=0.0, le=1.0)  # the candidate's weights: this share the fine-tuned, the rest train's
+    blend: float = Field(0.5, gt=0.0, le=1.0)  # the candidate's weights: this share the fine-tuned, the rest train's
     seed: int = Field(0, ge=0)
