@@ -1,14 +1,15 @@
 """The loop's fine-tune levers side by side, offline: how far each setting moves 60° and the trained angles.
 
 Usage: python -m benchmarks.finetune [--repo .] [--angle 60] [--max-corrections 3000] [--precision fp32]
-                                     [--only default lr1e-3-w1 ...]
+                                     [--only default lr1e-3-w1 ...] [--blends 0.4 0.5 ...]
 
 Needs a repository whose pipeline has run up to `train` (models/model.pt, run.json, best_params.json and
 data/splits). The corrections are those `benchmarks/loop.py` collects, without a server: train-split digits
 (their upright rows in the loop's seeded order) turned by `--angle`, the ones train's model misreads, up to
 `--max-corrections`; a seeded fifth of them is held out (the feedback slice), the rest fine-tuned on.
 Each variant is one fine-tune (`rotmnist.stages.finetune`'s recipe with its `finetune.*` settings changed),
-scored at several blends with train's weights (`finetune.blend`): test accuracy at `--angle` (all 10,000
+scored at several blends with train's weights (`finetune.blend`; `--blends` to choose them), each pooling as
+train's model does (`model.*`, as the stage's candidate): test accuracy at `--angle` (all 10,000
 test digits), on the held-out corrections, and the change per trained angle on test and holdout against
 train's model. A fine-tune takes about 30 s on 2 CPU cores. Prints a markdown table (docs/loop.md's
 levers table comes from it); `meets` is the loop's goal: ≥ 97 % at the angle, every trained angle within
