@@ -138,6 +138,14 @@ def batch_ms(url: str, body: Path, repeats: int = 5) -> float:
     return best * 1e3
 
 
+def load_tool(script: str) -> str:
+    """`wrk`, else `hey`; exit naming the package to install when neither is on PATH."""
+    tool = next((t for t in ("wrk", "hey") if shutil.which(t)), None)
+    if tool is None:
+        sys.exit(f"{script} needs a native load generator: apt-get install wrk (or hey)")
+    return tool
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=int, default=10, help="seconds of load per row")
@@ -156,6 +164,7 @@ CEILING = {
     "decode": "bare FastAPI + uvicorn, decoding to float32",
 }
 DECODE_ROW = CEILING["decode"]
+LOG_ON_ROW = "`rotmnist serve`, request log on"  # the server as it runs by default
 MLFLOW_ROW = "`mlflow models serve`"
 RAW_ROW = "`rotmnist serve`, request log on, raw uint8 body to /score"
 CONTENT_TYPES = {".json": "application/json", ".raw": "application/octet-stream"}
@@ -214,16 +223,21 @@ def measure(tool: str, label: str, make, env: dict, bodies: dict[str, Path], dur
     return (label, startup, c1, c10, b), logged
 
 
-def model_alone(name: str, x: np.ndarray) -> dict[str, float]:
-    """The champion's own cost in this process, as the server calls it on its scoring thread (one torch
-    thread): p50 of one image (ms, of 500) and images/s in batches of 256 (best of 5)."""
+def champion_scorer(name: str):
+    """The champion's scoring function as the server calls it on its scoring thread, on one torch thread."""
     import torch
 
     from rotmnist.serving.model_source import fast_scorer
     from rotmnist.tracking import registry
 
     torch.set_num_threads(1)
-    proba = fast_scorer(registry.load_model(f"models:/{name}@champion"))
+    return fast_scorer(registry.load_model(f"models:/{name}@champion"))
+
+
+def model_alone(name: str, x: np.ndarray) -> dict[str, float]:
+    """The champion's own cost in this process, as the server calls it on its scoring thread (one torch
+    thread): p50 of one image (ms, of 500) and images/s in batches of 256 (best of 5)."""
+    proba = champion_scorer(name)
     one, batch = x[:1].astype(np.float32), x[:256].astype(np.float32)
     times = []
     for _ in range(520):
@@ -273,16 +287,14 @@ def print_goals(by: dict[str, tuple], model: dict, ceiling: float, base: float) 
         if label.startswith("`rotmnist serve`"):
             met = [c10["rps"] >= 0.6 * ceiling, c10["rps"] >= 4 * base, c1["p50"] <= p50_goal]
             print(f"- {label}: {', '.join('met' if m else 'missed' for m in met)}")
-    on, off = by.get("`rotmnist serve`, request log on"), by.get("`rotmnist serve`, request log off")
+    on, off = by.get(LOG_ON_ROW), by.get("`rotmnist serve`, request log off")
     if on and off:
         print(f"- the request log's cost at c=10: {1 - on[3]['rps'] / off[3]['rps']:.0%} of throughput (goal <= 10 %)")
 
 
 def main() -> None:
     args = parse_args()
-    tool = next((t for t in ("wrk", "hey") if shutil.which(t)), None)
-    if tool is None:
-        sys.exit("benchmarks/serve.py needs a native load generator: apt-get install wrk (or hey)")
+    tool = load_tool("benchmarks/serve.py")
 
     from rotmnist.config import load_config
 

@@ -20,19 +20,32 @@ Prints two markdown tables.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
-import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.serve import BIN, REPO, digits, free_port, load, serve_params, start
+from benchmarks.serve import (
+    BIN,
+    DECODE_ROW,
+    LOG_ON_ROW,
+    REPO,
+    champion_scorer,
+    digits,
+    free_port,
+    load,
+    load_tool,
+    servers,
+    start,
+)
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -48,9 +61,6 @@ def rates(work: list, seconds: float) -> list[float]:
     stop, counts = threading.Event(), [0] * len(work)
 
     def spin(i: int) -> None:
-        import torch
-
-        torch.set_num_threads(1)
         while not stop.is_set():
             work[i]()
             counts[i] += 1
@@ -66,17 +76,10 @@ def rates(work: list, seconds: float) -> list[float]:
 
 
 def in_process(name: str, seconds: float) -> None:
-    import torch
-
-    from rotmnist.serving.model_source import fast_scorer
-    from rotmnist.tracking import registry
-
-    proba = fast_scorer(registry.load_model(f"models:/{name}@champion"))
-    x = digits(8).astype(np.float32)
+    proba, x = champion_scorer(name), digits(8).astype(np.float32)
 
     def model() -> None:
-        with torch.inference_mode():
-            proba(x)
+        proba(x)
 
     def python() -> None:
         sum(range(1000))
@@ -90,34 +93,41 @@ def in_process(name: str, seconds: float) -> None:
     print(f"| both, each on its own thread | {beside:,.0f} | {py_beside:,.0f} |")
 
 
+@contextlib.contextmanager
+def serving(makes: list, env: dict) -> Iterator[tuple[list, list[str]]]:
+    """Start a server per `benchmarks.serve.servers` entry of `makes`, each on its own port; their processes and
+    `/invocations` URLs, stopped on the way out."""
+    procs, urls = [], []
+    try:
+        for make in makes:
+            port = free_port()
+            cmd, health = make(port)
+            procs.append(start(cmd, health, env)[0])
+            urls.append(f"http://127.0.0.1:{port}/invocations")
+        yield procs, urls
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(30)
+
+
 def over_http(name: str, duration: int, concurrency: int, tool: str) -> None:
     env = os.environ | {"PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     tmp = Path(tempfile.mkdtemp(prefix="serve-gil-"))
     body = tmp / "one.json"
     body.write_text(json.dumps({"inputs": digits(1).tolist()}))
-    port = free_port()
-    bare = [sys.executable, "-m", "benchmarks.serve_ceiling", "decode", "--port", str(port)]
-    proc, _ = start(bare, f"http://127.0.0.1:{port}/health", env)
     try:
-        ceiling = load(tool, f"http://127.0.0.1:{port}/invocations", body, concurrency, duration)["rps"]
-    finally:
-        proc.terminate()
-        proc.wait(30)
-    print(f"\nThe decode ceiling at {concurrency} connections: {ceiling:,.0f} req/s.\n")
-    print("| `rotmnist serve` processes | connections each | req/s in all | of the ceiling | CPU per process (cores) |")
-    print("|---:|---:|---:|---:|---|")
-    try:
+        with serving([servers(tmp, name, "off")[DECODE_ROW]], env) as (_, urls):
+            ceiling = load(tool, urls[0], body, concurrency, duration)["rps"]
+        print(f"\nThe decode ceiling at {concurrency} connections: {ceiling:,.0f} req/s.\n")
+        print("| `rotmnist serve` processes | connections each | req/s in all | of the ceiling ", end="")
+        print("| CPU per process (cores) |")
+        print("|---:|---:|---:|---:|---|")
         for n in (1, 2):
-            procs, urls = [], []
-            try:
-                for i in range(n):
-                    folder = tmp / f"n{n}-{i}"
-                    folder.mkdir()
-                    port = free_port()
-                    cmd = [str(BIN / "rotmnist"), "--params", str(serve_params(folder, True)), "serve"]
-                    proc, _ = start([*cmd, "--port", str(port)], f"http://127.0.0.1:{port}/health", env)
-                    procs.append(proc)
-                    urls.append(f"http://127.0.0.1:{port}/invocations")
+            folders = [tmp / f"n{n}-{i}" for i in range(n)]  # each server its own params and request log
+            for folder in folders:
+                folder.mkdir()
+            with serving([servers(folder, name, "on")[LOG_ON_ROW] for folder in folders], env) as (procs, urls):
                 each = concurrency // n
                 for url in urls:  # warm-up
                     load(tool, url, body, each, 2)
@@ -126,13 +136,9 @@ def over_http(name: str, duration: int, concurrency: int, tool: str) -> None:
                     results = list(pool.map(load, [tool] * n, urls, [body] * n, [each] * n, [duration] * n))
                 wall = time.perf_counter() - t0
                 cores = [(cpu_seconds(p.pid) - b) / wall for p, b in zip(procs, before, strict=True)]
-                total = sum(r["rps"] for r in results)
-                cpu = ", ".join(f"{c:.2f}" for c in cores)
-                print(f"| {n} | {each} | {total:,.0f} | {total / ceiling:.0%} | {cpu} |", flush=True)
-            finally:
-                for proc in procs:
-                    proc.terminate()
-                    proc.wait(30)
+            total = sum(r["rps"] for r in results)
+            cpu = ", ".join(f"{c:.2f}" for c in cores)
+            print(f"| {n} | {each} | {total:,.0f} | {total / ceiling:.0%} | {cpu} |", flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -143,9 +149,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=10, help="connections in all, split between processes")
     parser.add_argument("--model-name", default=None, help="registered model (default: monitor.model_name)")
     args = parser.parse_args()
-    tool = next((t for t in ("wrk", "hey") if shutil.which(t)), None)
-    if tool is None:
-        sys.exit("benchmarks/serve_gil.py needs a native load generator: apt-get install wrk (or hey)")
+    tool = load_tool("benchmarks/serve_gil.py")
     from rotmnist.config import load_config
 
     name = args.model_name or load_config(REPO / "params.yaml").monitor.model_name
