@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -105,10 +106,7 @@ def print_accuracy(model, configured: Pooling, test, upright, args, circle: list
     before = {}
     for name, pooling, both in rows:
         model.pool(pooling)
-
-        def score(x: np.ndarray, both: bool | None = both) -> np.ndarray:
-            return predict_proba(model, x) if both is None else derotated(model, x, both)
-
+        score = partial(predict_proba, model) if both is None else partial(derotated, model, both=both)
         acc = {int(a): v for a, v in circle_accuracy(score, upright, circle).items()}
         drops = []
         for split, data in trained.items():
